@@ -1,0 +1,43 @@
+"""attnbench: benchmark and compare attention implementations.
+
+The public API: :func:`register` for plugins, :class:`Implementation` for plugins that need
+more than a function, :class:`Problem` for what one call computes, and :func:`load_results` to
+read a result folder into a pandas DataFrame.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from harness.contract import Availability, FunctionImplementation, Growth, Implementation
+from harness.patterns import BlockLayout, Pattern
+from harness.problem import Problem
+from harness.registry import REGISTRY, Registry, load_registry, register
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REGISTRY",
+    "Availability",
+    "BlockLayout",
+    "FunctionImplementation",
+    "Growth",
+    "Implementation",
+    "Pattern",
+    "Problem",
+    "Registry",
+    "__version__",
+    "load_registry",
+    "load_results",
+    "register",
+]
+
+
+def load_results(path: Any) -> pd.DataFrame:
+    """Load a result folder (or its ``results.jsonl``) into a DataFrame, one row per record."""
+    from harness.results import load_results as _load
+
+    return _load(path)

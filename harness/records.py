@@ -1,0 +1,171 @@
+"""One record per (case, implementation): the schema, the append-only writer and the loader.
+
+``results.jsonl`` holds one flat JSON object per line, written and flushed (and fsynced) as each
+pair finishes, so a killed run loses at most the pair in flight. A torn last line (the runner
+killed mid-write) is ignored by the reader and trimmed before a resumed run appends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any, Literal
+
+SCHEMA_VERSION = 1
+
+Status = Literal["ok", "inaccurate", "error", "timeout", "crashed", "oom", "unsupported", "unavailable", "skipped"]
+STATUSES: tuple[Status, ...] = (
+    "ok",
+    "inaccurate",
+    "error",
+    "timeout",
+    "crashed",
+    "oom",
+    "unsupported",
+    "unavailable",
+    "skipped",
+)
+#: Statuses that mean the implementation failed its budget at this size (``scaling`` stops there).
+BUDGET_FAILURES: frozenset[str] = frozenset({"timeout", "oom", "crashed"})
+
+#: The fields that identify a case (together with ``impl``, a record's key).
+CASE_KEYS: tuple[str, ...] = (
+    "batch",
+    "heads",
+    "kv_heads",
+    "seq_len",
+    "kv_len",
+    "head_dim",
+    "dtype",
+    "device",
+    "causal",
+    "window",
+    "layout",
+    "mode",
+    "threads",
+)
+
+
+@dataclass
+class Record:
+    """The outcome of one implementation on one case. Times in milliseconds, memory in bytes."""
+
+    impl: str
+    status: Status
+    reason: str = ""
+    # the case
+    batch: int = 1
+    heads: int = 1
+    kv_heads: int = 1
+    seq_len: int = 1
+    kv_len: int = 1
+    head_dim: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    causal: bool = False
+    window: int = 0
+    layout: str = "dense"
+    mode: str = "forward"
+    threads: int = 0
+    # what the implementation is
+    exact: bool | None = None
+    # timing
+    time_ms: float | None = None  # median
+    time_q1_ms: float | None = None
+    time_q3_ms: float | None = None
+    time_min_ms: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    unstable: bool | None = None
+    setup_s: float | None = None  # set-up outside the timing (e.g. compilation)
+    # the within-run baseline, interleaved with this implementation
+    baseline: str = ""
+    baseline_time_ms: float | None = None
+    baseline_samples_ms: list[float] = field(default_factory=list)
+    speedup: float | None = None  # baseline time / this time (> 1: faster than the baseline)
+    # memory
+    peak_mem_bytes: int | None = None
+    # work
+    flops: float | None = None  # the pairs really computed
+    dense_flops: float | None = None  # the same shapes computed densely
+    gflops: float | None = None
+    peak_gflops: float | None = None  # measured matrix-multiply peak for this device and dtype
+    peak_fraction: float | None = None
+    # accuracy
+    max_abs_err: float | None = None  # against the reference of its own semantics
+    rel_err: float | None = None
+    accuracy_bound: float | None = None
+    accuracy_rows: int | None = None  # query rows checked (all rows when equal to seq_len)
+    full_max_abs_err: float | None = None  # against full softmax attention (approximations)
+    full_rel_err: float | None = None
+    # bookkeeping
+    suite: str = ""
+    machine: str = ""
+    elapsed_s: float | None = None
+    worker_pid: int | None = None
+
+    def key(self) -> tuple[Any, ...]:
+        return record_key(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), allow_nan=True, separators=(",", ":"))
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record))
+
+
+def record_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The identity of a (case, implementation) pair in a record or case dict."""
+    return (row["impl"], *(row[k] for k in CASE_KEYS))
+
+
+class RecordWriter:
+    """Appends records to ``results.jsonl``, one flushed and fsynced line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        _trim_torn_tail(path)
+        self._fh: IO[str] = path.open("a", encoding="utf-8")
+
+    def write(self, record: Record) -> None:
+        self._fh.write(record.to_json() + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Cut a last line that was not completely written (no trailing newline)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as fh:
+        fh.truncate(keep)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every complete record in a ``results.jsonl`` (a torn last line is skipped)."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows

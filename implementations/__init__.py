@@ -1,0 +1,1 @@
+"""Built-in attention implementations: one module each, registered on import."""

@@ -1,0 +1,1 @@
+"""Built-in suites (TOML files); this package only makes them installable."""
