@@ -26,15 +26,16 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: T
     Returns ``[B, H, R, D]`` for the ``R`` query ``rows`` (all rows when None). Rows that may
     attend no key are zero.
     """
-    q64 = q.detach().to("cpu", torch.float64)  # [B, H, Nq, D]
+    q64 = q.to("cpu", torch.float64)  # [B, H, Nq, D] (differentiable: used for gradients too)
     if rows is not None:
         q64 = q64[:, :, rows]  # [B, H, R, D]
-    k64 = expand_kv(k.detach().to("cpu", torch.float64), problem.heads)  # [B, H, Nk, D]
-    v64 = expand_kv(v.detach().to("cpu", torch.float64), problem.heads)  # [B, H, Nk, D]
+    k64 = expand_kv(k.to("cpu", torch.float64), problem.heads)  # [B, H, Nk, D]
+    v64 = expand_kv(v.to("cpu", torch.float64), problem.heads)  # [B, H, Nk, D]
     mask = problem.pattern.mask(problem.seq_len, problem.kv_len, rows=rows)  # [R, Nk]
+    empty = ~mask.any(dim=-1, keepdim=True)  # [R, 1] rows that see no key
     scores = (q64 @ k64.transpose(-1, -2)) * problem.scale  # [B, H, R, Nk]
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # empty rows: 0
+    scores = scores.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)
+    weights = torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)  # empty rows: 0
     return weights @ v64  # [B, H, R, D]
 
 
