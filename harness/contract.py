@@ -96,6 +96,16 @@ class Implementation:
             return f"does not support {', '.join(missing)}"
         return None
 
+    def memory_estimate(self, problem: Problem) -> int | None:
+        """Bytes one call is expected to need beyond its inputs, or None when unknown; the runner
+        does not start a case whose estimate exceeds the memory budget. The default covers the
+        implementations that claim quadratic memory: a float32 score matrix and its softmax,
+        kept again for the backward pass."""
+        if self.growth.memory < 2:
+            return None
+        scores = problem.batch * problem.heads * problem.seq_len * problem.kv_len * 4  # [B, H, Nq, Nk] float32
+        return scores * (2 if problem.mode == "forward" else 4)
+
     def prepare(self, problem: Problem) -> AttentionFn:
         """Set-up outside the timing (compile, build masks); returns the call to time."""
 

@@ -68,7 +68,8 @@ class Record:
     window: int = 0
     layout: str = "dense"
     mode: str = "forward"
-    threads: int = 0
+    threads: int = 0  # as the suite asked (0: all cores)
+    threads_used: int | None = None  # CPU threads the case really ran with
     # what the implementation is
     exact: bool | None = None
     # timing

@@ -21,10 +21,15 @@ from harness.reference import sample_rows, softmax_attention
 Tensor = torch.Tensor
 
 
-def sdpa_with_pattern(q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
-    """PyTorch SDPA given the problem's pattern as a boolean mask (None when full)."""
+def sdpa_with_pattern(q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
+    """PyTorch SDPA given the problem's pattern as a boolean mask (None when full), for the
+    query ``rows`` given (all when None): rows are independent, so a sample is exact."""
     pattern = problem.pattern
-    mask = None if pattern.is_full else pattern.mask(problem.seq_len, problem.kv_len, device=q.device)  # [Nq, Nk]
+    if rows is not None:
+        q = q[:, :, rows.to(q.device)]  # [B, H, R, D]
+    mask = None
+    if not pattern.is_full:
+        mask = pattern.mask(problem.seq_len, problem.kv_len, device=q.device, rows=rows)  # [R, Nk]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=problem.scale, enable_gqa=problem.gqa)
 
 
@@ -64,16 +69,18 @@ def check(
     seed: int = 0,
     max_rows: int = 256,
     grads: bool | None = None,
+    inputs: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> CheckResult:
     """Run ``impl`` on seeded inputs and judge it.
 
     ``fn`` is the prepared call (``impl.prepare(problem)`` when None). Outputs are compared on a
     seeded sample of at most ``max_rows`` query rows (exact for those rows). Gradients are
     checked when ``grads`` is true (default: when the problem's mode needs them); they need the
-    full reference and are meant for small problems.
+    full reference and are meant for small problems. ``inputs`` reuses tensors already made
+    with ``problem.make_inputs(seed)``.
     """
     fn = fn or impl.prepare(problem)
-    q, k, v = problem.make_inputs(seed)  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
+    q, k, v = inputs or problem.make_inputs(seed)  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
     rows = sample_rows(problem.seq_len, max_rows, seed)
     with torch.no_grad():
         out = fn(q, k, v)  # [B, H, Nq, D]
@@ -84,8 +91,7 @@ def check(
     result = CheckResult(rows=problem.seq_len if rows is None else len(rows))
     if impl.exact:
         with torch.no_grad():
-            comparator = sdpa_with_pattern(q, k, v, problem)
-        comp = comparator if rows is None else comparator[:, :, rows.to(comparator.device)]
+            comp = sdpa_with_pattern(q, k, v, problem, rows=rows)  # [B, H, R, D]
         result.verdicts.append(judge_exact(picked, ref, comp, problem.dtype))
     else:
         result.verdicts.append(judge_approximate(picked, ref, problem.dtype))

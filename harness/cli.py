@@ -1,0 +1,153 @@
+"""The ``attnbench`` command: list, run, report, compare.
+
+Mistakes a user can make (a bad suite, an unknown name, a missing folder) end with exit code 2
+and one sentence on standard error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.registry import RegistryError, load_registry
+from harness.suites import SuiteError, load_suite, parse_suite
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> int:
+    print(f"attnbench: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = load_registry(args.plugin)
+    rows = [impl.declaration() for impl in registry.items().values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="attention implementations", show_lines=False)
+    for column in ("name", "kind", "computes", "devices", "claims", "available"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        kind = "exact" if row["exact"] else f"approx. of {row['approximates'] or 'softmax attention'}"
+        status = "[green]yes[/]" if row["available"] else f"[red]no[/]: {row['reason']}"
+        claims = f"time N^{row['time_growth']:g}, mem N^{row['memory_growth']:g}"
+        table.add_row(row["name"], kind, ", ".join(row["computes"]), ", ".join(row["devices"]), claims, status)
+    Console().print(table)
+    return 0
+
+
+def _suite_for(args: argparse.Namespace, known: list[str]) -> Any:
+    if args.suite is None and args.resume and args.out:
+        run_json = Path(args.out) / "run.json"
+        if not run_json.exists():
+            raise SuiteError(f"--resume: {args.out} holds no run.json")
+        given = json.loads(run_json.read_text())["suite"]
+        return parse_suite(given["text"], given.get("path", str(run_json)), known)
+    return load_suite(args.suite or "quick", known)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import Runner, RunError
+
+    if args.resume and not args.out:
+        return _fail("--resume needs --out DIR: the folder of the run to finish")
+    try:
+        registry = load_registry(args.plugin)
+        suite = _suite_for(args, registry.names())
+        only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+        runner = Runner(suite, registry, Path(args.out) if args.out else None, plugins=args.plugin, only=only,
+                        resume=args.resume)  # fmt: skip
+        out = runner.run()
+    except (SuiteError, RegistryError, RunError) as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("attnbench: interrupted; finished records are kept — finish with --resume", file=sys.stderr)
+        return 130
+    print(f"results: {out}")
+    if not args.no_report:
+        _report([out], None, quiet=False)
+    return 0
+
+
+def _report(dirs: list[Path], out: Path | None, quiet: bool) -> int:
+    from harness.report import write_report
+
+    try:
+        html = write_report(dirs, out)
+    except Exception as exc:  # the results are safe; say why the report failed
+        print(f"attnbench: the report could not be written: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"report: {html}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    dirs = [Path(d) for d in args.dirs]
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        return _fail(f"no such result folder: {', '.join(missing)}")
+    return _report(dirs, Path(args.out) if args.out else None, quiet=False)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import run_compare
+
+    for d in (args.base, args.new):
+        if not Path(d).exists():
+            return _fail(f"no such result folder: {d}")
+    if args.threshold < 0:
+        return _fail("--threshold must be a percentage >= 0")
+    return run_compare(Path(args.base), Path(args.new), args.threshold, args.fail_on_regression,
+                       Path(args.out) if args.out else None)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnbench", description="Benchmark and compare attention implementations.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list the registered implementations")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="run a suite")
+    p.add_argument("suite", nargs="?", help="a suite name in suites/ or a path to a TOML file (default: quick)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: results/<time>_<suite>_<machine>)")
+    p.add_argument("--resume", action="store_true", help="finish the missing pairs of an interrupted run in --out")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated implementations to run")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write report.md, report.html, tables and plots from result folders")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--out", metavar="OUT", help="where to write (default: the first DIR)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="compare two runs: real regressions, not noise")
+    p.add_argument("base", metavar="BASE")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("--threshold", type=float, default=10.0, metavar="PCT", help="slowdown that counts (default 10)")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 on a significant regression")
+    p.add_argument("--out", metavar="OUT", help="where to write compare.md/html (default: NEW)")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

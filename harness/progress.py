@@ -1,0 +1,84 @@
+"""Progress of a sweep: a live bar on a terminal, one plain line per record elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+STATUS_STYLE = {
+    "ok": "green",
+    "inaccurate": "magenta",
+    "error": "red",
+    "timeout": "yellow",
+    "crashed": "red",
+    "oom": "yellow",
+    "unsupported": "dim",
+    "unavailable": "dim",
+    "skipped": "dim",
+}
+
+
+class SweepProgress:
+    """Shows the case and implementation in flight, counts by status and the time left."""
+
+    def __init__(self, total: int, done: int = 0, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal
+        self.total = total
+        self.counts: Counter[str] = Counter()
+        self.done = done
+        self.started = time.monotonic()
+        self._progress: Progress | None = None
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.fields[current]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task("sweep", total=total, completed=done, current="", counts="")
+
+    def __enter__(self) -> SweepProgress:
+        if self._progress:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress:
+            self._progress.stop()
+
+    def _counts_text(self, markup: bool) -> str:
+        parts = []
+        for status, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+            parts.append(f"[{STATUS_STYLE.get(status, '')}]{status} {n}[/]" if markup else f"{status} {n}")
+        return " ".join(parts)
+
+    def start(self, label: str, impl: str) -> None:
+        if self._progress:
+            self._progress.update(self._task, current=f"{impl} · {label}")
+
+    def finish(self, label: str, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.counts[record["status"]] += 1
+        if self._progress:
+            self._progress.update(self._task, completed=self.done, counts=self._counts_text(True))
+            return
+        time_ms = record.get("time_ms")
+        figure = f"{time_ms:9.3f} ms" if isinstance(time_ms, int | float) else " " * 12
+        note = "" if record["status"] == "ok" else f"  {str(record.get('reason', ''))[:100]}"
+        line = f"[{self.done}/{self.total}] {record['status']:<11} {record['impl']:<16} {figure}  {label}{note}"
+        print(line, file=sys.stderr, flush=True)
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.started
+        return f"{self.done}/{self.total} pairs in {elapsed:.0f} s: {self._counts_text(False)}"

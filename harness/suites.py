@@ -1,0 +1,300 @@
+"""Suites: TOML files that sweep shapes and hardware, validated before anything runs.
+
+A suite names the implementations, a grid whose every combination is one case, and a budget.
+Every user mistake (syntax, unknown key, wrong type, empty axis, value out of range, unknown
+implementation, dtype or device) raises :class:`SuiteError` with one sentence naming the file,
+the key and what was expected; the command line turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.patterns import BlockLayout
+from harness.problem import DTYPES, MODES, Problem
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+KNOWN_DEVICES = ("cpu", "cuda", "mps")
+
+
+class SuiteError(Exception):
+    """A suite that cannot run, with a message naming the file, the key and the fix."""
+
+
+# key -> (default, element type, check on each element or None, description of what is expected)
+_Check = Callable[[Any], bool] | None
+GRID_KEYS: dict[str, tuple[list[Any] | str, type, _Check, str]] = {
+    "batch": ([1], int, lambda x: x >= 1, "a list of integers >= 1"),
+    "heads": ([8], int, lambda x: x >= 1, "a list of integers >= 1"),
+    "kv_heads": ([], int, lambda x: x >= 1, "a list of integers >= 1 that divide heads (empty: same as heads)"),
+    "seq_len": ([], int, lambda x: 1 <= x <= 1 << 24, "a list of integers from 1 to 16777216"),
+    "kv_len": ([], int, lambda x: 1 <= x <= 1 << 24, "a list of integers from 1 to 16777216 (empty: same as seq_len)"),
+    "head_dim": ([64], int, lambda x: 1 <= x <= 1024, "a list of integers from 1 to 1024"),
+    "dtype": (["float32", "bfloat16"], str, lambda x: x in DTYPES or x == "auto", f"a list of {sorted(DTYPES)} or 'auto'"),
+    "device": (["cpu"], str, lambda x: x.split(":")[0] in KNOWN_DEVICES or x == "auto", f"a list of {list(KNOWN_DEVICES)} or 'auto'"),
+    "causal": ([False, True], bool, None, "a list of booleans"),
+    "window": ([0], int, lambda x: x >= 0, "a list of integers >= 0 (0: no window)"),
+    "layout": (["dense"], str, None, "a list of 'dense' or block layouts such as 'bigbird:block=64,local=1,global=1,random=2,seed=0'"),
+    "mode": (["forward"], str, lambda x: x in MODES, f"a list of {list(MODES)}"),
+    "threads": ([0], int, lambda x: x >= 0, "a list of integers >= 0 (0: all cores), or 'auto'"),
+}
+
+BUDGET_KEYS: dict[str, tuple[float, str]] = {
+    "timeout_s": (60.0, "seconds per (case, implementation) before the worker is killed"),
+    "memory_gib": (8.0, "GiB a worker may add per case before it ends as oom"),
+    "min_time_s": (0.2, "seconds of timing per case at least"),
+    "max_time_s": (2.0, "seconds of timing per case at most, while the spread stays wide"),
+    "min_repeats": (5, "timed samples per case at least"),
+    "accuracy_rows": (256, "query rows checked against the float64 reference (a seeded sample)"),
+}
+
+SUITE_KEYS: dict[str, tuple[Any, str]] = {
+    "name": ("", "a string"),
+    "description": ("", "a string"),
+    "implementations": ("all", "'all' or a list of implementation names"),
+    "baseline": ("sdpa", "an implementation name, or '' for none"),
+    "stop_on_failure": (True, "a boolean: stop growing the sequence for an implementation after a timeout, oom or crash"),
+    "seed": (0, "an integer seed for the inputs"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point of the grid: a problem and the CPU thread count it runs with."""
+
+    problem: Problem
+    threads: int
+
+    def fields(self) -> dict[str, Any]:
+        """The case as flat record fields."""
+        out = self.problem.as_dict()
+        out["threads"] = self.threads
+        return out
+
+    def label(self) -> str:
+        p = self.problem
+        parts = [f"{p.mode} {p.dtype} {p.device}", f"B{p.batch} H{p.heads}"]
+        if p.gqa:
+            parts[-1] += f"/{p.kv_heads}"
+        parts.append(f"N{p.seq_len}" + (f"x{p.kv_len}" if p.cross else ""))
+        parts.append(f"D{p.head_dim}")
+        parts += ["causal"] if p.causal else []
+        parts += [f"W{p.window}"] if p.window else []
+        parts += [p.layout.split(":")[0]] if p.layout != "dense" else []
+        parts += [f"t{self.threads}"]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite."""
+
+    name: str
+    description: str
+    implementations: tuple[str, ...] | str
+    baseline: str
+    grid: dict[str, list[Any]]
+    budget: dict[str, float]
+    path: str
+    text: str
+    stop_on_failure: bool = True
+    seed: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def impl_names(self, available: Iterable[str]) -> list[str]:
+        return list(available) if self.implementations == "all" else list(self.implementations)
+
+    def cases(self, devices_present: Iterable[str] | None = None, cores: int | None = None) -> list[Case]:
+        """Every combination of the grid, with 'auto' expanded for this machine. The sequence
+        lengths vary fastest, ascending, so a sweep grows within each group."""
+        present = list(devices_present) if devices_present is not None else detect_devices()
+        cores = cores or os.cpu_count() or 1
+        g = self.grid
+        devices = _unique(d for dev in g["device"] for d in (present if dev == "auto" else [dev]))
+        dtypes = _unique(t for dt in g["dtype"] for t in (["float32", "bfloat16", "float16"] if dt == "auto" else [dt]))
+        threads = _unique(t for th in g["threads"] for t in (_thread_ladder(cores) if th == "auto" else [th]))
+        kv_heads = g["kv_heads"] or [0]
+        kv_lens = sorted(g["kv_len"]) or [0]
+        out = []
+        for device, dtype, mode, nthreads, batch, heads, kvh, head_dim, causal, window, layout, kv_len, seq_len in (
+            itertools.product(
+                devices, dtypes, g["mode"], threads, g["batch"], g["heads"], kv_heads, g["head_dim"],
+                g["causal"], g["window"], g["layout"], kv_lens, sorted(g["seq_len"]),
+            )
+        ):  # fmt: skip
+            problem = Problem(
+                batch=batch, heads=heads, kv_heads=kvh, seq_len=seq_len, kv_len=kv_len, head_dim=head_dim,
+                dtype=dtype, device=device, causal=causal, window=window, layout=layout, mode=mode,
+            )  # fmt: skip
+            out.append(Case(problem, nthreads if device == "cpu" else 0))
+        return list(dict.fromkeys(out))
+
+
+def _unique(items: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(items))
+
+
+def _thread_ladder(cores: int) -> list[int]:
+    ladder = [1]
+    while ladder[-1] * 2 <= cores:
+        ladder.append(ladder[-1] * 2)
+    return [*ladder, cores] if ladder[-1] != cores else ladder
+
+
+def detect_devices() -> list[str]:
+    """The devices present on this machine."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    """A suite name in ``suites/`` (``quick``) or a path to a TOML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise SuiteError(f"{name_or_path}: no such suite file")
+        return candidate
+    path = SUITES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+        raise SuiteError(f"unknown suite {name_or_path!r}: expected a name in {SUITES_DIR} ({known}) or a path")
+    return path
+
+
+def load_suite(name_or_path: str, known_impls: Iterable[str] | None = None) -> Suite:
+    """Read and validate a suite; unknown implementations are errors when ``known_impls`` is given."""
+    path = resolve_suite_path(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    return parse_suite(text, str(path), known_impls)
+
+
+def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None) -> Suite:
+    """Validate suite TOML ``text``; ``where`` names the file in messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{where}: TOML syntax error: {exc}") from None
+    _no_unknown(raw, {"suite", "grid", "budget"}, where, "")
+    for table in ("suite", "grid", "budget"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise SuiteError(f"{where}: [{table}] must be a table")
+    suite_t, grid_t, budget_t = raw.get("suite", {}), raw.get("grid", {}), raw.get("budget", {})
+    _no_unknown(suite_t, set(SUITE_KEYS), where, "suite.")
+    _no_unknown(grid_t, set(GRID_KEYS), where, "grid.")
+    _no_unknown(budget_t, set(BUDGET_KEYS), where, "budget.")
+    grid = {key: _grid_axis(grid_t, key, where) for key in GRID_KEYS}
+    if not grid["seq_len"]:
+        raise SuiteError(f"{where}: grid.seq_len is required: expected {GRID_KEYS['seq_len'][3]}")
+    _check_combinations(grid, where)
+    budget = {key: _budget_value(budget_t, key, where) for key in BUDGET_KEYS}
+    impls = suite_t.get("implementations")
+    if impls is None:
+        raise SuiteError(f"{where}: suite.implementations is required: expected {SUITE_KEYS['implementations'][1]}")
+    impls = _implementations(impls, where, known_impls)
+    baseline = _typed(suite_t, "baseline", str, where, "suite.")
+    if known_impls is not None and baseline and baseline not in set(known_impls):
+        raise SuiteError(f"{where}: suite.baseline: unknown implementation {baseline!r}{_did_you_mean(baseline, known_impls)}")
+    return Suite(
+        name=_typed(suite_t, "name", str, where, "suite.") or Path(where).stem,
+        description=_typed(suite_t, "description", str, where, "suite."),
+        implementations=impls,
+        baseline=baseline,
+        grid=grid,
+        budget=budget,
+        path=where,
+        text=text,
+        stop_on_failure=_typed(suite_t, "stop_on_failure", bool, where, "suite."),
+        seed=_typed(suite_t, "seed", int, where, "suite."),
+        raw=raw,
+    )
+
+
+def _no_unknown(table: dict[str, Any], allowed: set[str], where: str, prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = _did_you_mean(key, allowed)
+            raise SuiteError(f"{where}: unknown key {prefix}{key}{hint}; expected one of {sorted(allowed)}")
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _typed(table: dict[str, Any], key: str, kind: type, where: str, prefix: str) -> Any:
+    default, expected = SUITE_KEYS[key]
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SuiteError(f"{where}: {prefix}{key} = {value!r}: expected {expected}")
+    return value
+
+
+def _grid_axis(grid: dict[str, Any], key: str, where: str) -> list[Any]:
+    default, kind, check, expected = GRID_KEYS[key]
+    value = grid.get(key, default)
+    auto_ok = key in ("device", "dtype", "threads")
+    if isinstance(value, str) and value == "auto" and auto_ok:
+        return ["auto"]
+    if not isinstance(value, list):
+        value = [value] if isinstance(value, kind) and not isinstance(value, list) else value
+    if not isinstance(value, list):
+        raise SuiteError(f"{where}: grid.{key} = {value!r}: expected {expected}")
+    if not value and key not in ("kv_heads", "kv_len", "seq_len"):
+        raise SuiteError(f"{where}: grid.{key} is empty: expected {expected}")
+    for item in value:
+        if auto_ok and item == "auto":
+            continue
+        wrong_type = not isinstance(item, kind) or (kind is int and isinstance(item, bool))
+        if wrong_type or (check is not None and not check(item)):
+            raise SuiteError(f"{where}: grid.{key} has {item!r}: expected {expected}")
+        if key == "layout":
+            try:
+                if item != "dense":
+                    BlockLayout.parse(item)
+            except ValueError as exc:
+                raise SuiteError(f"{where}: grid.layout: {exc}") from None
+    return _unique(value)
+
+
+def _check_combinations(grid: dict[str, list[Any]], where: str) -> None:
+    for heads, kvh in itertools.product(grid["heads"], grid["kv_heads"]):
+        if heads % kvh:
+            raise SuiteError(f"{where}: grid.kv_heads has {kvh}, which does not divide heads = {heads}")
+
+
+def _budget_value(budget: dict[str, Any], key: str, where: str) -> float:
+    default, expected = BUDGET_KEYS[key]
+    value = budget.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise SuiteError(f"{where}: budget.{key} = {value!r}: expected a positive number ({expected})")
+    return value
+
+
+def _implementations(value: Any, where: str, known: Iterable[str] | None) -> tuple[str, ...] | str:
+    if value == "all":
+        return "all"
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise SuiteError(f"{where}: suite.implementations = {value!r}: expected {SUITE_KEYS['implementations'][1]}")
+    if known is not None:
+        known_set = set(known)
+        for name in value:
+            if name not in known_set:
+                raise SuiteError(
+                    f"{where}: suite.implementations: unknown implementation {name!r}{_did_you_mean(name, known_set)}"
+                )
+    return tuple(_unique(value))

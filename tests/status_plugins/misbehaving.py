@@ -1,0 +1,66 @@
+"""Deliberately broken implementations: each produces one failure status in a sweep.
+
+Loaded with ``--plugin`` by the engine tests. Every one computes correct attention first where
+that matters, so that only the intended failure shows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+import torch
+import torch.nn.functional as F
+
+from harness import register
+
+Tensor = torch.Tensor
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+@register("bad_segfault", description="dereferences a null pointer")
+def bad_segfault(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    ctypes.string_at(0)  # SIGSEGV
+    return q
+
+
+@register("bad_hang", description="never returns")
+def bad_hang(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    while True:
+        time.sleep(0.05)
+
+
+@register("bad_alloc", description="allocates without limit")
+def bad_alloc(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    hoard = []
+    while True:
+        hoard.append(torch.ones(256 * 1024 * 1024 // 4))  # 256 MiB a step, touched
+
+
+@register("bad_nan", description="returns NaN")
+def bad_nan(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    return torch.full_like(q, float("nan"))
+
+
+@register("bad_shape", description="returns the wrong shape")
+def bad_shape(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    return _sdpa(q, k, v, causal, scale)[..., :-1]
+
+
+@register("bad_raise", description="raises")
+def bad_raise(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    raise RuntimeError("deliberate failure from bad_raise")
+
+
+@register("good_sdpa", description="correct: PyTorch SDPA", features=("causal", "gqa", "cross", "backward"))
+def good_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    return _sdpa(q, k, v, causal, scale)
+
+
+@register("sleep_20ms", description="correct, and sleeps 20 ms per call", features=("causal",))
+def sleep_20ms(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    time.sleep(0.020)
+    return _sdpa(q, k, v, causal, scale)
