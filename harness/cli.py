@@ -32,15 +32,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="attention implementations", show_lines=False)
+    table = Table(title="attention implementations")
     for column in ("name", "kind", "computes", "devices", "claims", "available"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        kind = "exact" if row["exact"] else f"approx. of {row['approximates'] or 'softmax attention'}"
-        status = "[green]yes[/]" if row["available"] else f"[red]no[/]: {row['reason']}"
-        claims = f"time N^{row['time_growth']:g}, mem N^{row['memory_growth']:g}"
+        kind = "exact" if row["exact"] else f"approximates {row['approximates'] or 'softmax attention'}"
+        status = "[green]yes[/]" if row["available"] else "[red]no[/] (reason below)"
+        claims = f"time N^{row['time_growth']:g}, memory N^{row['memory_growth']:g}"
         table.add_row(row["name"], kind, ", ".join(row["computes"]), ", ".join(row["devices"]), claims, status)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for row in rows:
+        if not row["available"]:
+            console.print(f"[bold]{row['name']}[/] unavailable: {row['reason']}", markup=True, highlight=False)
     return 0
 
 
@@ -55,7 +59,7 @@ def _suite_for(args: argparse.Namespace, known: list[str]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import Runner, RunError
+    from harness.runner import RunError, Runner
 
     if args.resume and not args.out:
         return _fail("--resume needs --out DIR: the folder of the run to finish")

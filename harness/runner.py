@@ -85,7 +85,8 @@ class Runner:
         self.show_progress = progress
         self.impls = self._select(only)
         self.devices = detect_devices()
-        self.cases = suite.cases(self.devices)
+        self.pairs = [(c, i) for c, i in suite.pairs(registry.names(), self.devices) if i in self.impls]
+        self.cases = list(dict.fromkeys(case for case, _ in self.pairs))
 
     def _select(self, only: list[str] | None) -> list[str]:
         names = self.suite.impl_names(self.registry.names())
@@ -134,11 +135,6 @@ class Runner:
 
     # -- the sweep ---------------------------------------------------------------------------
 
-    def pairs(self) -> Iterator[tuple[Case, str]]:
-        for case in self.cases:
-            for impl in self.impls:
-                yield case, impl
-
     def run(self) -> Path:
         """Run every missing pair; returns the output folder."""
         from harness.progress import SweepProgress
@@ -150,15 +146,15 @@ class Runner:
         failures = Failures()
         for row in existing:
             failures.add(row)
-        total = len(self.cases) * len(self.impls)
+        total = len(self.pairs)
         pool = WorkerPool(self.plugins, self.out_dir / "workers.log")
         with _terminate_on_signals(pool), RecordWriter(self.out_dir / "results.jsonl") as writer:
             try:
                 self._calibrate(info, pool)
                 self._write_info(info)
-                peaks = {(c["device"], c["dtype"], c["threads"]): c["gflops"] for c in info["calibration"]}
+                peaks = {(c["device"], c["dtype"], c["requested_threads"]): c["gflops"] for c in info["calibration"]}
                 with SweepProgress(total, done=len(done) if self.show_progress else 0) as progress:
-                    for case, impl in self.pairs():
+                    for case, impl in self.pairs:
                         fields = {"impl": impl, **case.fields()}
                         if record_key(fields) in done:
                             continue

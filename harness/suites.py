@@ -99,7 +99,7 @@ class Suite:
     description: str
     implementations: tuple[str, ...] | str
     baseline: str
-    grid: dict[str, list[Any]]
+    grids: list[dict[str, Any]]  # each: the axes, and "implementations" (None: the suite's)
     budget: dict[str, float]
     path: str
     text: str
@@ -108,32 +108,57 @@ class Suite:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def impl_names(self, available: Iterable[str]) -> list[str]:
-        return list(available) if self.implementations == "all" else list(self.implementations)
+        """Every implementation the suite runs, in order."""
+        names: list[str] = []
+        for grid in self.grids:
+            names += self._grid_impls(grid, available)
+        return _unique(names)
+
+    def _grid_impls(self, grid: dict[str, Any], available: Iterable[str]) -> list[str]:
+        chosen = grid.get("implementations") or self.implementations
+        return list(available) if chosen == "all" else list(chosen)
+
+    def pairs(
+        self, available: Iterable[str], devices_present: Iterable[str] | None = None, cores: int | None = None
+    ) -> list[tuple[Case, str]]:
+        """Every (case, implementation) the suite runs, each once, grid by grid."""
+        names = list(available)
+        out: list[tuple[Case, str]] = []
+        for grid in self.grids:
+            impls = self._grid_impls(grid, names)
+            out += [(case, impl) for case in expand_grid(grid, devices_present, cores) for impl in impls]
+        return _unique(out)
 
     def cases(self, devices_present: Iterable[str] | None = None, cores: int | None = None) -> list[Case]:
-        """Every combination of the grid, with 'auto' expanded for this machine. The sequence
-        lengths vary fastest, ascending, so a sweep grows within each group."""
-        present = list(devices_present) if devices_present is not None else detect_devices()
-        cores = cores or os.cpu_count() or 1
-        g = self.grid
-        devices = _unique(d for dev in g["device"] for d in (present if dev == "auto" else [dev]))
-        dtypes = _unique(t for dt in g["dtype"] for t in (["float32", "bfloat16", "float16"] if dt == "auto" else [dt]))
-        threads = _unique(t for th in g["threads"] for t in (_thread_ladder(cores) if th == "auto" else [th]))
-        kv_heads = g["kv_heads"] or [0]
-        kv_lens = sorted(g["kv_len"]) or [0]
-        out = []
-        for device, dtype, mode, nthreads, batch, heads, kvh, head_dim, causal, window, layout, kv_len, seq_len in (
-            itertools.product(
-                devices, dtypes, g["mode"], threads, g["batch"], g["heads"], kv_heads, g["head_dim"],
-                g["causal"], g["window"], g["layout"], kv_lens, sorted(g["seq_len"]),
-            )
-        ):  # fmt: skip
-            problem = Problem(
-                batch=batch, heads=heads, kv_heads=kvh, seq_len=seq_len, kv_len=kv_len, head_dim=head_dim,
-                dtype=dtype, device=device, causal=causal, window=window, layout=layout, mode=mode,
-            )  # fmt: skip
-            out.append(Case(problem, nthreads if device == "cpu" else 0))
-        return list(dict.fromkeys(out))
+        """Every case of every grid, with 'auto' expanded for this machine."""
+        return _unique(case for grid in self.grids for case in expand_grid(grid, devices_present, cores))
+
+
+def expand_grid(
+    g: dict[str, Any], devices_present: Iterable[str] | None = None, cores: int | None = None
+) -> list[Case]:
+    """Every combination of one grid. The sequence lengths vary fastest, ascending, so a sweep
+    grows within each group."""
+    present = list(devices_present) if devices_present is not None else detect_devices()
+    cores = cores or os.cpu_count() or 1
+    devices = _unique(d for dev in g["device"] for d in (present if dev == "auto" else [dev]))
+    dtypes = _unique(t for dt in g["dtype"] for t in (["float32", "bfloat16", "float16"] if dt == "auto" else [dt]))
+    threads = _unique(t for th in g["threads"] for t in (_thread_ladder(cores) if th == "auto" else [th]))
+    kv_heads = g["kv_heads"] or [0]
+    kv_lens = sorted(g["kv_len"]) or [0]
+    out = []
+    for device, dtype, mode, nthreads, batch, heads, kvh, head_dim, causal, window, layout, kv_len, seq_len in (
+        itertools.product(
+            devices, dtypes, g["mode"], threads, g["batch"], g["heads"], kv_heads, g["head_dim"],
+            g["causal"], g["window"], g["layout"], kv_lens, sorted(g["seq_len"]),
+        )
+    ):  # fmt: skip
+        problem = Problem(
+            batch=batch, heads=heads, kv_heads=kvh, seq_len=seq_len, kv_len=kv_len, head_dim=head_dim,
+            dtype=dtype, device=device, causal=causal, window=window, layout=layout, mode=mode,
+        )  # fmt: skip
+        out.append(Case(problem, nthreads if device == "cpu" else 0))
+    return _unique(out)
 
 
 def _unique(items: Iterable[Any]) -> list[Any]:
@@ -188,22 +213,19 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{where}: TOML syntax error: {exc}") from None
     _no_unknown(raw, {"suite", "grid", "budget"}, where, "")
-    for table in ("suite", "grid", "budget"):
+    for table in ("suite", "budget"):
         if not isinstance(raw.get(table, {}), dict):
             raise SuiteError(f"{where}: [{table}] must be a table")
-    suite_t, grid_t, budget_t = raw.get("suite", {}), raw.get("grid", {}), raw.get("budget", {})
+    suite_t, budget_t = raw.get("suite", {}), raw.get("budget", {})
     _no_unknown(suite_t, set(SUITE_KEYS), where, "suite.")
-    _no_unknown(grid_t, set(GRID_KEYS), where, "grid.")
     _no_unknown(budget_t, set(BUDGET_KEYS), where, "budget.")
-    grid = {key: _grid_axis(grid_t, key, where) for key in GRID_KEYS}
-    if not grid["seq_len"]:
-        raise SuiteError(f"{where}: grid.seq_len is required: expected {GRID_KEYS['seq_len'][3]}")
-    _check_combinations(grid, where)
-    budget = {key: _budget_value(budget_t, key, where) for key in BUDGET_KEYS}
     impls = suite_t.get("implementations")
     if impls is None:
         raise SuiteError(f"{where}: suite.implementations is required: expected {SUITE_KEYS['implementations'][1]}")
-    impls = _implementations(impls, where, known_impls)
+    impls = _implementations(impls, where, known_impls, "suite.implementations")
+    grids = [_grid(table, f"grid{'' if len(tables) == 1 else f'[{i}]'}", where, known_impls)
+             for tables in [_grid_tables(raw.get("grid", {}), where)] for i, table in enumerate(tables)]  # fmt: skip
+    budget = {key: _budget_value(budget_t, key, where) for key in BUDGET_KEYS}
     baseline = _typed(suite_t, "baseline", str, where, "suite.")
     if known_impls is not None and baseline and baseline not in set(known_impls):
         raise SuiteError(f"{where}: suite.baseline: unknown implementation {baseline!r}{_did_you_mean(baseline, known_impls)}")
@@ -212,7 +234,7 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
         description=_typed(suite_t, "description", str, where, "suite."),
         implementations=impls,
         baseline=baseline,
-        grid=grid,
+        grids=grids,
         budget=budget,
         path=where,
         text=text,
@@ -244,7 +266,27 @@ def _typed(table: dict[str, Any], key: str, kind: type, where: str, prefix: str)
     return value
 
 
-def _grid_axis(grid: dict[str, Any], key: str, where: str) -> list[Any]:
+def _grid_tables(value: Any, where: str) -> list[dict[str, Any]]:
+    """``[grid]`` is one table; ``[[grid]]`` is several, each its own product of axes."""
+    tables = value if isinstance(value, list) else [value]
+    if not tables or not all(isinstance(t, dict) for t in tables):
+        raise SuiteError(f"{where}: grid must be a table [grid] or an array of tables [[grid]]")
+    return tables
+
+
+def _grid(table: dict[str, Any], name: str, where: str, known: Iterable[str] | None) -> dict[str, Any]:
+    _no_unknown(table, {*GRID_KEYS, "implementations"}, where, f"{name}.")
+    grid: dict[str, Any] = {key: _grid_axis(table, key, where, name) for key in GRID_KEYS}
+    if not grid["seq_len"]:
+        raise SuiteError(f"{where}: {name}.seq_len is required: expected {GRID_KEYS['seq_len'][3]}")
+    _check_combinations(grid, where, name)
+    grid["implementations"] = None
+    if "implementations" in table:
+        grid["implementations"] = _implementations(table["implementations"], where, known, f"{name}.implementations")
+    return grid
+
+
+def _grid_axis(grid: dict[str, Any], key: str, where: str, name: str = "grid") -> list[Any]:
     default, kind, check, expected = GRID_KEYS[key]
     value = grid.get(key, default)
     auto_ok = key in ("device", "dtype", "threads")
@@ -253,28 +295,28 @@ def _grid_axis(grid: dict[str, Any], key: str, where: str) -> list[Any]:
     if not isinstance(value, list):
         value = [value] if isinstance(value, kind) and not isinstance(value, list) else value
     if not isinstance(value, list):
-        raise SuiteError(f"{where}: grid.{key} = {value!r}: expected {expected}")
+        raise SuiteError(f"{where}: {name}.{key} = {value!r}: expected {expected}")
     if not value and key not in ("kv_heads", "kv_len", "seq_len"):
-        raise SuiteError(f"{where}: grid.{key} is empty: expected {expected}")
+        raise SuiteError(f"{where}: {name}.{key} is empty: expected {expected}")
     for item in value:
         if auto_ok and item == "auto":
             continue
         wrong_type = not isinstance(item, kind) or (kind is int and isinstance(item, bool))
         if wrong_type or (check is not None and not check(item)):
-            raise SuiteError(f"{where}: grid.{key} has {item!r}: expected {expected}")
+            raise SuiteError(f"{where}: {name}.{key} has {item!r}: expected {expected}")
         if key == "layout":
             try:
                 if item != "dense":
                     BlockLayout.parse(item)
             except ValueError as exc:
-                raise SuiteError(f"{where}: grid.layout: {exc}") from None
+                raise SuiteError(f"{where}: {name}.layout: {exc}") from None
     return _unique(value)
 
 
-def _check_combinations(grid: dict[str, list[Any]], where: str) -> None:
+def _check_combinations(grid: dict[str, list[Any]], where: str, name: str) -> None:
     for heads, kvh in itertools.product(grid["heads"], grid["kv_heads"]):
         if heads % kvh:
-            raise SuiteError(f"{where}: grid.kv_heads has {kvh}, which does not divide heads = {heads}")
+            raise SuiteError(f"{where}: {name}.kv_heads has {kvh}, which does not divide heads = {heads}")
 
 
 def _budget_value(budget: dict[str, Any], key: str, where: str) -> float:
@@ -285,16 +327,14 @@ def _budget_value(budget: dict[str, Any], key: str, where: str) -> float:
     return value
 
 
-def _implementations(value: Any, where: str, known: Iterable[str] | None) -> tuple[str, ...] | str:
+def _implementations(value: Any, where: str, known: Iterable[str] | None, key: str) -> tuple[str, ...] | str:
     if value == "all":
         return "all"
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise SuiteError(f"{where}: suite.implementations = {value!r}: expected {SUITE_KEYS['implementations'][1]}")
+        raise SuiteError(f"{where}: {key} = {value!r}: expected {SUITE_KEYS['implementations'][1]}")
     if known is not None:
         known_set = set(known)
         for name in value:
             if name not in known_set:
-                raise SuiteError(
-                    f"{where}: suite.implementations: unknown implementation {name!r}{_did_you_mean(name, known_set)}"
-                )
+                raise SuiteError(f"{where}: {key}: unknown implementation {name!r}{_did_you_mean(name, known_set)}")
     return tuple(_unique(value))

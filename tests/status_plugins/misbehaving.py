@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from harness import register
+from harness import Availability, Implementation, Problem, register
 
 Tensor = torch.Tensor
 
@@ -64,3 +64,34 @@ def good_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **
 def sleep_20ms(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
     time.sleep(0.020)
     return _sdpa(q, k, v, causal, scale)
+
+
+@register("bad_unavailable")
+class NeedsMissingHardware(Implementation):
+    """Declares itself unavailable, as a library missing its device would."""
+
+    description = "needs hardware this machine lacks"
+
+    def available(self) -> Availability:
+        return Availability.no("needs a TPU, and this machine has none")
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        raise AssertionError("an unavailable implementation must never run")
+
+
+@register("only_float64", description="declares float64 only", dtypes=("float64",))
+def only_float64(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    return _sdpa(q, k, v, causal, scale)
+
+
+@register("huge_estimate")
+class HugeEstimate(Implementation):
+    """Correct, but predicts more memory than any budget: never started."""
+
+    description = "predicts an enormous footprint"
+
+    def memory_estimate(self, problem: Problem) -> int | None:
+        return 1 << 50
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        raise AssertionError("a case predicted out of memory must never run")

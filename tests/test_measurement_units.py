@@ -1,0 +1,151 @@
+"""The measuring parts on their own: patterns and FLOPs, timing statistics, memory, records."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.flops import attention_flops, dense_flops
+from harness.memory import cpu_peak_bytes
+from harness.patterns import BlockLayout, Pattern
+from harness.problem import Problem
+from harness.records import Record, RecordWriter, read_records
+from harness.reference import sample_rows
+from harness.timing import Samples, measure
+
+
+def test_full_forward_flops_follow_the_convention() -> None:
+    p = Problem(batch=2, heads=8, seq_len=1024, head_dim=64)
+    assert attention_flops(p) == 4 * 2 * 8 * 1024 * 1024 * 64
+    assert dense_flops(p) == attention_flops(p)
+
+
+def test_causal_counts_only_unmasked_pairs_once() -> None:
+    n = 1000
+    p = Problem(heads=1, seq_len=n, head_dim=64, causal=True)
+    assert attention_flops(p) == 4 * 64 * n * (n + 1) // 2  # not halved twice, not N²
+    assert dense_flops(p) == 4 * 64 * n * n
+
+
+def test_causal_cross_attention_is_bottom_right_aligned() -> None:
+    # 4 queries against 10 keys: the last query sees all 10, the first sees 7.
+    assert Pattern(causal=True).pairs(4, 10) == 7 + 8 + 9 + 10
+    # 10 queries against 4 keys: the first 6 see nothing.
+    assert Pattern(causal=True).pairs(10, 4) == 1 + 2 + 3 + 4
+
+
+def test_backward_modes_scale_the_forward() -> None:
+    fwd = Problem(seq_len=256, mode="forward")
+    assert attention_flops(fwd.with_(mode="backward")) == 2.5 * attention_flops(fwd)
+    assert attention_flops(fwd.with_(mode="forward_backward")) == 3.5 * attention_flops(fwd)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nq=st.integers(1, 300),
+    nk=st.integers(1, 300),
+    causal=st.booleans(),
+    window=st.integers(0, 70),
+    layout=st.sampled_from(["dense", "bigbird:block=16", "longformer:block=8,global=2", "local:block=32,local=0"]),
+)
+def test_pair_count_equals_the_mask(nq: int, nk: int, causal: bool, window: int, layout: str) -> None:
+    pattern = Pattern.make(causal, window, layout)
+    assert pattern.pairs(nq, nk) == int(pattern.mask(nq, nk).sum())
+
+
+def test_window_semantics() -> None:
+    mask = Pattern(causal=True, window=3).mask(6, 6)
+    assert mask[5].tolist() == [False, False, False, True, True, True]  # the 3 keys ending at the query
+    mask = Pattern(causal=False, window=2).mask(6, 6)
+    assert mask[2].tolist() == [False, True, True, True, False, False]  # |p - j| < 2
+
+
+def test_block_layout_is_reproducible_and_seeded() -> None:
+    a = BlockLayout.parse("bigbird:block=16,random=3,seed=1").table(512, 512)
+    b = BlockLayout.parse("bigbird:block=16,random=3,seed=1").table(512, 512)
+    c = BlockLayout.parse("bigbird:block=16,random=3,seed=2").table(512, 512)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert BlockLayout.parse("bigbird:block=16,random=3,seed=1").spec == "bigbird:block=16,local=1,global=1,random=3,seed=1"
+
+
+def test_block_layout_keeps_a_number_of_blocks_independent_of_length() -> None:
+    layout = BlockLayout.parse("local:block=64,local=1")
+    for n in (1024, 4096):
+        per_row = layout.table(n, n).sum(dim=1)
+        assert int(per_row.max()) == 3
+
+
+def test_sample_rows_is_seeded_and_keeps_the_last_row() -> None:
+    rows = sample_rows(10_000, 100, seed=3)
+    assert rows is not None and len(rows) == 100 and int(rows[-1]) == 9_999
+    assert torch.equal(rows, sample_rows(10_000, 100, seed=3))
+    assert sample_rows(50, 100) is None
+
+
+def test_samples_statistics() -> None:
+    s = Samples([1.0, 2.0, 3.0, 4.0, 100.0])
+    q1, med, q3 = s.quartiles()
+    assert (q1, med, q3) == (2.0, 3.0, 4.0)
+    assert s.spread == pytest.approx(2.0 / 3.0)
+
+
+def test_measure_stops_on_a_small_spread_and_interleaves() -> None:
+    calls: list[str] = []
+
+    def a() -> None:
+        calls.append("a")
+        time.sleep(0.002)
+
+    def b() -> None:
+        calls.append("b")
+        time.sleep(0.001)
+
+    timing = measure(a, b, "cpu", min_time_s=0.05, max_time_s=2.0, min_repeats=5)
+    assert len(timing.impl.ms) == len(timing.baseline.ms) >= 5  # type: ignore[union-attr]
+    pairs = calls[2 + timing.inner :]  # after warm-up and the sizing call
+    assert pairs[: 2 * timing.inner : timing.inner] == ["a", "b"]
+
+
+def test_memory_sees_a_tensor_allocation() -> None:
+    mib = 2**20
+
+    def allocate() -> torch.Tensor:
+        return torch.ones(64 * mib // 4)  # 64 MiB, touched
+
+    peak = cpu_peak_bytes(allocate)
+    assert 60 * mib <= peak <= 80 * mib
+    assert cpu_peak_bytes(lambda: None) < 8 * mib
+
+
+def test_torn_last_line_is_ignored_and_trimmed(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    with RecordWriter(path) as w:
+        w.write(Record(impl="a", status="ok"))
+    with path.open("a") as fh:
+        fh.write('{"impl": "b", "sta')  # the runner died mid-write
+    assert [r["impl"] for r in read_records(path)] == ["a"]
+    with RecordWriter(path) as w:
+        w.write(Record(impl="c", status="error"))
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["impl"] for line in lines] == ["a", "c"]
+
+
+def test_records_load_straight_into_pandas(tmp_path: Path) -> None:
+    import pandas as pd
+
+    path = tmp_path / "results.jsonl"
+    with RecordWriter(path) as w:
+        w.write(Record(impl="a", status="ok", time_ms=1.5, samples_ms=[1.4, 1.5, 1.6]))
+        w.write(Record(impl="b", status="oom", reason="too big"))
+    frame = pd.read_json(path, lines=True)
+    assert list(frame["impl"]) == ["a", "b"]
+    assert frame.loc[0, "time_ms"] == 1.5
+    assert os.path.getsize(path) > 0
