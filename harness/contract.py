@@ -169,7 +169,9 @@ class FunctionImplementation(Implementation):
     ) -> None:
         unknown = set(features) - ALL_FEATURES
         if unknown:
-            raise ValueError(f"implementation {name!r}: unknown features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}")
+            raise ValueError(
+                f"implementation {name!r}: unknown features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}"
+            )
         self.fn = fn
         self.name = name  # type: ignore[misc]
         doc = inspect.getdoc(fn) or ""

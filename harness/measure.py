@@ -90,9 +90,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_case(
-    registry: Registry, job: dict[str, Any], set_memory_cap: Callable[[int | None], None]
-) -> dict[str, Any]:
+def run_case(registry: Registry, job: dict[str, Any], set_memory_cap: Callable[[int | None], None]) -> dict[str, Any]:
     """Run one job; returns ``{"record": {...}, "healthy": bool}`` (unhealthy: replace the worker)."""
     case = job["case"]
     problem = problem_of(case)

@@ -77,9 +77,7 @@ class BlockLayout:
     @property
     def spec(self) -> str:
         """Canonical text form, e.g. ``bigbird:block=64,local=1,global=1,random=2,seed=0``."""
-        params = ",".join(
-            f"{f.name.rstrip('_')}={getattr(self, f.name)}" for f in fields(self) if f.name != "name"
-        )
+        params = ",".join(f"{f.name.rstrip('_')}={getattr(self, f.name)}" for f in fields(self) if f.name != "name")
         return f"{self.name}:{params}"
 
     def table(self, nq: int, nk: int) -> torch.Tensor:
@@ -126,9 +124,7 @@ class Pattern:
         """True when every pair is computed."""
         return not self.causal and not self.window and self.layout is None
 
-    def row_ranges(
-        self, nq: int, nk: int, rows: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def row_ranges(self, nq: int, nk: int, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """For each query row, the half-open key range ``[lo, hi)`` allowed by causal and window
         (the layout is applied on top). Both ``[len(rows)]`` int64."""
         i = torch.arange(nq) if rows is None else rows  # [R]

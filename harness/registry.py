@@ -110,7 +110,7 @@ class Registry:
             return target
 
         if not isinstance(name, str):
-            raise RegistryError("use @register(\"name\"): the decorator needs the implementation's name")
+            raise RegistryError('use @register("name"): the decorator needs the implementation\'s name')
         return decorate
 
     # -- reading ------------------------------------------------------------------------------

@@ -173,7 +173,9 @@ class Runner:
 
     def _calibrate(self, info: dict[str, Any], pool: WorkerPool) -> None:
         have = {(c["device"], c["dtype"], c["requested_threads"]) for c in info["calibration"]}
-        wanted = {(c.problem.device, c.problem.dtype, c.threads) for c in self.cases if c.problem.device in self.devices}
+        wanted = {
+            (c.problem.device, c.problem.dtype, c.threads) for c in self.cases if c.problem.device in self.devices
+        }
         for device, dtype, threads in sorted(wanted - have):
             try:
                 answer = pool.request({"op": "calibrate", "device": device, "dtype": dtype, "threads": threads}, 300)
@@ -208,7 +210,9 @@ class Runner:
         limit = budget["memory_gib"] * 2**30
         if estimate is not None and estimate > limit:
             return outcome(
-                "oom", f"predicted {estimate / 2**30:.1f} GiB beyond the inputs, over the {budget['memory_gib']:g} GiB budget; not started"
+                "oom",
+                f"predicted {estimate / 2**30:.1f} GiB beyond the inputs, over the"
+                f" {budget['memory_gib']:g} GiB budget; not started",
             )
         job = {
             "op": "case", "case": fields, "impl": name, "baseline": self.suite.baseline,

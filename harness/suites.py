@@ -36,11 +36,26 @@ GRID_KEYS: dict[str, tuple[list[Any] | str, type, _Check, str]] = {
     "seq_len": ([], int, lambda x: 1 <= x <= 1 << 24, "a list of integers from 1 to 16777216"),
     "kv_len": ([], int, lambda x: 1 <= x <= 1 << 24, "a list of integers from 1 to 16777216 (empty: same as seq_len)"),
     "head_dim": ([64], int, lambda x: 1 <= x <= 1024, "a list of integers from 1 to 1024"),
-    "dtype": (["float32", "bfloat16"], str, lambda x: x in DTYPES or x == "auto", f"a list of {sorted(DTYPES)} or 'auto'"),
-    "device": (["cpu"], str, lambda x: x.split(":")[0] in KNOWN_DEVICES or x == "auto", f"a list of {list(KNOWN_DEVICES)} or 'auto'"),
+    "dtype": (
+        ["float32", "bfloat16"],
+        str,
+        lambda x: x in DTYPES or x == "auto",
+        f"a list of {sorted(DTYPES)} or 'auto'",
+    ),
+    "device": (
+        ["cpu"],
+        str,
+        lambda x: x.split(":")[0] in KNOWN_DEVICES or x == "auto",
+        f"a list of {list(KNOWN_DEVICES)} or 'auto'",
+    ),
     "causal": ([False, True], bool, None, "a list of booleans"),
     "window": ([0], int, lambda x: x >= 0, "a list of integers >= 0 (0: no window)"),
-    "layout": (["dense"], str, None, "a list of 'dense' or block layouts such as 'bigbird:block=64,local=1,global=1,random=2,seed=0'"),
+    "layout": (
+        ["dense"],
+        str,
+        None,
+        "a list of 'dense' or block layouts such as 'bigbird:block=64,local=1,global=1,random=2,seed=0'",
+    ),
     "mode": (["forward"], str, lambda x: x in MODES, f"a list of {list(MODES)}"),
     "threads": ([0], int, lambda x: x >= 0, "a list of integers >= 0 (0: all cores), or 'auto'"),
 }
@@ -59,7 +74,10 @@ SUITE_KEYS: dict[str, tuple[Any, str]] = {
     "description": ("", "a string"),
     "implementations": ("all", "'all' or a list of implementation names"),
     "baseline": ("sdpa", "an implementation name, or '' for none"),
-    "stop_on_failure": (True, "a boolean: stop growing the sequence for an implementation after a timeout, oom or crash"),
+    "stop_on_failure": (
+        True,
+        "a boolean: stop growing the sequence for an implementation after a timeout, oom or crash",
+    ),
     "seed": (0, "an integer seed for the inputs"),
 }
 
@@ -228,7 +246,9 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
     budget = {key: _budget_value(budget_t, key, where) for key in BUDGET_KEYS}
     baseline = _typed(suite_t, "baseline", str, where, "suite.")
     if known_impls is not None and baseline and baseline not in set(known_impls):
-        raise SuiteError(f"{where}: suite.baseline: unknown implementation {baseline!r}{_did_you_mean(baseline, known_impls)}")
+        raise SuiteError(
+            f"{where}: suite.baseline: unknown implementation {baseline!r}{_did_you_mean(baseline, known_impls)}"
+        )
     return Suite(
         name=_typed(suite_t, "name", str, where, "suite.") or Path(where).stem,
         description=_typed(suite_t, "description", str, where, "suite."),

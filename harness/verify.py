@@ -54,7 +54,9 @@ class CheckResult:
         return "; ".join(v.explain() for v in self.verdicts if not v.ok)
 
 
-def _grads(fn: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor, k: Tensor, v: Tensor, dout: Tensor) -> list[Tensor]:
+def _grads(
+    fn: Callable[[Tensor, Tensor, Tensor], Tensor], q: Tensor, k: Tensor, v: Tensor, dout: Tensor
+) -> list[Tensor]:
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
     out = fn(*leaves)
     out.backward(dout.to(out.dtype))

@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(args.parent)
     if os.getppid() != args.parent:  # the runner died before we started watching
         sys.exit(1)
-    with os.fdopen(args.jobs_fd, "r", encoding="utf-8") as jobs, os.fdopen(
-        args.answers_fd, "w", encoding="utf-8"
-    ) as answers:
+    with (
+        os.fdopen(args.jobs_fd, "r", encoding="utf-8") as jobs,
+        os.fdopen(args.answers_fd, "w", encoding="utf-8") as answers,
+    ):
         serve(jobs, answers, args.plugin)
 
 

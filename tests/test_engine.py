@@ -41,7 +41,9 @@ def by_impl(records: list[dict[str, Any]], seq_len: int) -> dict[str, dict[str, 
     return {r["impl"]: r for r in records if r["seq_len"] == seq_len}
 
 
-def test_every_status_is_produced_and_every_pair_recorded_once(every_status_run: tuple[Path, list[dict[str, Any]]]) -> None:
+def test_every_status_is_produced_and_every_pair_recorded_once(
+    every_status_run: tuple[Path, list[dict[str, Any]]],
+) -> None:
     _, records = every_status_run
     assert len(records) == 10 * 2
     assert len({record_key(r) for r in records}) == len(records)
@@ -177,7 +179,9 @@ def test_a_known_sleep_is_measured_within_ten_percent(tmp_path: Path) -> None:
     suite = tmp_path / "sleep.toml"
     suite.write_text(SLOW_SUITE.replace("[16, 32, 48, 64, 80, 96]", "[16]"))
     out = tmp_path / "run"
-    proc = attnbench("run", str(suite), "--plugin", str(PLUGIN), "--out", str(out), "--only", "sleep_20ms", "--no-report")
+    proc = attnbench(
+        "run", str(suite), "--plugin", str(PLUGIN), "--out", str(out), "--only", "sleep_20ms", "--no-report"
+    )
     assert proc.returncode == 0, proc.stderr
     (record,) = read_records(out / "results.jsonl")
     assert record["status"] == "ok"

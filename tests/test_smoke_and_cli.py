@@ -1,0 +1,107 @@
+"""The shipped smoke suite through the real command line, `attnbench list`, and the
+pytest-benchmark route."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.records import read_records
+from harness.registry import load_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILTINS = ["naive", "chunked", "sliding_window", "block_sparse", "linear", "sdpa", "xformers", "flex"]
+
+
+def attnbench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    proc = attnbench("run", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, read_records(out / "results.jsonl")
+
+
+def test_list_json_names_every_builtin_with_availability() -> None:
+    proc = attnbench("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    for name in BUILTINS:
+        assert name in rows
+        assert {"name", "exact", "available", "reason"} <= set(rows[name])
+        assert rows[name]["available"] or rows[name]["reason"]
+    assert any(name.startswith("sdpa_") for name in rows)
+    assert rows["linear"]["exact"] is False
+
+
+def test_list_table_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    proc = attnbench("list")
+    assert proc.returncode == 0
+    assert "sliding_window" in proc.stdout.replace("\n", "") or "sliding_wind" in proc.stdout
+
+
+def test_smoke_gives_every_available_builtin_an_ok_case(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, records = smoke
+    registry = load_registry()
+    available = [n for n, impl in registry.items().items() if impl.available().ok and impl.source == "built-in"]
+    ok = {r["impl"] for r in records if r["status"] == "ok"}
+    assert set(available) <= ok, f"no ok case for {sorted(set(available) - ok)}"
+    windowed = {r["impl"] for r in records if r["status"] == "ok" and r["window"]}
+    sparse = {r["impl"] for r in records if r["status"] == "ok" and r["layout"] != "dense"}
+    assert "sliding_window" in windowed
+    assert "block_sparse" in sparse
+
+
+def test_smoke_records_unavailable_with_reasons(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, records = smoke
+    for r in records:
+        if r["status"] in ("unavailable", "unsupported", "skipped", "error", "oom", "timeout", "crashed"):
+            assert r["reason"], r
+
+
+def test_run_writes_its_report(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
+    out, _ = smoke
+    assert (out / "report.html").stat().st_size > 10_000
+    assert (out / "report.md").exists()
+    assert list((out / "plots").glob("*.png"))
+
+
+def test_results_load_into_a_dataframe(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
+    from harness import load_results
+
+    out, records = smoke
+    frame = load_results(out)
+    assert len(frame) == len(records)
+    assert {"impl", "status", "time_ms", "seq_len", "peak_mem_bytes", "speedup"} <= set(frame.columns)
+
+
+def test_pytest_benchmark_route_and_its_report(tmp_path: Path) -> None:
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(
+        '[suite]\nimplementations = ["sdpa", "naive", "sliding_window"]\n'
+        '[grid]\nheads = [2]\nseq_len = [128]\nhead_dim = [16]\ndtype = ["float32"]\ncausal = [true]\n'
+    )
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "-q", "-p", "no:cacheprovider",
+         f"--attnbench-suite={suite}", f"--benchmark-json={out_json}"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "2 passed, 1 skipped" in proc.stdout  # sliding_window needs a window
+    data = json.loads(out_json.read_text())
+    names = {b["extra_info"]["impl"] for b in data["benchmarks"]}
+    assert names == {"sdpa", "naive"}
+    report = attnbench("report", str(out_json), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "report" / "report.html").exists()
