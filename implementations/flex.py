@@ -1,0 +1,172 @@
+"""FlexAttention under ``torch.compile``: the pattern as a mask function, compiled into a kernel
+that skips the blocks the mask empties.
+
+FlexAttention (``torch.nn.attention.flex_attention``) takes the pattern as a ``mask_mod(b, h,
+q_idx, kv_idx) -> bool``. ``create_block_mask`` evaluates it once per problem into a
+``BlockMask``: which ``128 × 128`` tiles are empty (skipped), full (no masking needed) or partial
+(mask applied element-wise). Under ``torch.compile`` Inductor fuses the whole attention into one
+kernel, so work follows the kept tiles: dense attention costs ``N²``, a sliding window ``N·W``.
+
+The mask function is built from :class:`harness.patterns.Pattern`, bottom-right aligned
+(query ``i`` sits at key position ``p = i + Nk - Nq``): causal ``j <= p``; window ``|p - j| < W``
+(with causal, ``p - W < j <= p``); a block layout indexes the layout's block table, captured as
+a tensor. A query that may see no key outputs zeros (FlexAttention's convention, as SDPA's).
+
+Compilation happens in :meth:`FlexAttention.prepare`, outside the timing: build the block
+mask, compile, and run once on inputs of the problem's shapes so the compile really happens —
+under ``no_grad``, with autograd enabled and under ``inference_mode``, since each grad mode is
+a separate compiled entry (the first costs ~4-20 s on 2 CPU cores, the others ~0.2 s). Its duration is
+``last_setup_s`` and the returned call's ``setup_s``. Compiled calls are cached by pattern and
+shapes (``dynamic=False``: a new shape compiles anew). ``torch.compile`` keeps its cache, and
+its limit of 8 recompilations, per code object and silently falls back to the unfused eager
+path beyond it; each cache entry therefore compiles its own copy of the code. FlexAttention's
+backward runs on CUDA only (PyTorch 2.13 raises NotImplementedError on the CPU).
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from harness import Availability, Growth, Implementation, Problem, register
+from harness.patterns import Pattern
+
+Tensor = torch.Tensor
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+CACHE_SIZE = 32
+
+
+def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device) -> MaskMod:
+    """``mask_mod(b, h, q_idx, kv_idx)``: True where ``pattern`` keeps the pair (see the docstring)."""
+    offset = nk - nq  # bottom-right alignment: p = q_idx + offset
+    causal, window, layout = pattern.causal, pattern.window, pattern.layout
+    table = None if layout is None else layout.table(nq, nk).to(device)  # [ceil(Nq/block), ceil(Nk/block)] bool
+    block = 1 if layout is None else layout.block
+    last_row, last_col = (0, 0) if table is None else (table.shape[0] - 1, table.shape[1] - 1)
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        p = q_idx + offset
+        keep = kv_idx == kv_idx  # all True, shaped like the indices
+        if causal:
+            keep = keep & (kv_idx <= p)
+        if window:
+            keep = keep & (p - kv_idx < window)
+            if not causal:
+                keep = keep & (kv_idx - p < window)
+        if table is not None:
+            # clamped: the kernel may evaluate padding positions past Nq or Nk (masked anyway)
+            keep = keep & table[(q_idx // block).clamp(max=last_row), (kv_idx // block).clamp(max=last_col)]
+        return keep
+
+    return mask_mod
+
+
+def _flex_call(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask | None, scale: float, gqa: bool) -> Tensor:
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)  # type: ignore[return-value]
+
+
+def _compile_fresh() -> Callable[..., Tensor]:
+    """``torch.compile`` of a fresh copy of :func:`_flex_call`'s code, so that its compiled
+    entries (and recompilation limit) are its own."""
+    code = _flex_call.__code__.replace()
+    fn = types.FunctionType(code, _flex_call.__globals__, _flex_call.__name__)
+    return torch.compile(fn, dynamic=False)  # type: ignore[return-value]
+
+
+@dataclass
+class CompiledFlex:
+    """A prepared FlexAttention call: ``(q, k, v) -> out``, plus the set-up it took."""
+
+    compiled: Callable[..., Tensor]
+    block_mask: BlockMask | None
+    scale: float
+    gqa: bool
+    setup_s: float = 0.0
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return self.compiled(q, k, v, self.block_mask, self.scale, self.gqa)  # [B, H, Nq, D]
+
+
+def _cache_key(problem: Problem) -> tuple[Any, ...]:
+    p = problem
+    return (p.pattern, p.batch, p.heads, p.kv_heads, p.seq_len, p.kv_len, p.head_dim, p.dtype, p.device, p.needs_grad)
+
+
+def _build(problem: Problem) -> CompiledFlex:
+    """Block mask, compile, and warm-up calls on inputs of ``problem``'s shapes."""
+    nq, nk = problem.seq_len, problem.kv_len
+    block_mask = None
+    if not problem.pattern.is_full:
+        mask_mod = mask_mod_for(problem.pattern, nq, nk, problem.device)
+        block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=problem.device)  # B, H broadcast
+    call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa)
+    q, k, v = (torch.zeros_like(t) for t in problem.make_inputs())  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
+    if problem.needs_grad:
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        call(*leaves).sum().backward()
+    for mode in (torch.no_grad, torch.enable_grad, torch.inference_mode):  # each its own compiled entry
+        with mode():
+            call(q, k, v)
+    return call
+
+
+@lru_cache(maxsize=1)
+def _availability() -> Availability:
+    if torch.cuda.is_available():
+        return Availability.yes()
+    try:  # Inductor's CPU code needs a C++ compiler
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as exc:
+        return Availability.no(f"torch.compile cannot build CPU kernels here: {type(exc).__name__}: {exc}")
+    return Availability.yes()
+
+
+@register("flex")
+class FlexAttention(Implementation):
+    description = "FlexAttention under torch.compile with a BlockMask from the pattern (block-sparse skipping)"
+    exact = True
+    computes = ("full", "causal", "window", "block-sparse")
+    devices = ("cpu", "cuda")
+    dtypes = ("float32", "bfloat16", "float16")
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+    growth = Growth(2.0, 1.0)  # time N² dense; less where the block mask skips tiles
+
+    def __init__(self) -> None:
+        self.last_setup_s: float | None = None
+        self._cache: dict[tuple[Any, ...], CompiledFlex] = {}
+
+    def available(self) -> Availability:
+        return _availability()
+
+    def supports(self, problem: Problem) -> str | None:
+        reason = super().supports(problem)
+        if reason is not None:
+            return reason
+        if problem.needs_grad and problem.device.split(":")[0] == "cpu":
+            return "FlexAttention does not support backward on CPU (PyTorch raises NotImplementedError)"
+        return None
+
+    def prepare(self, problem: Problem) -> CompiledFlex:
+        start = time.perf_counter()
+        key = _cache_key(problem)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = _build(problem)
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest
+            self._cache[key] = cached
+        setup_s = time.perf_counter() - start
+        self.last_setup_s = setup_s
+        return CompiledFlex(cached.compiled, cached.block_mask, cached.scale, cached.gqa, setup_s)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return self.prepare(problem)(q, k, v)

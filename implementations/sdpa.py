@@ -1,0 +1,194 @@
+"""PyTorch's ``scaled_dot_product_attention`` (SDPA): the default choice and each backend alone.
+
+SDPA is one call with several kernels behind it. ``sdpa`` lets PyTorch choose (on the CPU it
+picks its flash kernel; on CUDA cuDNN, FlashAttention-2, memory-efficient or math, in its
+priority order). Each other variant pins one backend with ``torch.nn.attention.sdpa_kernel``:
+
+* ``sdpa_math`` — the plain composite: materializes the ``[Nq, Nk]`` scores (CPU and CUDA);
+* ``sdpa_flash`` — ``SDPBackend.FLASH_ATTENTION``: on the CPU PyTorch's own blocked flash kernel
+  (which takes a boolean mask), on CUDA FlashAttention-2 (no mask: causal and full only);
+* ``sdpa_efficient`` — the memory-efficient (xformers-derived) CUDA kernel, masks allowed;
+* ``sdpa_cudnn`` — cuDNN's fused attention on CUDA.
+
+Patterns: full attention passes no mask; causal with ``Nq == Nk`` passes ``is_causal=True``;
+bottom-right causal with ``Nq < Nk`` passes ``causal_lower_right`` (no dense mask); every other
+pattern (``Nq > Nk`` causal, where some queries see no key, window, block layout) passes the
+pattern's dense boolean mask, built once in :meth:`prepare`, never inside the timed call.
+Grouped-query attention uses ``enable_gqa=True``.
+
+What a backend accepts depends on the device, dtype, head dim, mask and gradients, so
+availability and per-case support are decided by a tiny probe call of the same kind, cached;
+the error PyTorch raises (and the warnings it gives about rejected kernels) is the reason.
+Entering ``sdpa_kernel`` costs about 10 µs per call on the CPU, counted in the pinned variants.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import AbstractContextManager, nullcontext
+from functools import lru_cache
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import CausalBias, causal_lower_right
+
+from harness import Availability, Growth, Implementation, Problem, register
+from harness.contract import AttentionFn
+
+Tensor = torch.Tensor
+Mask = Tensor | CausalBias | None
+ALL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
+
+
+def pattern_arguments(problem: Problem, device: str | torch.device) -> tuple[Mask, bool]:
+    """``(attn_mask, is_causal)`` giving SDPA the problem's pattern with the least mask."""
+    pattern, nq, nk = problem.pattern, problem.seq_len, problem.kv_len
+    if pattern.is_full:
+        return None, False
+    if pattern.window == 0 and pattern.layout is None:  # causal only
+        if nq == nk:
+            return None, True
+        if nq < nk:  # every query sees at least one key: no empty rows
+            return causal_lower_right(nq, nk), False
+    return pattern.mask(nq, nk, device=device), False  # [Nq, Nk] bool
+
+
+def _call(q: Tensor, k: Tensor, v: Tensor, mask: Mask, is_causal: bool, scale: float, gqa: bool) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+
+
+def _probe(backend: SDPBackend | None, problem: Problem) -> str | None:
+    """Run ``problem``'s kind of call at a tiny size; ``None``, or the error it raised.
+
+    The tiny case keeps what decides whether a kernel accepts a call: device, dtype, head dim,
+    grouped heads, gradients, the pattern, and whether ``Nq`` is below, equal to or above ``Nk``
+    (which picks ``is_causal``, ``causal_lower_right`` or a dense mask)."""
+    nq = min(problem.seq_len, 8)
+    nk = nq + 1 if problem.seq_len < problem.kv_len else nq - 1 if problem.seq_len > problem.kv_len else nq
+    tiny = problem.with_(batch=1, heads=2 if problem.gqa else 1, kv_heads=1, seq_len=nq, kv_len=nk)
+    return _probe_tiny(backend, tiny)
+
+
+@lru_cache(maxsize=256)
+def _probe_tiny(backend: SDPBackend | None, tiny: Problem) -> str | None:
+    try:
+        q, k, v = (t.requires_grad_(tiny.needs_grad) for t in tiny.make_inputs())  # [1, h, n, D]
+        mask, is_causal = pattern_arguments(tiny, tiny.device)
+    except Exception as exc:  # the device itself is missing, for example
+        return f"{type(exc).__name__}: {exc}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with _selected(backend):
+                out = _call(q, k, v, mask, is_causal, tiny.scale, tiny.gqa)  # [1, h, nq, D]
+                if tiny.needs_grad:
+                    out.sum().backward()
+        except Exception as exc:
+            why = "; ".join(dict.fromkeys(str(w.message).strip() for w in caught))
+            return f"{type(exc).__name__}: {exc}" + (f" (warnings: {why})" if why else "")
+    return None
+
+
+def _selected(backend: SDPBackend | None) -> AbstractContextManager[object]:
+    """``sdpa_kernel(backend)``, or no change (PyTorch's own choice) for None."""
+    return nullcontext() if backend is None else sdpa_kernel(backend)
+
+
+def _devices_here() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+class _SDPA(Implementation):
+    """SDPA with one backend pinned (``backend``), or PyTorch's choice (None)."""
+
+    backend: ClassVar[SDPBackend | None] = None
+    exact = True
+    computes = ("full", "causal", "window", "block-sparse")
+    dtypes = ALL_DTYPES
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+    growth = Growth(2.0, 1.0)
+
+    def _probe_dtype(self, device: str) -> str:
+        return "float16" if device == "cuda" else "float32"
+
+    def available(self) -> Availability:
+        reasons = []
+        for device in self.devices:
+            if device not in _devices_here():
+                reasons.append(f"no {device} device here (torch.cuda.is_available() is False)")
+                continue
+            error = _probe(self.backend, Problem(1, 1, 8, 32, dtype=self._probe_dtype(device), device=device))
+            if error is None:
+                return Availability.yes()
+            reasons.append(f"on {device}: {error}")
+        if "cpu" not in self.devices:  # say what a CUDA-only backend does on the CPU
+            error = _probe(self.backend, Problem(1, 1, 8, 32))
+            if error is not None:
+                reasons.append(f"on cpu under sdpa_kernel({self.backend}): {error}")
+        where = " and ".join(self.devices)
+        return Availability.no(f"{self.name} runs on {where} only; " + "; ".join(reasons))
+
+    def supports(self, problem: Problem) -> str | None:
+        reason = super().supports(problem)
+        if reason is not None:
+            return reason
+        error = _probe(self.backend, problem)
+        return None if error is None else f"{self.name} cannot run this case: {error}"
+
+    def prepare(self, problem: Problem) -> AttentionFn:
+        mask, is_causal = pattern_arguments(problem, problem.device)  # [Nq, Nk] bool, or none
+        scale, gqa, backend = problem.scale, problem.gqa, self.backend
+        if backend is None:
+
+            def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                return _call(q, k, v, mask, is_causal, scale, gqa)  # [B, H, Nq, D]
+
+            return run
+
+        def run_pinned(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            with sdpa_kernel(backend):
+                return _call(q, k, v, mask, is_causal, scale, gqa)  # [B, H, Nq, D]
+
+        return run_pinned
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return self.prepare(problem)(q, k, v)
+
+
+@register("sdpa")
+class SDPA(_SDPA):
+    description = "torch scaled_dot_product_attention, PyTorch's own backend choice; patterns as masks"
+
+
+@register("sdpa_math")
+class SDPAMath(_SDPA):
+    description = "SDPA math backend (SDPBackend.MATH): scores materialized, CPU and CUDA"
+    backend = SDPBackend.MATH
+    growth = Growth(2.0, 2.0)
+
+
+@register("sdpa_flash")
+class SDPAFlash(_SDPA):
+    description = (
+        "SDPA flash backend (SDPBackend.FLASH_ATTENTION): PyTorch's flash kernel on CPU (takes masks),"
+        " FlashAttention-2 on CUDA (causal/full only)"
+    )
+    backend = SDPBackend.FLASH_ATTENTION
+
+
+@register("sdpa_efficient")
+class SDPAEfficient(_SDPA):
+    description = "SDPA memory-efficient backend (SDPBackend.EFFICIENT_ATTENTION), CUDA only"
+    backend = SDPBackend.EFFICIENT_ATTENTION
+    devices = ("cuda",)
+    dtypes = ("float32", "bfloat16", "float16")
+
+
+@register("sdpa_cudnn")
+class SDPACudnn(_SDPA):
+    description = "SDPA cuDNN backend (SDPBackend.CUDNN_ATTENTION), CUDA only"
+    backend = SDPBackend.CUDNN_ATTENTION
+    devices = ("cuda",)
+    dtypes = ("bfloat16", "float16")

@@ -1,0 +1,145 @@
+"""xFormers' ``memory_efficient_attention``, with xFormers' own attention biases for the patterns.
+
+xFormers takes ``[B, N, H, D]`` (sequence before heads), so ``q, k, v`` are transposed in and
+the output transposed back (views, no copies). The pattern is one of xFormers' structured
+biases, never a dense tensor, so the kernel skips masked tiles
+(https://facebookresearch.github.io/xformers/components/ops.html, ``xformers.ops.fmha.attn_bias``):
+
+* causal → ``LowerTriangularFromBottomRightMask``: the last query level with the last key,
+  attnbench's alignment (``harness/patterns.py``);
+* causal window ``W`` → ``LowerTriangularFromBottomRightLocalAttentionMask(W)``, which keeps
+  ``p - W + 1 <= j <= p`` (its ``materialize`` applies ``tril(shift)`` then
+  ``triu(shift - W + 1)`` with ``shift = Nk - Nq``) — attnbench's "the ``W`` keys ending at p";
+* window ``W`` without causal → ``LocalAttentionFromBottomRightMask(window_left=W - 1,
+  window_right=W - 1)``, documented as "query q attends key k if
+  ``q - window_left <= k + s <= q + window_right`` with ``s = Nq - Nk``", i.e.
+  ``p - (W - 1) <= j <= p + (W - 1)``, which is attnbench's ``|p - j| < W``.
+
+Block layouts have no xFormers bias short of a dense tensor, so they are declined.
+Grouped-query attention uses the documented 5-D form ``[B, N, Hkv, G, D]`` with keys and values
+broadcast (stride 0) over the ``G`` query heads of each group; xFormers supports it for the
+forward pass only. xFormers has CUDA kernels only: on a machine without CUDA it is listed
+unavailable with the error xFormers itself raises on a tiny CPU call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from harness import Availability, Growth, Implementation, Problem, register
+from harness.contract import AttentionFn
+
+Tensor = torch.Tensor
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@lru_cache(maxsize=1)
+def _import_xformers() -> tuple[Any, str]:
+    """``xformers.ops`` and what its import printed (a warning when its C++/CUDA part does
+    not load); raises the ImportError when xformers is missing."""
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
+        import xformers.ops
+
+    return xformers.ops, _one_line(printed.getvalue())
+
+
+def _xformers_ops() -> Any:
+    return _import_xformers()[0]
+
+
+@lru_cache(maxsize=1)
+def _availability() -> Availability:
+    try:
+        xops, import_note = _import_xformers()
+    except Exception as exc:
+        return Availability.no(f"xformers is not importable: {type(exc).__name__}: {exc}")
+    if torch.cuda.is_available():
+        return Availability.yes()
+    note = f" (on import xformers printed: {import_note})" if import_note else ""
+    q = torch.zeros(1, 2, 1, 8)  # [B, N, H, D], tiny
+    try:
+        xops.memory_efficient_attention(q, q, q)
+    except Exception as exc:
+        return Availability.no(
+            "xformers' kernels need CUDA and torch.cuda.is_available() is False; memory_efficient_attention"
+            f" raised on the CPU: {type(exc).__name__}: {_one_line(str(exc))}{note}"
+        )
+    return Availability.no(f"xformers' kernels need CUDA and torch.cuda.is_available() is False{note}")
+
+
+def attention_bias(problem: Problem) -> Any:
+    """The xFormers bias for ``problem``'s pattern (None for full attention); see the docstring."""
+    bias = _xformers_ops().fmha.attn_bias
+    window = problem.window
+    if problem.causal and window:
+        return bias.LowerTriangularFromBottomRightLocalAttentionMask(window)
+    if problem.causal:
+        return bias.LowerTriangularFromBottomRightMask()
+    if window:
+        return bias.LocalAttentionFromBottomRightMask(window_left=window - 1, window_right=window - 1)
+    return None
+
+
+def _to_xformers(q: Tensor, k: Tensor, v: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``[B, H, N, D]`` to ``[B, N, H, D]``, or to ``[B, N, Hkv, G, D]`` for grouped heads."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, N, H, D], k/v [B, Nk, Hkv, D]
+    if groups == 1:
+        return q, k, v
+    b, nq, h, d = q.shape
+    q = q.reshape(b, nq, h // groups, groups, d)  # [B, Nq, Hkv, G, D]; head h = hkv * G + g
+    k, v = (t[:, :, :, None].expand(-1, -1, -1, groups, -1) for t in (k, v))  # [B, Nk, Hkv, G, D]
+    return q, k, v
+
+
+def _from_xformers(out: Tensor, shape: torch.Size) -> Tensor:
+    """xFormers' output (shaped like its query) back to ``shape`` ``[B, H, Nq, D]``."""
+    b, h, nq, d = shape
+    return out.reshape(b, nq, h, d).transpose(1, 2)  # [B, H, Nq, D]
+
+
+@register("xformers")
+class XFormers(Implementation):
+    description = "xformers.ops.memory_efficient_attention with xFormers' bottom-right causal/local biases (CUDA)"
+    exact = True
+    computes = ("full", "causal", "window")
+    devices = ("cuda",)
+    dtypes = ("float32", "bfloat16", "float16")
+    features = frozenset({"causal", "window", "gqa", "cross", "backward"})
+    growth = Growth(2.0, 1.0)
+
+    def available(self) -> Availability:
+        return _availability()
+
+    def supports(self, problem: Problem) -> str | None:
+        reason = super().supports(problem)
+        if reason is not None and problem.pattern.layout is not None:
+            return f"{reason} (xformers has no block-layout bias short of a dense mask)"
+        if reason is not None:
+            return reason
+        if problem.gqa and problem.needs_grad:
+            return "xformers supports grouped-query attention (5-D inputs) for the forward pass only"
+        return None
+
+    def prepare(self, problem: Problem) -> AttentionFn:
+        xops = _xformers_ops()
+        bias = attention_bias(problem)
+        groups, scale = problem.heads // problem.kv_heads, problem.scale
+
+        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            xq, xk, xv = _to_xformers(q, k, v, groups)  # [B, N, H, D] or [B, N, Hkv, G, D]
+            out = xops.memory_efficient_attention(xq, xk, xv, attn_bias=bias, scale=scale)  # shaped like xq
+            return _from_xformers(out, q.shape)  # [B, H, Nq, D]
+
+        return run
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return self.prepare(problem)(q, k, v)
