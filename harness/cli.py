@@ -28,7 +28,7 @@ def _fail(message: str) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     registry = load_registry(args.plugin)
-    rows = [impl.declaration() for impl in registry.items().values()]
+    rows = [impl.declaration() for impl in registry.implementations()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

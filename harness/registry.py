@@ -128,8 +128,12 @@ class Registry:
     def names(self) -> list[str]:
         return list(self._items)
 
-    def items(self) -> dict[str, Implementation]:
-        return dict(self._items)
+    def items(self) -> list[tuple[str, Implementation]]:
+        """``(name, implementation)`` pairs in registration order (a copy)."""
+        return list(self._items.items())
+
+    def implementations(self) -> list[Implementation]:
+        return list(self._items.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -149,9 +153,12 @@ class Registry:
             _active = previous_active
 
     def _broken(self, name: str, source: str, exc: BaseException) -> None:
+        """Record a plugin that failed to load; a name already taken gets its source appended,
+        so the failure is listed rather than lost."""
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        if name not in self._items:
-            self._items[name] = BrokenPlugin(name, source, last)
+        if name in self._items:
+            name = f"{name} ({source})"
+        self._items[name] = BrokenPlugin(name, source, last)
 
     def load_builtins(self) -> None:
         """Import every module of the ``implementations`` package (once)."""
@@ -183,7 +190,9 @@ class Registry:
             with self._from(source):
                 try:
                     target = ep.load()
-                    if isinstance(target, type) and issubclass(target, Implementation) and ep.name not in self:
+                    if any(type(impl) is target for impl in self._items.values()):
+                        pass  # the import already registered this class
+                    elif isinstance(target, type) and issubclass(target, Implementation) and ep.name not in self:
                         target.name = target.name or ep.name  # type: ignore[misc]
                         self.add(target())
                     elif isinstance(target, Implementation) and target.name not in self:

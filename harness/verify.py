@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness.accuracy import Verdict, judge_approximate, judge_exact, max_abs_diff
 from harness.contract import Implementation
@@ -22,15 +23,20 @@ Tensor = torch.Tensor
 
 
 def sdpa_with_pattern(q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
-    """PyTorch SDPA given the problem's pattern as a boolean mask (None when full), for the
-    query ``rows`` given (all when None): rows are independent, so a sample is exact."""
+    """PyTorch's plain SDPA (its math back end, the same on every device) given the problem's
+    pattern as a boolean mask, for the query ``rows`` given (all when None): rows are
+    independent, so a sample is exact."""
     pattern = problem.pattern
     if rows is not None:
         q = q[:, :, rows.to(q.device)]  # [B, H, R, D]
-    mask = None
-    if not pattern.is_full:
-        mask = pattern.mask(problem.seq_len, problem.kv_len, device=q.device, rows=rows)  # [R, Nk]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=problem.scale, enable_gqa=problem.gqa)
+    if pattern.is_full:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, scale=problem.scale, enable_gqa=problem.gqa)
+    mask = pattern.mask(problem.seq_len, problem.kv_len, device=q.device, rows=rows)  # [R, Nk]
+    with sdpa_kernel(SDPBackend.MATH):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=problem.scale, enable_gqa=problem.gqa)
+    empty = ~mask.any(dim=-1)  # [R] rows that see no key: 0 by convention, whatever the kernel gives
+    return out.masked_fill(empty[:, None], 0.0) if bool(empty.any()) else out
 
 
 @dataclass

@@ -140,7 +140,7 @@ def test_broken_plugin_is_listed_unavailable_and_the_rest_still_run() -> None:
     assert "RuntimeError: broken_plugin fails on purpose" in avail.reason and "broken_plugin.py" in avail.reason
     assert broken.declaration()["available"] is False
     ran = []
-    for name, impl in reg.items().items():
+    for name, impl in reg.items():
         if name == "flex" or not impl.available().ok or impl.supports(SMALL) is not None:
             continue  # flex: compiling costs seconds and has its own tests
         _runs(impl, SMALL)

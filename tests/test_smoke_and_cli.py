@@ -53,7 +53,7 @@ def test_list_table_prints(capsys: pytest.CaptureFixture[str]) -> None:
 def test_smoke_gives_every_available_builtin_an_ok_case(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
     _, records = smoke
     registry = load_registry()
-    available = [n for n, impl in registry.items().items() if impl.available().ok and impl.source == "built-in"]
+    available = [n for n, impl in registry.items() if impl.available().ok and impl.source == "built-in"]
     ok = {r["impl"] for r in records if r["status"] == "ok"}
     assert set(available) <= ok, f"no ok case for {sorted(set(available) - ok)}"
     windowed = {r["impl"] for r in records if r["status"] == "ok" and r["window"]}
