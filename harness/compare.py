@@ -1,0 +1,277 @@
+"""``attnbench compare BASE NEW``: which (case, implementation) pairs got faster or slower, and for real.
+
+For every pair ok in both runs (key: :func:`harness.records.record_key`), the ratio of medians
+``new / base`` and a two-sided Mann–Whitney U test on the raw samples (asv's method), so that
+noise is not called a change. A pair is *slower* when
+
+1. the ratio exceeds ``1 + threshold`` (default 10%), and
+2. the test is significant at ``alpha``, and
+3. where both runs carry the within-run baseline's interleaved samples, the same holds for the
+   time relative to that baseline: per-sample ratios ``impl / baseline`` (paired in the order they
+   were taken) compared the same way. A machine that was simply busier slows the baseline too;
+   the relative comparison then says "same" and the pair is not called a regression.
+
+*Faster* is the mirror image (ratio below ``1 / (1 + threshold)``).
+
+**Alpha and small samples.** With ``n`` and ``m`` samples, no Mann–Whitney p-value can be below
+``2 / C(n+m, n)`` (two-sided): 0.0079 with 5 against 5, 0.0022 with 6 against 6, 0.00058 with 7
+against 7. :func:`choose_alpha` takes asv's 0.002 where that floor allows it (7 samples a side
+or more), else 0.01 (5 a side or more); below that no test can be significant, and a change
+beyond the threshold is reported as *uncertain*, never as a regression.
+
+A regression of the baseline itself cannot be told apart from a busier machine by the relative
+test: it reads as every other implementation getting faster relative to it (and stays "same").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats
+
+from harness.records import CASE_KEYS, record_key
+from harness.report.data import group_label, records_of
+from harness.report.html import render
+from harness.results import load_results
+
+ALPHA_STRICT = 0.002  # asv's threshold
+ALPHA_LOOSE = 0.01
+Verdict = Literal["slower", "faster", "same", "uncertain"]
+
+
+def p_floor(n: int, m: int) -> float:
+    """The smallest two-sided p-value a Mann–Whitney U test can give with ``n`` and ``m`` samples."""
+    if n < 1 or m < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n + m, n))
+
+
+def choose_alpha(n: int, m: int) -> float | None:
+    """0.002 where the sample counts allow it, else 0.01, else None (too few samples to test)."""
+    floor = p_floor(n, m)
+    if floor < ALPHA_STRICT:
+        return ALPHA_STRICT
+    if floor < ALPHA_LOOSE:
+        return ALPHA_LOOSE
+    return None
+
+
+def mann_whitney(a: list[float], b: list[float]) -> float:
+    """Two-sided Mann–Whitney U p-value; 1.0 when undefined (identical constant samples)."""
+    if not a or not b:
+        return 1.0
+    p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    """One (case, implementation) present and ok in both runs."""
+
+    impl: str
+    case: str
+    seq_len: int
+    base_ms: float
+    new_ms: float
+    ratio: float  # new / base: above 1 is slower
+    p_value: float | None
+    alpha: float | None
+    n_base: int
+    n_new: int
+    rel_ratio: float | None = None  # (new / its baseline) / (base / its baseline)
+    rel_p: float | None = None
+    verdict: Verdict = "same"
+    note: str = ""
+
+    @property
+    def change_pct(self) -> float:
+        return (self.ratio - 1.0) * 100.0
+
+
+@dataclass
+class CompareResult:
+    base: Path
+    new: Path
+    threshold_pct: float
+    pairs: list[PairComparison] = field(default_factory=list)
+    only_base: list[dict[str, str]] = field(default_factory=list)
+    only_new: list[dict[str, str]] = field(default_factory=list)
+    status_changed: list[dict[str, str]] = field(default_factory=list)
+    machines: tuple[str, str] = ("", "")
+
+    def verdict(self, verdict: Verdict) -> list[PairComparison]:
+        return [p for p in self.pairs if p.verdict == verdict]
+
+    @property
+    def regressions(self) -> list[PairComparison]:
+        return self.verdict("slower")
+
+
+def case_name(row: dict[str, Any]) -> str:
+    """``forward · fp32 · cpu · B1 H8 D64 · full · N=1024 · 2 threads``."""
+    g = {**row, "kv_rel": "self" if row["kv_len"] == row["seq_len"] else str(row["kv_len"])}
+    threads = f" · {row['threads']} threads" if row.get("threads") else ""
+    return f"{group_label(g)} · N={row['seq_len']}{threads}"
+
+
+def _by_key(path: Path) -> tuple[dict[tuple[Any, ...], dict[str, Any]], str]:
+    frame = load_results(path)
+    rows = records_of(frame)
+    machine = str(rows[0]["machine"]) if rows else path.name
+    return {record_key(r): r for r in rows}, machine
+
+
+def _samples(row: dict[str, Any], name: str) -> list[float]:
+    values = row.get(name)
+    if isinstance(values, list | tuple | np.ndarray):
+        return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return []
+
+
+def _relative(row: dict[str, Any]) -> list[float]:
+    """Per-sample ratios impl / baseline; paired when both lists have one sample per round."""
+    own, base = _samples(row, "samples_ms"), _samples(row, "baseline_samples_ms")
+    if not own or not base:
+        return []
+    if len(own) == len(base):
+        return [a / b for a, b in zip(own, base, strict=True) if b > 0]
+    mid = float(np.median(base))
+    return [a / mid for a in own] if mid > 0 else []
+
+
+def _judge(ratio: float, p: float | None, alpha: float | None, limit: float) -> Verdict:
+    beyond = ratio > limit or ratio < 1.0 / limit
+    if not beyond:
+        return "same"
+    if alpha is None or p is None:
+        return "uncertain"
+    if p >= alpha:
+        return "same"
+    return "slower" if ratio > 1.0 else "faster"
+
+
+def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold_pct: float) -> PairComparison:
+    """Compare one pair that is ok in both runs."""
+    limit = 1.0 + threshold_pct / 100.0
+    a, b = _samples(base, "samples_ms"), _samples(new, "samples_ms")
+    base_ms = float(np.median(a)) if a else float(base["time_ms"])
+    new_ms = float(np.median(b)) if b else float(new["time_ms"])
+    ratio = new_ms / base_ms if base_ms > 0 else math.inf
+    alpha = choose_alpha(len(a), len(b))
+    p = mann_whitney(a, b) if alpha is not None else None
+    verdict = _judge(ratio, p, alpha, limit)
+    ra, rb = _relative(base), _relative(new)
+    rel_ratio = rel_p = None
+    note = ""
+    if alpha is None and verdict == "uncertain":
+        note = f"too few samples ({len(a)} and {len(b)}) for a significant test"
+    if ra and rb:
+        rel_ratio = float(np.median(rb)) / float(np.median(ra))
+        rel_alpha = choose_alpha(len(ra), len(rb))
+        rel_p = mann_whitney(ra, rb) if rel_alpha is not None else None
+        rel_verdict = _judge(rel_ratio, rel_p, rel_alpha, limit)
+        if verdict in ("slower", "faster") and rel_verdict != verdict:
+            base_drift = ratio / rel_ratio if rel_ratio > 0 else math.nan
+            note = (
+                f"the baseline moved too (×{base_drift:.2f}); relative to it ×{rel_ratio:.2f}, {rel_verdict}: "
+                "the machine, not the implementation"
+            )
+            verdict = "same"
+        elif verdict == "same" and rel_verdict in ("slower", "faster"):
+            note = f"relative to the baseline ×{rel_ratio:.2f} ({rel_verdict}), but the absolute time did not move"
+    return PairComparison(
+        str(new["impl"]),
+        case_name(new),
+        int(new["seq_len"]),
+        base_ms,
+        new_ms,
+        ratio,
+        p,
+        alpha,
+        len(a),
+        len(b),
+        rel_ratio,
+        rel_p,
+        verdict,
+        note,
+    )
+
+
+def compare_runs(base: Path, new: Path, threshold_pct: float = 10.0, out: Path | None = None) -> CompareResult:
+    """Compare every (case, implementation) of two runs; write compare.md/.html into ``out`` if given."""
+    base_rows, base_machine = _by_key(Path(base))
+    new_rows, new_machine = _by_key(Path(new))
+    result = CompareResult(Path(base), Path(new), threshold_pct, machines=(base_machine, new_machine))
+    for key, b in base_rows.items():
+        n = new_rows.get(key)
+        if n is None:
+            result.only_base.append(_describe(b))
+        elif b["status"] == "ok" and n["status"] == "ok":
+            result.pairs.append(compare_pair(b, n, threshold_pct))
+        elif b["status"] != n["status"]:
+            result.status_changed.append(
+                {
+                    **_describe(n),
+                    "before": str(b["status"]),
+                    "after": str(n["status"]),
+                    "reason": str(n.get("reason") or b.get("reason") or ""),
+                }
+            )
+    result.only_new = [_describe(n) for key, n in new_rows.items() if key not in base_rows]
+    order = {"slower": 0, "faster": 1, "uncertain": 2, "same": 3}
+    result.pairs.sort(key=lambda p: (order[p.verdict], p.impl, p.case.rsplit(" · N=", 1)[0], p.seq_len))
+    if out is not None:
+        write_compare(result, Path(out))
+    return result
+
+
+def _describe(row: dict[str, Any]) -> dict[str, str]:
+    return {"impl": str(row["impl"]), "case": case_name(row), "status": str(row["status"])}
+
+
+def write_compare(result: CompareResult, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    context = {
+        "r": result,
+        "alpha_strict": ALPHA_STRICT,
+        "alpha_loose": ALPHA_LOOSE,
+        "verdicts": ("slower", "faster", "uncertain", "same"),
+        "case_keys": CASE_KEYS,
+    }
+    md = render("compare.md.j2", context, out / "compare.md")
+    html = render("compare.html.j2", context, out / "compare.html")
+    return md, html
+
+
+def summary_lines(result: CompareResult) -> list[str]:
+    counts = ", ".join(f"{len(result.verdict(v))} {v}" for v in ("slower", "faster", "same", "uncertain"))
+    lines = [
+        f"compare {result.base} -> {result.new} (threshold {result.threshold_pct:g}%, "
+        f"Mann-Whitney U, alpha {ALPHA_STRICT} or {ALPHA_LOOSE} by sample count)",
+        f"  {counts}; {len(result.only_base)} only in base, {len(result.only_new)} only in new, "
+        f"{len(result.status_changed)} changed status",
+    ]
+    if result.machines[0] != result.machines[1]:
+        lines.append(f"  note: different machines ({result.machines[0]} vs {result.machines[1]})")
+    for p in result.verdict("slower") + result.verdict("faster"):
+        rel = "" if p.rel_ratio is None else f"; vs baseline x{p.rel_ratio:.2f}"
+        lines.append(f"  {p.verdict:7s} {p.impl} [{p.case}]: x{p.ratio:.2f} (p={p.p_value:.2g}{rel})")
+    for s in result.status_changed:
+        lines.append(f"  status  {s['impl']} [{s['case']}]: {s['before']} -> {s['after']}")
+    return lines
+
+
+def run_compare(base: Path, new: Path, threshold_pct: float, fail_on_regression: bool, out: Path | None) -> int:
+    """Compare, print a summary, write compare.md/.html (into ``out``, default NEW's folder); the
+    exit code is 1 when ``fail_on_regression`` and any pair is significantly slower."""
+    new_path = Path(new)
+    target = Path(out) if out is not None else (new_path if new_path.is_dir() else new_path.parent)
+    result = compare_runs(Path(base), new_path, threshold_pct, target)
+    for line in summary_lines(result):
+        print(line)
+    print(f"  wrote {target / 'compare.md'} and {target / 'compare.html'}")
+    return 1 if fail_on_regression and result.regressions else 0

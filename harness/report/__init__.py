@@ -1,0 +1,154 @@
+"""``attnbench report DIR...``: one report over one or more result folders.
+
+Writes into ``out`` (default: the first folder) ``report.md``, ``report.html`` (one offline file,
+plots embedded as base64 PNG), ``tables/*.csv`` and ``plots/*.png`` / ``*.svg``. The modules:
+:mod:`~harness.report.data` loads and labels, :mod:`~harness.report.tables` and
+:mod:`~harness.report.fit` compute, :mod:`~harness.report.plots` draws,
+:mod:`~harness.report.html` renders the templates in ``templates/``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.records import STATUSES
+from harness.report import tables
+from harness.report.data import ReportData, baseline_name, load_data, records_of, suite_of
+from harness.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
+from harness.report.html import render
+from harness.report.plots import Painter, Plot
+
+__all__ = ["STATUS_MEANING", "write_report"]
+
+STATUS_MEANING: dict[str, str] = {
+    "ok": "ran and passed the accuracy check",
+    "inaccurate": "ran, but its output is outside the accuracy bound; its time is not shown anywhere",
+    "error": "raised an exception",
+    "timeout": "ran past the time budget and was stopped",
+    "crashed": "its worker process died (a signal or an abort)",
+    "oom": "ran out of memory",
+    "unsupported": "declares it cannot compute this case (dtype, device or feature)",
+    "unavailable": "cannot run on this machine (library or device missing)",
+    "skipped": "not run, usually because it failed at a smaller size",
+}
+
+
+def write_report(dirs: list[Path], out: Path | None = None) -> Path:
+    """Write the report for ``dirs`` into ``out`` (default: the first folder); returns report.html's path."""
+    paths = [Path(d) for d in dirs]
+    if not paths:
+        raise ValueError("report: give at least one result folder")
+    target = Path(out) if out is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)
+    target.mkdir(parents=True, exist_ok=True)
+    data = load_data(paths)
+    context = build_context(data, target)
+    render("report.md.j2", {**context, "plot_path": _relative_plot(target)}, target / "report.md")
+    return render("report.html.j2", context, target / "report.html")
+
+
+def build_context(data: ReportData, target: Path) -> dict[str, Any]:
+    """Compute every table and chart, write the CSVs and plots, and return what the templates show."""
+    baseline = baseline_name(data)
+    fits = scaling_table(data.records, data.declarations)
+    frames = {
+        "summary": tables.summary(data),
+        "machines": tables.machines(data),
+        "status": tables.status_csv(data),
+        "failures": tables.failures(data, baseline),
+        "timings": tables.timings(data),
+        "accuracy": tables.accuracy(data),
+        "scaling": fits,
+        "records": tables.records_csv(data),
+    }
+    across = tables.cross_machine(data)
+    if len(across):
+        frames["machines_compared"] = across
+    csvs = tables.write_csvs(frames, target / "tables")
+    plots = draw(data, target / "plots", baseline)
+    return {
+        "title": "attnbench report",
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "baseline": baseline,
+        "suites": sorted({str(suite_of(r.info).get("name", "")) for r in data.runs} - {""}),
+        "machines": _rows(frames["machines"]),
+        "summary": _grouped(frames["summary"]),
+        "notes": notes(data, fits),
+        "status": tables.status_matrix(data, baseline),
+        "status_meaning": STATUS_MEANING,
+        "statuses": STATUSES,
+        "failures": _rows(frames["failures"]),
+        "timings": _rows(frames["timings"]),
+        "accuracy": _rows(frames["accuracy"]),
+        "accuracy_summary": _rows(tables.accuracy_summary(data)),
+        "fits": _rows(fits),
+        "flag_margin": FLAG_MARGIN,
+        "min_points": MIN_POINTS,
+        "plots": plots,
+        "across": {"columns": list(across.columns), "rows": records_of(across)} if len(across) else None,
+        "files": [p.relative_to(target).as_posix() for p in csvs],
+        "has_approx": bool(frames["summary"]["approximation"].notna().any()),
+        "several_hosts": data.records["host"].nunique() > 1 if len(data.records) else False,
+    }
+
+
+def draw(data: ReportData, folder: Path, baseline: str) -> dict[str, list[Plot]]:
+    if not len(data.records):
+        return {k: [] for k in ("time", "memory", "throughput", "speedup", "pareto", "heatmaps")}
+    painter = Painter(data, folder, baseline)
+    plots = {metric: painter.by_length(metric) for metric in ("time", "memory", "throughput", "speedup")}
+    plots["pareto"] = painter.pareto()
+    plots["heatmaps"] = painter.heatmaps()
+    return plots
+
+
+def notes(data: ReportData, fits: pd.DataFrame) -> list[str]:
+    """The findings worth reading before the tables: flagged slopes, failures, unstable timings."""
+    out = []
+    for row in records_of(fits):
+        for what in ("time", "memory"):
+            if row[f"{what}_flag"]:
+                low, high, claim = row[f"{what}_ci_low"], row[f"{what}_ci_high"], row[f"{what}_claim"]
+                hedge = " The interval includes the claim: more sizes would tell." if low <= claim <= high else ""
+                out.append(
+                    f"{row['impl']} ({row['group']}, {row['machine']}): {what} grows as "
+                    f"N^{row[f'{what}_slope']:.2f} (95% CI {low:.2f}–{high:.2f}) but claims N^{claim:g}." + hedge
+                )
+    counts = data.records["status"].value_counts()
+    failed = ", ".join(f"{int(counts[s])} {s}" for s in STATUSES if s != "ok" and counts.get(s, 0))
+    if failed:
+        out.append(f"Not every pair ran: {failed} (see the status matrix).")
+    unstable = int((data.ok["unstable"] == True).sum())  # noqa: E712
+    if unstable:
+        out.append(f"{unstable} timing(s) were unstable (IQR ≥ 10% of the median); treat them with care.")
+    return out
+
+
+def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    if not len(frame):
+        return []
+    return [{k: (None if _isna(v) else v) for k, v in row.items()} for row in records_of(frame)]
+
+
+def _isna(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _grouped(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
+    for (host, group), sub in summary.groupby(["host", "group"], sort=False):
+        groups.append({"host": host, "group": group, "rows": _rows(sub)})
+    return groups
+
+
+def _relative_plot(target: Path) -> Any:
+    def path(plot: Plot) -> str:
+        return plot.png.relative_to(target).as_posix()
+
+    return path

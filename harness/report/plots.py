@@ -1,0 +1,259 @@
+"""The report's charts (matplotlib, Agg backend), each written as PNG and SVG.
+
+The HTML embeds the PNG as a base64 data URI, so the page works offline and requests nothing.
+Colours are fixed per implementation across every chart; line styles tell machines apart.
+Only ``ok`` records are drawn; an implementation that stopped (oom, timeout, crash) says where
+in its legend entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from harness.records import BUDGET_FAILURES
+from harness.report.data import AXIS_NAME, ReportData, calibration_peak, group_order, impl_order, records_of
+
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A chart written to ``plots/NAME.png`` and ``.svg``, with its PNG as base64 for the HTML."""
+
+    name: str
+    title: str
+    png: Path
+    svg: Path
+    png_b64: str
+
+
+class Painter:
+    """Draws charts for one report: holds the colour of each implementation and the output folder."""
+
+    def __init__(self, data: ReportData, folder: Path, baseline: str = "") -> None:
+        self.data = data
+        self.folder = folder
+        self.baseline = baseline
+        folder.mkdir(parents=True, exist_ok=True)
+        cmap = plt.get_cmap("tab10" if data.records["impl"].nunique() <= 10 else "tab20")
+        self.colors = {name: cmap(i % cmap.N) for i, name in enumerate(impl_order(data.records, baseline))}
+        self.hosts = list(dict.fromkeys(data.records["host"])) if len(data.records) else []
+
+    # -- output -----------------------------------------------------------------------------
+    def save(self, fig: Figure, name: str, title: str) -> Plot:
+        png, svg = self.folder / f"{name}.png", self.folder / f"{name}.svg"
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+        png.write_bytes(buf.getvalue())
+        fig.savefig(svg, format="svg", metadata={"Date": None})
+        plt.close(fig)
+        return Plot(name, title, png, svg, base64.b64encode(buf.getvalue()).decode("ascii"))
+
+    # -- lines against the sequence length ------------------------------------------------------
+    def by_length(self, metric: str) -> list[Plot]:
+        """One chart per case group with two or more lengths."""
+        spec = METRICS[metric]
+        plots: list[Plot] = []
+        ok = self.data.ok.dropna(subset=[spec.column])
+        for group in group_order(ok):
+            sub = ok[ok["group"] == group]
+            if sub["x"].nunique() < 2:
+                continue
+            fig, ax = plt.subplots(figsize=(8.4, 4.2), layout="constrained")
+            for (impl, host), line in sub.groupby(["impl", "host"], sort=False):
+                self._line(ax, line.sort_values("x"), str(impl), str(host), spec, str(group))
+            if spec.reference_line is not None:
+                spec.reference_line(self, ax, sub)
+            _axes(ax, spec, sorted(sub["x"].unique()), AXIS_NAME[str(sub["axis"].iloc[0])])
+            ax.set_title(_safe(f"{spec.title} — {group}"), fontsize=10)
+            fig.legend(fontsize=8, loc="outside right upper", frameon=False)
+            plots.append(self.save(fig, f"{metric}_{len(plots)}", f"{spec.title}: {group}"))
+        return plots
+
+    def _line(self, ax: Axes, line: pd.DataFrame, impl: str, host: str, spec: Metric, group: str) -> None:
+        x = line["x"].astype(float).to_numpy()
+        y = spec.values(line)
+        style = LINESTYLES[self.hosts.index(host) % len(LINESTYLES)] if host in self.hosts else "-"
+        label = f"{impl} (baseline)" if impl == self.baseline else impl
+        label = label if len(self.hosts) < 2 else f"{label} · {host}"
+        stop = self._stopped(impl, host, group)
+        if stop:
+            label += f" ({stop})"
+        kwargs: dict[str, Any] = {
+            "color": self.colors.get(impl),
+            "linestyle": style,
+            "marker": "o",
+            "ms": 4,
+            "label": _safe(label),
+            "lw": 2.2 if impl == self.baseline else 1.5,
+        }
+        if spec.column == "time_ms" and line["time_q1_ms"].notna().all():
+            lo = y - line["time_q1_ms"].astype(float).to_numpy()
+            hi = line["time_q3_ms"].astype(float).to_numpy() - y
+            ax.errorbar(x, y, yerr=np.clip([lo, hi], 0, None), capsize=2, **kwargs)
+        else:
+            ax.plot(x, y, **kwargs)
+
+    def _stopped(self, impl: str, host: str, group: str) -> str:
+        rec = self.data.records
+        bad = rec[
+            (rec["impl"] == impl)
+            & (rec["host"] == host)
+            & (rec["group"] == group)
+            & rec["status"].isin(BUDGET_FAILURES)
+        ]
+        if not len(bad):
+            return ""
+        first = bad.sort_values("x").iloc[0]
+        return f"{first['status']} at {first['length']}"
+
+    def peak_line(self, ax: Axes, sub: pd.DataFrame) -> None:
+        """The measured matmul peak of each host in the chart (the records' own, else run.json's);
+        with one host, a right-hand axis reads throughput as a fraction of it."""
+        found: list[float] = []
+        for host, mine in sub.groupby("host", sort=False):
+            peaks = mine["peak_gflops"].astype(float).dropna()
+            peak = float(peaks.median()) if len(peaks) else None
+            if peak is None:
+                run = next((r for r in self.data.runs if r.label == mine["machine"].iloc[0]), None)
+                first = mine.iloc[0]
+                peak = (
+                    None
+                    if run is None
+                    else calibration_peak(run, str(first["device"]), str(first["dtype"]), int(first["threads"]))
+                )
+            if peak:
+                index = self.hosts.index(host) if host in self.hosts else 0
+                label = f"matmul peak {peak:.0f}" + (f" ({host})" if len(self.hosts) > 1 else "")
+                ax.axhline(peak, color="0.4", lw=1, ls=LINESTYLES[index % len(LINESTYLES)], label=_safe(label))
+                found.append(peak)
+        if len(found) == 1:
+            top = found[0]
+            right = ax.secondary_yaxis(
+                "right", functions=(lambda g: np.asarray(g) / top, lambda f: np.asarray(f) * top)
+            )
+            right.set_ylabel("fraction of the matmul peak")
+
+    def unity_line(self, ax: Axes, sub: pd.DataFrame) -> None:
+        ax.axhline(1.0, color="0.4", lw=1, ls="--", label=_safe(f"= {self.baseline or 'baseline'}"))
+
+    # -- speed against error ------------------------------------------------------------------
+    def pareto(self) -> list[Plot]:
+        """Per group with an approximation that ran: time against distance from full attention, at
+        the largest sequence length where one ran."""
+        ok = self.data.ok
+        plots: list[Plot] = []
+        for (host, group), sub in ok.groupby(["host", "group"], sort=True):
+            approx = sub[(sub["exact"] == False) & sub["full_rel_err"].notna()]  # noqa: E712
+            if not len(approx):
+                continue
+            n = int(approx["x"].max())
+            at = sub[sub["x"] == n].copy()
+            length = str(at["length"].iloc[0])
+            at["distance"] = at["full_rel_err"].where(at["full_rel_err"].notna(), at["rel_err"]).astype(float)
+            at = at.dropna(subset=["distance", "time_ms"])
+            at["distance"] = at["distance"].clip(lower=1e-9)
+            fig, ax = plt.subplots(figsize=(8.4, 4.2), layout="constrained")
+            for row in records_of(at):
+                marker = "o" if row["exact"] is not False else "D"
+                ax.scatter(
+                    row["distance"], row["time_ms"], color=self.colors.get(row["impl"]), marker=marker, s=50, zorder=3
+                )
+                ax.annotate(
+                    _safe(str(row["impl"])),
+                    (row["distance"], row["time_ms"]),
+                    fontsize=8,
+                    xytext=(5, 4),
+                    textcoords="offset points",
+                )
+            front = pareto_front(at["distance"].tolist(), at["time_ms"].astype(float).tolist())
+            if len(front) > 1:
+                fx, fy = zip(*front, strict=True)
+                ax.plot(fx, fy, color="0.5", lw=1, ls="--", label="Pareto front", zorder=2)
+                ax.legend(fontsize=8, frameon=False)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.margins(0.12)
+            ax.set_xlabel("relative distance from full softmax attention (max|out−full| / max|full|)")
+            ax.set_ylabel("median time (ms)")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.set_title(
+                _safe(f"Speed against error at {length} — {group}" + (f" · {host}" if len(self.hosts) > 1 else "")),
+                fontsize=10,
+            )
+            plots.append(self.save(fig, f"pareto_{len(plots)}", f"Speed against error, {length}: {group}"))
+        return plots
+
+    def heatmaps(self) -> list[Plot]:
+        from harness.report.heatmaps import draw_heatmaps
+
+        return draw_heatmaps(self)
+
+
+def pareto_front(xs: list[float], ys: list[float]) -> list[tuple[float, float]]:
+    """The points no other point beats on both lower x (error) and lower y (time), by increasing x."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(zip(xs, ys, strict=True)):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    title: str
+    ylabel: str
+    values: Callable[[pd.DataFrame], np.ndarray]
+    log_y: bool = True
+    reference_line: Callable[[Painter, Axes, pd.DataFrame], None] | None = None
+
+
+def _col(name: str, scale: float = 1.0) -> Callable[[pd.DataFrame], np.ndarray]:
+    return lambda df: df[name].astype(float).to_numpy() * scale
+
+
+METRICS: dict[str, Metric] = {
+    "time": Metric("time_ms", "Time", "median time (ms)", _col("time_ms")),
+    "memory": Metric("peak_mem_bytes", "Peak memory", "peak extra memory (MiB)", _col("peak_mem_bytes", 2.0**-20)),
+    "throughput": Metric("gflops", "Throughput", "GFLOP/s", _col("gflops"), False, Painter.peak_line),
+    "speedup": Metric("speedup", "Speedup", "speedup vs baseline (×)", _col("speedup"), True, Painter.unity_line),
+}
+
+
+def _axes(ax: Axes, spec: Metric, sizes: list[int], xlabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(int(s)) for s in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if spec.log_y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10))
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
+    else:
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(spec.ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _safe(text: str) -> str:
+    """Text for matplotlib: a ``$`` would start mathtext (and can fail to parse)."""
+    return text.replace("$", r"\$")

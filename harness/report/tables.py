@@ -1,0 +1,323 @@
+"""The report's tables as DataFrames: summary, machines, status matrix, timings, accuracy, machines side by side.
+
+Every table is written to ``tables/NAME.csv`` with raw numbers; the templates format them.
+Speedups and throughputs come from ``ok`` records only: an ``inaccurate`` record computed the
+wrong answer, and its time is no evidence of anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.records import STATUSES
+from harness.report.data import (
+    CROSS_MACHINE_KEYS,
+    ReportData,
+    case_order,
+    extreme,
+    group_order,
+    impl_order,
+    records_of,
+    suite_of,
+)
+
+TIMING_COLUMNS = [
+    "host",
+    "impl",
+    "group",
+    "length",
+    "case",
+    "time_ms",
+    "time_q1_ms",
+    "time_q3_ms",
+    "unstable",
+    "speedup",
+    "gflops",
+    "peak_fraction",
+    "peak_mem_bytes",
+]
+ACCURACY_COLUMNS = [
+    "host",
+    "impl",
+    "case",
+    "status",
+    "exact",
+    "max_abs_err",
+    "rel_err",
+    "accuracy_bound",
+    "accuracy_rows",
+    "full_max_abs_err",
+    "full_rel_err",
+]
+
+
+def summary(data: ReportData) -> pd.DataFrame:
+    """Per host and case: the fastest exact implementation that ran ok, its time and speedup, the
+    next fastest, the exact one with the lowest memory, and the fastest approximation (which
+    computes something else, so it is named apart, with its distance from full attention).
+
+    "Fastest" is ranked by the speedup against the interleaved baseline where every candidate has
+    one (robust to a machine that was busier during some measurements than others), else by the
+    median time; ``ranked_by`` says which."""
+    rows: list[dict[str, Any]] = []
+    rank = {g: i for i, g in enumerate(group_order(data.records))}
+    keyed = data.records.assign(_rank=data.records["group"].map(rank))
+    for (host, _, group, _x), sub in keyed.groupby(["host", "_rank", "group", "x"], sort=True):
+        good = sub[sub["status"] == "ok"]
+        exact = good[good["exact"] != False]  # noqa: E712 (None: not declared, counted as exact)
+        row: dict[str, Any] = {
+            "host": host,
+            "group": group,
+            "length": sub["length"].iloc[0],
+            "case": sub["case"].iloc[0],
+            "ran": len(good),
+            "tried": len(sub),
+        }
+        ranked, by = ranking(exact)
+        if len(ranked):
+            best = ranked.iloc[0]
+            row.update(
+                fastest=best["impl"],
+                time_ms=best["time_ms"],
+                speedup=best["speedup"],
+                ranked_by=by,
+                baseline=best["baseline"],
+                baseline_time_ms=best["baseline_time_ms"],
+                runner_up=_runner_up(ranked, by),
+            )
+        mem = exact.dropna(subset=["peak_mem_bytes"])
+        if len(mem):
+            low = extreme(mem, "peak_mem_bytes")
+            row.update(lowest_memory=low["impl"], memory_bytes=low["peak_mem_bytes"])
+        approx, _ = ranking(good[good["exact"] == False])  # noqa: E712
+        if len(approx):
+            fast = approx.iloc[0]
+            row.update(
+                approximation=fast["impl"],
+                approx_time_ms=fast["time_ms"],
+                approx_speedup=fast["speedup"],
+                approx_distance=fast["full_rel_err"],
+            )
+        rows.append(row)
+    columns = [
+        "host",
+        "group",
+        "length",
+        "case",
+        "ran",
+        "tried",
+        "fastest",
+        "time_ms",
+        "speedup",
+        "ranked_by",
+        "baseline",
+        "baseline_time_ms",
+        "runner_up",
+        "lowest_memory",
+        "memory_bytes",
+        "approximation",
+        "approx_time_ms",
+        "approx_speedup",
+        "approx_distance",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ranking(candidates: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Timed candidates fastest first: by speedup when all have one, else by median time."""
+    timed = candidates.dropna(subset=["time_ms"])
+    if len(timed) and timed["speedup"].notna().all():
+        return timed.sort_values("speedup", ascending=False, kind="stable"), "speedup"
+    return timed.sort_values("time_ms", kind="stable"), "time"
+
+
+def _runner_up(ranked: pd.DataFrame, by: str) -> str:
+    if len(ranked) < 2:
+        return ""
+    best, second = ranked.iloc[0], ranked.iloc[1]
+    if by == "speedup":
+        factor = float(best["speedup"]) / float(second["speedup"])
+    else:
+        factor = float(second["time_ms"]) / float(best["time_ms"])
+    return f"{second['impl']} ({factor:.2f}× slower)"
+
+
+def machines(data: ReportData) -> pd.DataFrame:
+    """One row per run: machine, software, suite and the measured matrix-multiply peaks."""
+    rows = []
+    for run in data.runs:
+        info = run.info
+        mach = info.get("machine") or {}
+        vers = info.get("versions") or {}
+        suite = suite_of(info)
+        cal = info.get("calibration") or []
+        peaks = "; ".join(
+            f"{c.get('device')} {c.get('dtype')} {c.get('threads')}T: {float(c['gflops']):.1f} GFLOP/s"
+            for c in cal
+            if c.get("gflops")
+        )
+        mem = mach.get("memory_bytes")
+        rows.append(
+            {
+                "machine": run.label,
+                "folder": str(run.path),
+                "hostname": mach.get("hostname", ""),
+                "os": mach.get("os", ""),
+                "cpu": mach.get("cpu", ""),
+                "cores": mach.get("cores"),
+                "memory": f"{mem / 2**30:.1f} GiB" if mem else "",
+                "gpu": mach.get("gpu") or "none",
+                "driver": mach.get("driver") or "",
+                "cuda": mach.get("cuda") or "",
+                "python": vers.get("python", ""),
+                "torch": vers.get("torch", ""),
+                "numpy": vers.get("numpy", ""),
+                "xformers": vers.get("xformers") or "not installed",
+                "suite": suite.get("name", ""),
+                "baseline": suite.get("baseline", ""),
+                "attnbench": info.get("attnbench_version", ""),
+                "commit": info.get("git_commit") or "",
+                "started": info.get("started", ""),
+                "ended": info.get("ended") or "(unfinished)",
+                "matmul_peak": peaks or "not measured",
+                "records": len(run.records),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def status_matrix(data: ReportData, baseline: str = "") -> dict[str, dict[str, Any]]:
+    """Per host: the case columns and, per implementation, one cell (status, reason) per case."""
+    out: dict[str, dict[str, Any]] = {}
+    for host, sub in data.records.groupby("host", sort=False):
+        cases = case_order(sub)
+        cells = {(r["impl"], r["case"]): r for r in records_of(sub)}
+        rows = []
+        for impl in impl_order(sub, baseline):
+            row_cells = []
+            for case in cases:
+                rec = cells.get((impl, case))
+                row_cells.append(None if rec is None else {"status": rec["status"], "reason": rec["reason"] or ""})
+            rows.append({"impl": impl, "cells": row_cells})
+        counts = sub["status"].value_counts()
+        out[str(host)] = {
+            "cases": cases,
+            "rows": rows,
+            "counts": {s: int(counts.get(s, 0)) for s in STATUSES if counts.get(s, 0)},
+        }
+    return out
+
+
+def status_csv(data: ReportData) -> pd.DataFrame:
+    if not len(data.records):
+        return pd.DataFrame()
+    return data.records.pivot_table(index=["host", "impl"], columns="case", values="status", aggfunc="first")
+
+
+def failures(data: ReportData, baseline: str = "") -> pd.DataFrame:
+    """Every distinct (implementation, status, reason) that is not ok, with the cases it ended so."""
+    bad = data.records[data.records["status"] != "ok"].fillna({"reason": ""})
+    order = {name: i for i, name in enumerate(impl_order(data.records, baseline))}
+    rows = []
+    for (host, impl, status, reason), sub in bad.groupby(["host", "impl", "status", "reason"], sort=False):
+        cases = case_order(sub)
+        rows.append(
+            {
+                "host": host,
+                "impl": impl,
+                "status": status,
+                "reason": reason,
+                "count": len(cases),
+                "cases": ", ".join(cases),
+                "_order": (order.get(str(impl), 0), str(host)),
+            }
+        )
+    if not rows:
+        return pd.DataFrame(columns=["host", "impl", "status", "reason", "count", "cases"])
+    out = pd.DataFrame(rows)
+    out = out.iloc[sorted(range(len(out)), key=lambda i: out["_order"].iloc[i])]
+    return out.drop(columns=["_order"]).reset_index(drop=True)
+
+
+def timings(data: ReportData) -> pd.DataFrame:
+    ok = data.ok.sort_values(["host", "group", "impl", "x"], kind="stable")
+    return ok[TIMING_COLUMNS].reset_index(drop=True)
+
+
+def accuracy(data: ReportData) -> pd.DataFrame:
+    """Error against each implementation's reference, and against full attention for approximations."""
+    rec = data.records
+    has = rec["max_abs_err"].notna() | rec["full_max_abs_err"].notna()
+    out = rec[has & rec["status"].isin(["ok", "inaccurate"])]
+    return out.sort_values(["host", "impl", "group", "x"], kind="stable")[ACCURACY_COLUMNS].reset_index(drop=True)
+
+
+def cross_machine(data: ReportData) -> pd.DataFrame:
+    """Median time of each (implementation, case) on every machine that ran it, and the ratio to the first."""
+    if len(data.runs) < 2:
+        return pd.DataFrame()
+    ok = data.ok
+    keys = ["impl", *CROSS_MACHINE_KEYS]
+    labels = [run.label for run in data.runs]
+    wide = ok.pivot_table(index=keys, columns="machine", values="time_ms", aggfunc="median")
+    wide = wide[[m for m in labels if m in wide.columns]].dropna(thresh=2)
+    if wide.empty:
+        return pd.DataFrame()
+    first = wide.columns[0]
+    table = wide.reset_index()
+    cases = ok.drop_duplicates(keys).set_index(keys)
+    index = [tuple(r) for r in table[keys].itertuples(index=False)]
+    for i, col in enumerate(("group", "length", "x"), start=1):
+        table.insert(i, col, [cases.at[k, col] for k in index])
+    for m in wide.columns[1:]:
+        table[f"{m} / {first}"] = (wide[m] / wide[first]).to_numpy()
+    table["fastest machine"] = wide.idxmin(axis=1).to_numpy()
+    table = table.drop(columns=list(CROSS_MACHINE_KEYS)).sort_values(["group", "impl", "x"], kind="stable")
+    return table.drop(columns=["x"]).reset_index(drop=True)
+
+
+def records_csv(data: ReportData) -> pd.DataFrame:
+    """All records, lists of samples joined by spaces."""
+    out = data.records.copy()
+    for col in ("samples_ms", "baseline_samples_ms"):
+        out[col] = [" ".join(f"{x:g}" for x in v) if isinstance(v, list) else "" for v in out[col]]
+    return out
+
+
+def write_csvs(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, frame in tables.items():
+        path = folder / f"{name}.csv"
+        frame.to_csv(path, index=isinstance(frame.index, pd.MultiIndex) or frame.index.name is not None)
+        written.append(path)
+    return written
+
+
+def accuracy_summary(data: ReportData) -> pd.DataFrame:
+    """Per host and implementation: the worst error against its reference over the cases it ran,
+    and the range of its distance from full attention (approximations)."""
+    acc = accuracy(data)
+    rows = []
+    for (host, impl), sub in acc.groupby(["host", "impl"], sort=False):
+        worst = extreme(sub, "max_abs_err", largest=True) if sub["max_abs_err"].notna().any() else sub.iloc[0]
+        full = sub["full_rel_err"].astype(float).dropna()
+        rows.append(
+            {
+                "host": host,
+                "impl": impl,
+                "exact": worst["exact"],
+                "checked": len(sub),
+                "inaccurate": int((sub["status"] == "inaccurate").sum()),
+                "worst_max_abs_err": worst["max_abs_err"],
+                "worst_rel_err": sub["rel_err"].astype(float).max(),
+                "bound": worst["accuracy_bound"],
+                "worst_case": worst["case"],
+                "full_rel_err_min": full.min() if len(full) else None,
+                "full_rel_err_max": full.max() if len(full) else None,
+            }
+        )
+    return pd.DataFrame(rows)

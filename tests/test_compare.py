@@ -1,0 +1,215 @@
+"""compare: real regressions are found, noise and a busier machine are not called regressions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from harness.compare import (
+    ALPHA_LOOSE,
+    ALPHA_STRICT,
+    choose_alpha,
+    compare_runs,
+    p_floor,
+    run_compare,
+)
+from harness.records import Record
+
+DATA = Path(__file__).parent / "data"
+MEDIANS = {("sdpa", 1024): 11.9, ("sdpa", 2048): 47.7, ("chunked", 1024): 16.4, ("chunked", 2048): 65.5}
+
+
+def draw(rng: np.random.Generator, median: float, n: int, sigma: float = 0.03) -> list[float]:
+    return [float(x) for x in median * rng.lognormal(0.0, sigma, n)]
+
+
+def write_run(
+    folder: Path,
+    seed: int,
+    *,
+    impl_scale: float = 1.0,
+    base_scale: float = 1.0,
+    n: int = 15,
+    with_baseline: bool = True,
+    extra: list[Record] | None = None,
+    skip: tuple[str, ...] = (),
+) -> Path:
+    """A result folder: sdpa (the baseline) and chunked at N=1024 and 2048, samples drawn fresh (seeded)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for (impl, seq), median in MEDIANS.items():
+        if impl in skip:
+            continue
+        scale = base_scale if impl == "sdpa" else impl_scale
+        samples = draw(rng, median * scale, n)
+        baseline = draw(rng, MEDIANS[("sdpa", seq)] * base_scale, n) if with_baseline else []
+        records.append(
+            Record(
+                impl=impl,
+                status="ok",
+                seq_len=seq,
+                kv_len=seq,
+                heads=8,
+                kv_heads=8,
+                head_dim=64,
+                threads=2,
+                samples_ms=samples,
+                time_ms=float(np.median(samples)),
+                baseline="sdpa",
+                baseline_samples_ms=baseline,
+                machine="box-cpu",
+            )
+        )
+    records += extra or []
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.jsonl").write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
+    (folder / "run.json").write_text(json.dumps({"schema_version": 1, "machine": {"id": "box-cpu"}}), encoding="utf-8")
+    return folder
+
+
+def scaled_copy(src: Path, dst: Path, factor: float, impl: str = "chunked") -> Path:
+    """The same run with one implementation's samples multiplied by ``factor`` (its baseline untouched)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for line in (src / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        rec: dict[str, Any] = json.loads(line)
+        if rec["impl"] == impl and rec["status"] == "ok":
+            rec["samples_ms"] = [s * factor for s in rec["samples_ms"]]
+            rec["time_ms"] = float(np.median(rec["samples_ms"]))
+        lines.append(json.dumps(rec))
+    (dst / "results.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (dst / "run.json").write_text((src / "run.json").read_text(encoding="utf-8"), encoding="utf-8")
+    return dst
+
+
+def test_alpha_follows_the_p_value_floor() -> None:
+    assert p_floor(5, 5) == pytest.approx(2 / 252)
+    assert choose_alpha(3, 3) is None  # floor 0.1: no test can be significant
+    assert choose_alpha(5, 5) == ALPHA_LOOSE  # floor 0.0079
+    assert choose_alpha(6, 6) == ALPHA_LOOSE  # floor 0.0022, just above asv's 0.002
+    assert choose_alpha(7, 7) == ALPHA_STRICT
+    assert choose_alpha(15, 15) == ALPHA_STRICT
+
+
+def test_deliberately_slower_is_a_regression(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", seed=1)
+    new = scaled_copy(base, tmp_path / "new", 1.3)
+    result = compare_runs(base, new, threshold_pct=10.0)
+    slower = {(p.impl, p.seq_len) for p in result.regressions}
+    assert slower == {("chunked", 1024), ("chunked", 2048)}
+    for p in result.regressions:
+        assert p.ratio == pytest.approx(1.3, rel=1e-6)
+        assert p.p_value is not None and p.p_value < ALPHA_STRICT
+        assert p.rel_ratio is not None and p.rel_ratio > 1.1
+    assert all(p.verdict == "same" for p in result.pairs if p.impl == "sdpa")
+    assert run_compare(base, new, 10.0, fail_on_regression=True, out=tmp_path / "out") == 1
+    assert run_compare(base, new, 10.0, fail_on_regression=False, out=tmp_path / "out") == 0
+
+
+def test_below_threshold_is_not_a_regression(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", seed=1)
+    new = scaled_copy(base, tmp_path / "new", 1.05)  # real (significant) but under 10%
+    result = compare_runs(base, new, threshold_pct=10.0)
+    assert not result.regressions
+    assert compare_runs(base, new, threshold_pct=3.0).regressions  # over a 3% threshold it is one
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4, 5, 6])
+def test_noise_is_not_a_regression(tmp_path: Path, seed: int) -> None:
+    base = write_run(tmp_path / "base", seed=1)
+    new = write_run(tmp_path / "new", seed=seed)  # the same distributions, fresh draws
+    result = compare_runs(base, new)
+    assert result.pairs and all(p.verdict == "same" for p in result.pairs)
+    assert run_compare(base, new, 10.0, fail_on_regression=True, out=tmp_path / "out") == 0
+
+
+def test_busier_machine_is_not_a_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_run(tmp_path / "base", seed=1)
+    new = write_run(tmp_path / "new", seed=2, impl_scale=1.3, base_scale=1.3)  # everything 30% slower
+    result = compare_runs(base, new)
+    chunked = [p for p in result.pairs if p.impl == "chunked"]
+    assert chunked and all(p.ratio > 1.2 for p in chunked)  # the absolute times did move
+    assert all(p.p_value is not None and p.p_value < ALPHA_STRICT for p in chunked)  # ...significantly
+    assert not result.regressions
+    assert all("baseline moved too" in p.note for p in chunked)
+    assert run_compare(base, new, 10.0, fail_on_regression=True, out=tmp_path / "out") == 0
+    assert "0 slower" in capsys.readouterr().out
+
+
+def test_busier_machine_without_baseline_samples_is_called_slower(tmp_path: Path) -> None:
+    """Without the within-run baseline nothing tells a busier machine from a slower implementation."""
+    base = write_run(tmp_path / "base", seed=1, with_baseline=False)
+    new = write_run(tmp_path / "new", seed=2, impl_scale=1.3, base_scale=1.3, with_baseline=False)
+    result = compare_runs(base, new)
+    assert {p.impl for p in result.regressions} == {"sdpa", "chunked"}
+
+
+def test_too_few_samples_is_uncertain_not_slower(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", seed=1, n=3)
+    new = write_run(tmp_path / "new", seed=2, n=3, impl_scale=2.0)
+    result = compare_runs(base, new)
+    assert not result.regressions
+    assert {p.impl for p in result.verdict("uncertain")} == {"chunked"}
+    assert run_compare(base, new, 10.0, fail_on_regression=True, out=tmp_path / "out") == 0
+
+
+def test_pairs_only_in_one_run_and_status_changes_are_listed(tmp_path: Path) -> None:
+    gone = Record(impl="old_kernel", status="ok", seq_len=1024, kv_len=1024, samples_ms=[1.0] * 10, time_ms=1.0)
+    hostile = Record(
+        impl="<script>alert(1)</script>", status="ok", seq_len=1024, kv_len=1024, samples_ms=[2.0] * 10, time_ms=2.0
+    )
+    oom = Record(
+        impl="chunked",
+        status="oom",
+        reason="out of <memory>",
+        seq_len=8192,
+        kv_len=8192,
+        heads=8,
+        kv_heads=8,
+        head_dim=64,
+        threads=2,
+    )
+    ran = Record(
+        impl="chunked",
+        status="ok",
+        seq_len=8192,
+        kv_len=8192,
+        heads=8,
+        kv_heads=8,
+        head_dim=64,
+        threads=2,
+        samples_ms=[1.0] * 10,
+        time_ms=1.0,
+    )
+    base = write_run(tmp_path / "base", seed=1, extra=[gone, ran])
+    new = write_run(tmp_path / "new", seed=2, extra=[hostile, oom])
+    result = compare_runs(base, new, out=tmp_path / "out")
+    assert [d["impl"] for d in result.only_base] == ["old_kernel"]
+    assert [d["impl"] for d in result.only_new] == ["<script>alert(1)</script>"]
+    assert [(s["before"], s["after"]) for s in result.status_changed] == [("ok", "oom")]
+    md = (tmp_path / "out" / "compare.md").read_text(encoding="utf-8")
+    html = (tmp_path / "out" / "compare.html").read_text(encoding="utf-8")
+    assert "Only in base" in md and "old_kernel" in md and "Only in new" in html
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>" not in md and "out of &lt;memory&gt;" in md
+
+
+def test_recorded_compare_pair() -> None:
+    result = compare_runs(DATA / "compare_base", DATA / "compare_new")
+    assert {p.impl for p in result.verdict("slower")} == {"chunked"}
+    assert {p.impl for p in result.verdict("faster")} == {"naive"}
+    assert {p.impl for p in result.verdict("same")} == {"sdpa"}
+    assert {d["impl"] for d in result.only_base} == {"old_impl"}
+    assert {d["impl"] for d in result.only_new} == {"new_impl", "naive"}  # naive at N=8192: oom, new case
+
+
+def test_run_compare_writes_into_new_by_default(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", seed=1)
+    new = scaled_copy(base, tmp_path / "new", 1.3)
+    assert run_compare(base, new, 10.0, fail_on_regression=True, out=None) == 1
+    assert (new / "compare.md").is_file() and (new / "compare.html").is_file()
+    assert "slower" in (new / "compare.md").read_text(encoding="utf-8")
