@@ -110,6 +110,12 @@ class CompareResult:
     def regressions(self) -> list[PairComparison]:
         return self.verdict("slower")
 
+    @property
+    def broken(self) -> list[dict[str, str]]:
+        """Pairs that were ok in BASE and fail in NEW (error, crash, timeout, oom, inaccurate)."""
+        failing = {"inaccurate", "error", "timeout", "crashed", "oom"}
+        return [s for s in self.status_changed if s["before"] == "ok" and s["after"] in failing]
+
 
 def case_name(row: dict[str, Any]) -> str:
     """``forward · fp32 · cpu · B1 H8 D64 · full · N=1024 · 2 threads``."""
@@ -267,11 +273,12 @@ def summary_lines(result: CompareResult) -> list[str]:
 
 def run_compare(base: Path, new: Path, threshold_pct: float, fail_on_regression: bool, out: Path | None) -> int:
     """Compare, print a summary, write compare.md/.html (into ``out``, default NEW's folder); the
-    exit code is 1 when ``fail_on_regression`` and any pair is significantly slower."""
+    exit code is 1 when ``fail_on_regression`` and any pair is significantly slower, or went
+    from ok to a failure."""
     new_path = Path(new)
     target = Path(out) if out is not None else (new_path if new_path.is_dir() else new_path.parent)
     result = compare_runs(Path(base), new_path, threshold_pct, target)
     for line in summary_lines(result):
         print(line)
     print(f"  wrote {target / 'compare.md'} and {target / 'compare.html'}")
-    return 1 if fail_on_regression and result.regressions else 0
+    return 1 if fail_on_regression and (result.regressions or result.broken) else 0

@@ -213,3 +213,13 @@ def test_run_compare_writes_into_new_by_default(tmp_path: Path) -> None:
     assert run_compare(base, new, 10.0, fail_on_regression=True, out=None) == 1
     assert (new / "compare.md").is_file() and (new / "compare.html").is_file()
     assert "slower" in (new / "compare.md").read_text(encoding="utf-8")
+
+
+def test_a_pair_that_breaks_fails_the_gate(tmp_path: Path) -> None:
+    crashed = Record(impl="chunked", status="crashed", reason="worker killed by SIGSEGV", seq_len=8192, kv_len=8192)
+    ran = Record(impl="chunked", status="ok", seq_len=8192, kv_len=8192, samples_ms=[1.0] * 10, time_ms=1.0)
+    base = write_run(tmp_path / "base", seed=1, extra=[ran])
+    new = write_run(tmp_path / "new", seed=1, extra=[crashed])
+    assert not compare_runs(base, new).regressions
+    assert run_compare(base, new, 10.0, True, tmp_path / "out") == 1
+    assert run_compare(base, new, 10.0, False, tmp_path / "out") == 0
