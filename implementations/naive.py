@@ -1,0 +1,97 @@
+"""Naive attention: the textbook formula, one matrix at a time.
+
+The algorithm
+-------------
+Attention maps queries ``Q [Nq, D]``, keys ``K [Nk, D]`` and values ``V [Nk, D]`` (per batch
+entry and head) to
+
+    S = Q Kᵀ · scale            scores,        [Nq, Nk]
+    S = S + M                   mask: 0 where a pair is computed, -inf elsewhere
+    P = softmax(S) along keys   probabilities, [Nq, Nk]
+    O = P V                     output,        [Nq, D]
+
+with ``scale = 1/sqrt(D)``. Every step is one PyTorch operation, so autograd provides the
+backward pass for free. The mask ``M`` comes from the problem's pattern (causal, sliding
+window, block layout: see :mod:`harness.patterns`), so this implementation computes every
+pattern — but always at the price of the full, dense computation.
+
+A query row that may attend no key (possible with causal cross attention when ``Nq > Nk``)
+would be ``softmax`` of all ``-inf``, i.e. NaN; such rows are given zero scores before the
+softmax and zero probabilities after it, so that they output zeros.
+
+Grouped-query attention (``Hkv < H`` key/value heads) is handled without copying keys: the
+``G = H/Hkv`` query heads that share a key/value head are stacked along the row axis,
+``q [B, H, Nq, D] → [B, Hkv, G·Nq, D]``, and multiplied by that head's keys once.
+
+Cost
+----
+Time ``O(Nq·Nk·D)`` per head: two matrix products of ``2·Nq·Nk·D`` floating-point operations
+each. Extra memory ``O(Nq·Nk)`` per head: the scores and the probabilities are both
+materialized (two ``[B, H, Nq, Nk]`` float32 tensors, plus the boolean mask). At ``N = 4096``
+with 8 heads that is 1 GiB; this quadratic memory is what every other implementation here
+avoids. With low-precision inputs the matrix products run in the input dtype while the
+softmax runs in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness import Growth, Implementation, Problem, register
+from harness.contract import AttentionFn
+
+Tensor = torch.Tensor
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None) -> Tensor:
+    """``softmax(q kᵀ · scale, masked) v`` with the full score matrix.
+
+    ``q`` is ``[B, H, Nq, D]``, ``k``/``v`` are ``[B, Hkv, Nk, D]``, ``mask`` is ``[Nq, Nk]``
+    bool (True where a pair is computed) or None for full attention.
+    """
+    b, h, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = h // hkv
+    qg = q.reshape(b, hkv, g * nq, d)  # [B, Hkv, G·Nq, D] (query head h = hkv·G + g)
+    scores = torch.matmul(qg, k.transpose(-1, -2))  # [B, Hkv, G·Nq, Nk]
+    scores = scores.float() * scale  # float32 statistics for low-precision inputs
+    scores = scores.view(b, hkv, g, nq, nk)  # [B, Hkv, G, Nq, Nk]
+    empty = None
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # mask [Nq, Nk] broadcasts
+        empty = ~mask.any(dim=-1, keepdim=True)  # [Nq, 1] rows that see no key
+        if bool(empty.any()):
+            scores = scores.masked_fill(empty, 0.0)
+        else:
+            empty = None
+    probs = torch.softmax(scores, dim=-1)  # [B, Hkv, G, Nq, Nk]
+    if empty is not None:
+        probs = probs.masked_fill(empty, 0.0)
+    probs = probs.view(b, hkv, g * nq, nk).to(v.dtype)  # [B, Hkv, G·Nq, Nk]
+    out = torch.matmul(probs, v)  # [B, Hkv, G·Nq, D]
+    return out.view(b, h, nq, d)  # [B, H, Nq, D]
+
+
+@register("naive")
+class Naive(Implementation):
+    description = "Textbook softmax(QKᵀ·scale + mask)·V with the full score matrix materialized"
+    exact = True
+    computes = ("full", "causal", "window", "block-sparse")
+    devices = ("cpu", "cuda")
+    dtypes = ("float32", "bfloat16", "float16")
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+    growth = Growth(2.0, 2.0)
+
+    def prepare(self, problem: Problem) -> AttentionFn:
+        """Build the dense ``[Nq, Nk]`` mask once, outside the timed call."""
+        pattern = problem.pattern
+        mask = None if pattern.is_full else pattern.mask(problem.seq_len, problem.kv_len, device=problem.device)
+        scale = problem.scale
+
+        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return naive_attention(q, k, v, scale, mask)
+
+        return run
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return self.prepare(problem)(q, k, v)

@@ -1,0 +1,386 @@
+"""Tests of the five built-in implementations: naive, chunked, sliding_window, block_sparse, linear.
+
+Every case runs ``harness.verify.check``: exact implementations against the float64 reference
+within twice SDPA's error, ``linear`` against its own float64 definition. Besides the registered
+instances, "small" variants with tiny blocks run the same cases so that short sequences still
+cross many tiles, chunks and steps. The cost claims are checked structurally: FLOPs counted by
+``torch.utils.flop_counter`` and peak live memory summed from the profiler's allocation events,
+never by timing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness import Implementation, Problem
+from harness.registry import load_registry
+from harness.verify import check
+
+Tensor = torch.Tensor
+
+#: Attribute overrides giving a variant many tiles on short sequences.
+SMALL: dict[str, dict[str, int]] = {
+    "naive": {},
+    "chunked": {"block_q": 16, "block_k": 24},
+    "sliding_window": {"tile": 8, "step_elements": 4096},
+    "block_sparse": {"step_elements": 2048},
+    "linear": {"chunk": 8},
+}
+NAMES = tuple(SMALL)
+VARIANTS = [*NAMES, *(f"{name}[small]" for name in NAMES if SMALL[name])]
+#: The pattern each implementation needs at the least (merged into every shape case).
+BASE: dict[str, dict[str, Any]] = {
+    "naive": {},
+    "chunked": {},
+    "sliding_window": {"window": 24},
+    "block_sparse": {"layout": "bigbird:block=32"},
+    "linear": {},
+}
+SHAPES: dict[str, dict[str, int]] = {
+    "self": {"seq_len": 200},
+    "cross-shorter-q": {"seq_len": 77, "kv_len": 203},
+    "cross-longer-q": {"seq_len": 203, "kv_len": 77},
+    "gqa": {"heads": 6, "kv_heads": 2, "seq_len": 150},
+    "mqa-cross": {"heads": 4, "kv_heads": 1, "seq_len": 90, "kv_len": 171},
+    "decode": {"seq_len": 1, "kv_len": 333},
+    "batch": {"batch": 3, "seq_len": 129},
+}
+
+
+def make(variant: str) -> Implementation:
+    """The registered instance, or for ``name[small]`` a fresh one with tiny blocks."""
+    name = variant.removesuffix("[small]")
+    impl = load_registry().get(name)
+    if variant == name:
+        return impl
+    small = type(impl)()
+    for key, value in SMALL[name].items():
+        setattr(small, key, value)
+    return small
+
+
+def problem_for(variant: str, **fields: Any) -> Problem:
+    name = variant.removesuffix("[small]")
+    return Problem(**{"heads": 2, "head_dim": 32, **BASE[name], **fields})
+
+
+def assert_passes(impl: Implementation, problem: Problem, grads: bool = False) -> None:
+    assert impl.supports(problem) is None, impl.supports(problem)
+    result = check(impl, problem, grads=grads)
+    assert result.ok, f"{problem}: {result.failures()}"
+    if not impl.exact:
+        assert result.full_max_abs_err is not None and math.isfinite(result.full_max_abs_err)
+
+
+# -- correctness over shapes, dtypes, patterns -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes(variant: str, shape: str, causal: bool, dtype: str) -> None:
+    assert_passes(make(variant), problem_for(variant, causal=causal, dtype=dtype, **SHAPES[shape]))
+
+
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("variant", NAMES)
+def test_head_dims(variant: str, head_dim: int) -> None:
+    assert_passes(make(variant), problem_for(variant, seq_len=97, kv_len=131, causal=True, head_dim=head_dim))
+
+
+@pytest.mark.parametrize("variant", NAMES)
+def test_float16(variant: str) -> None:
+    assert_passes(make(variant), problem_for(variant, seq_len=70, kv_len=90, causal=True, dtype="float16"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "shape",
+    [{"seq_len": 70}, {"seq_len": 33, "kv_len": 71}, {"seq_len": 71, "kv_len": 33}, {"heads": 4, "kv_heads": 2}],
+    ids=["self", "cross-shorter-q", "cross-longer-q", "gqa"],
+)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradients(variant: str, causal: bool, shape: dict[str, int], dtype: str) -> None:
+    impl = make(variant)
+    assert "backward" in impl.features
+    fields = {"seq_len": 60, **shape}
+    assert_passes(impl, problem_for(variant, causal=causal, dtype=dtype, **fields), grads=True)
+
+
+PATTERNS: dict[str, list[dict[str, Any]]] = {
+    "naive": [
+        {"window": 17},
+        {"window": 17, "causal": True},
+        {"layout": "bigbird:block=16"},
+        {"layout": "longformer:block=32", "causal": True},
+        {"layout": "local:block=16,local=2", "window": 40, "causal": True},
+    ],
+    "sliding_window": [
+        {"window": 1},
+        {"window": 1, "causal": True},
+        {"window": 24},
+        {"window": 500},
+        {"window": 500, "causal": True},
+    ],
+    "block_sparse": [
+        {"layout": "bigbird:block=16,random=3,seed=7"},
+        {"layout": "longformer:block=32", "causal": True},
+        {"layout": "local:block=8,local=2"},
+        {"layout": "bigbird:block=16,global=2", "window": 40},
+        {"layout": "bigbird:block=16", "window": 40, "causal": True},
+    ],
+}
+PATTERNS["chunked"] = PATTERNS["naive"]
+PATTERN_CASES = [
+    (variant, pattern) for variant in VARIANTS for pattern in PATTERNS.get(variant.removesuffix("[small]"), [])
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("lengths", [(150, 150), (70, 190), (190, 70)], ids=["self", "shorter-q", "longer-q"])
+@pytest.mark.parametrize(("variant", "pattern"), PATTERN_CASES, ids=[f"{v}-{p}" for v, p in PATTERN_CASES])
+def test_patterns(variant: str, pattern: dict[str, Any], lengths: tuple[int, int], dtype: str) -> None:
+    seq_len, kv_len = lengths
+    problem = Problem(heads=4, kv_heads=2, head_dim=32, seq_len=seq_len, kv_len=kv_len, dtype=dtype, **pattern)
+    assert_passes(make(variant), problem)
+
+
+@pytest.mark.parametrize("variant", ["naive", "chunked", "sliding_window", "block_sparse"])
+def test_long_sequence_default_blocks(variant: str) -> None:
+    """Long enough that the registered block sizes give several tiles (sampled rows)."""
+    impl = make(variant)
+    problem = problem_for(variant, heads=2, head_dim=64, seq_len=1100, kv_len=1500, causal=True)
+    assert_passes(impl, problem)
+    assert_passes(impl, problem.with_(causal=False, seq_len=1500))
+
+
+def test_rows_that_see_no_key_are_zero() -> None:
+    """Causal with Nq > Nk: the first Nq - Nk queries see nothing and must output exact zeros."""
+    for variant in VARIANTS:
+        impl = make(variant)
+        problem = problem_for(variant, seq_len=90, kv_len=40, causal=True)
+        q, k, v = problem.make_inputs()
+        with torch.no_grad():
+            out = impl.prepare(problem)(q, k, v)
+        assert torch.all(out[:, :, :50] == 0), variant
+        assert torch.isfinite(out).all(), variant
+
+
+# -- property-based ------------------------------------------------------------------------------
+
+
+@st.composite
+def problems(draw: st.DrawFn, name: str) -> Problem:
+    kv_heads, group = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    fields: dict[str, Any] = {
+        "batch": draw(st.integers(1, 2)),
+        "heads": kv_heads * group,
+        "kv_heads": kv_heads,
+        "seq_len": draw(st.integers(1, 80)),
+        "kv_len": draw(st.integers(1, 80)),
+        "head_dim": draw(st.sampled_from([8, 16, 32])),
+        "causal": draw(st.booleans()),
+        "dtype": draw(st.sampled_from(["float32", "bfloat16"])),
+    }
+    if name == "sliding_window":
+        fields["window"] = draw(st.integers(1, 30))
+    elif name in ("naive", "chunked", "block_sparse"):
+        fields["window"] = draw(st.one_of(st.just(0), st.integers(1, 30)))
+    if name in ("naive", "chunked", "block_sparse"):
+        layouts = ["bigbird:block=8", "longformer:block=16", "local:block=4,local=2", "bigbird:block=8,random=3,seed=3"]
+        fields["layout"] = draw(st.sampled_from(layouts if name == "block_sparse" else ["dense", *layouts]))
+    return Problem(**fields)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_property_random_problems(variant: str) -> None:
+    impl = make(variant)
+    name = variant.removesuffix("[small]")
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+    @given(problem=problems(name), grads=st.booleans())
+    def run(problem: Problem, grads: bool) -> None:
+        assert_passes(impl, problem, grads=grads and problem.seq_len * problem.kv_len <= 2000)
+
+    run()
+
+
+# -- declarations and refusals -------------------------------------------------------------------
+
+
+DECLARED = {
+    "naive": (True, {"full", "causal", "window", "block-sparse"}, (2.0, 2.0)),
+    "chunked": (True, {"full", "causal", "window", "block-sparse"}, (2.0, 1.0)),
+    "sliding_window": (True, {"window"}, (1.0, 1.0)),
+    "block_sparse": (True, {"block-sparse"}, (1.0, 1.0)),
+    "linear": (False, {"kernelized"}, (1.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declarations(name: str) -> None:
+    impl = make(name)
+    exact, computes, growth = DECLARED[name]
+    assert impl.name == name and impl.source == "built-in"
+    assert (impl.exact, set(impl.computes), (impl.growth.time, impl.growth.memory)) == (exact, computes, growth)
+    assert impl.description and "\n" not in impl.description
+    assert impl.approximates == ("" if exact else "softmax attention")
+    assert impl.available().ok
+    assert impl.features <= {"causal", "window", "layout", "gqa", "cross", "backward"}
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "word"),
+    [
+        ("sliding_window", {"window": 0}, "window"),
+        ("sliding_window", {"window": 0, "causal": True}, "window"),
+        ("sliding_window", {"window": 8, "layout": "bigbird"}, "layout"),
+        ("block_sparse", {}, "layout"),
+        ("block_sparse", {"causal": True, "window": 16}, "layout"),
+        ("linear", {"window": 8}, "window"),
+        ("linear", {"layout": "longformer"}, "layout"),
+    ],
+)
+def test_unsupported_problems_give_a_reason(name: str, fields: dict[str, Any], word: str) -> None:
+    reason = make(name).supports(Problem(heads=2, seq_len=64, **fields))
+    assert isinstance(reason, str) and word in reason
+
+
+# -- each check can fail -------------------------------------------------------------------------
+
+
+WRONG: dict[
+    str, tuple[dict[str, Any], dict[str, Any]]
+] = {  # a problem, and the subtly different one an implementation is prepared for instead
+    "naive": ({"causal": True, "seq_len": 80, "kv_len": 100}, {"causal": False}),
+    "chunked": ({"window": 9, "seq_len": 80}, {"window": 10}),
+    "sliding_window": ({"window": 9, "causal": True, "seq_len": 80}, {"window": 8}),
+    "block_sparse": ({"layout": "bigbird:block=16", "seq_len": 80}, {"layout": "bigbird:block=16,seed=1"}),
+    "linear": ({"causal": True, "seq_len": 80, "kv_len": 100}, {"kv_len": 100, "causal": False}),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_check_rejects_a_wrong_answer(variant: str) -> None:
+    """The harness check used above does catch a subtly wrong pattern: these tests can fail."""
+    name = variant.removesuffix("[small]")
+    impl = make(variant)
+    right, change = WRONG[name]
+    problem = Problem(heads=2, head_dim=32, **right)
+    wrong_fn = impl.prepare(problem.with_(**change))
+    assert not check(impl, problem, fn=wrong_fn).ok
+
+
+def test_linear_is_held_to_its_own_definition() -> None:
+    impl = make("linear")
+    problem = Problem(heads=2, head_dim=32, seq_len=150, kv_len=190, causal=True)
+    result = check(impl, problem)
+    assert result.ok
+    assert result.full_max_abs_err is not None and math.isfinite(result.full_max_abs_err)
+    assert result.full_max_abs_err > 0  # it is not softmax attention (how far is reported, not judged)
+    q, k, v = problem.make_inputs()
+    mine = impl.reference(q, k, v, problem)  # [B, H, Nq, D] float64
+    assert mine.dtype == torch.float64 and mine.shape == q.shape
+    # Its reference is its own formula, not the harness's softmax reference:
+    assert not torch.allclose(mine, Implementation.reference(impl, q, k, v, problem))
+
+
+# -- cost claims, structurally -------------------------------------------------------------------
+
+
+def _flops(impl: Implementation, problem: Problem) -> int:
+    q, k, v = problem.make_inputs()
+    fn = impl.prepare(problem)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(q, k, v)
+    return int(counter.get_total_flops())
+
+
+def _peak_bytes(fn: Callable[[Tensor, Tensor, Tensor], Tensor], problem: Problem) -> int:
+    """Peak of live bytes allocated during one call: the running sum of the profiler's
+    allocation (+) and release (−) events, in time order."""
+    q, k, v = problem.make_inputs()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(q, k, v)
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+COST_CASES: dict[str, dict[str, Any]] = {
+    "chunked": {"causal": True},
+    "sliding_window": {"window": 64, "causal": True},
+    "block_sparse": {"layout": "bigbird"},
+    "linear": {"causal": True},
+}
+
+
+@pytest.mark.parametrize("name", list(COST_CASES))
+def test_memory_grows_linearly(name: str) -> None:
+    impl = make(name)
+    small, large = (Problem(heads=1, head_dim=32, seq_len=n, **COST_CASES[name]) for n in (4096, 8192))
+    peak_small, peak_large = (_peak_bytes(impl.prepare(p), p) for p in (small, large))
+    assert peak_large <= 2.5 * peak_small, (peak_small, peak_large)
+    assert peak_large < 8192 * 8192, "a quarter of one float32 score matrix"
+
+
+def test_memory_probe_sees_quadratic_growth() -> None:
+    """The probe above is able to fail: naive attention's peak grows about 4× per doubling."""
+    impl = make("naive")
+    small, large = (Problem(heads=1, head_dim=32, seq_len=n) for n in (1024, 2048))
+    peak_small, peak_large = (_peak_bytes(impl.prepare(p), p) for p in (small, large))
+    assert peak_large >= 3.5 * peak_small
+    assert peak_large >= 2048 * 2048 * 4
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [
+        ("sliding_window", {"window": 64, "causal": True}),
+        ("sliding_window", {"window": 64}),
+        ("block_sparse", {"layout": "bigbird", "causal": True}),
+        ("block_sparse", {"layout": "longformer"}),
+        ("linear", {}),
+        ("linear", {"causal": True}),
+    ],
+)
+def test_work_grows_linearly(name: str, fields: dict[str, Any]) -> None:
+    impl = make(name)
+    small, large = (Problem(heads=1, head_dim=32, seq_len=n, **fields) for n in (2048, 4096))
+    work_small, work_large = _flops(impl, small), _flops(impl, large)
+    assert 0 < work_large <= 2.2 * work_small
+    if impl.exact:  # at most 2.5× the work of the pairs the pattern asks for
+        assert work_large <= 2.5 * 4 * 32 * large.pattern.pairs(4096, 4096)
+
+
+def test_chunked_skips_masked_tiles() -> None:
+    impl = make("chunked")
+    tile = cast(Any, impl).block_q + cast(Any, impl).block_k  # class attributes of Chunked
+    full = _flops(impl, Problem(heads=1, head_dim=32, seq_len=4096))
+    assert full == 4 * 32 * 4096 * 4096
+    assert _flops(impl, Problem(heads=1, head_dim=32, seq_len=4096, causal=True)) <= 0.6 * full
+    window = Problem(heads=1, head_dim=32, seq_len=4096, window=64, causal=True)
+    assert _flops(impl, window) <= 4 * 32 * 4096 * (64 + tile)
+    layout = Problem(heads=1, head_dim=32, seq_len=4096, layout="longformer")
+    assert _flops(impl, layout) <= 0.4 * full
+
+
+def test_block_sparse_drops_kept_blocks_the_causal_mask_hides() -> None:
+    """A local layout under causal keeps the block above the diagonal; it must not be computed."""
+    problem = Problem(heads=1, head_dim=32, seq_len=4096, layout="local", causal=True)
+    needed = 4 * 32 * problem.pattern.pairs(4096, 4096)
+    assert _flops(make("block_sparse"), problem) <= 1.5 * needed
