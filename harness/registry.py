@@ -173,8 +173,11 @@ class Registry:
             with self._from("built-in"):
                 try:
                     module_name = f"implementations.{info.name}"
-                    if module_name in sys.modules:  # a second registry: register again
+                    mine = any(type(i).__module__ == module_name for i in self._items.values())
+                    if module_name in sys.modules and not mine:  # a second registry: register again
                         importlib.reload(sys.modules[module_name])
+                    elif mine:
+                        continue
                     else:
                         importlib.import_module(module_name)
                 except Exception as exc:
