@@ -177,8 +177,9 @@ def _baseline_call(
         return None, ""
     try:
         base = registry.get(name)
-        if not base.available().ok:
-            return None, f"baseline {name} unavailable: {base.available().reason}"
+        avail = base.available()
+        if not avail.ok:
+            return None, f"baseline {name} unavailable: {avail.reason}"
         reason = base.supports(problem)
         if reason:
             return None, f"baseline {name} does not support this case: {reason}"

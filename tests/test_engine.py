@@ -15,18 +15,13 @@ from typing import Any
 
 import psutil
 import pytest
+from cli_helpers import attnbench
 
 from harness.records import STATUSES, read_records, record_key
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "status_plugins" / "misbehaving.py"
 EVERY_STATUS = HERE / "status_plugins" / "every_status.toml"
-
-
-def attnbench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import attnbench
 
 from harness.records import read_records
 from harness.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = ["naive", "chunked", "sliding_window", "block_sparse", "linear", "sdpa", "xformers", "flex"]
-
-
-def attnbench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def test_list_json_names_every_builtin_with_availability() -> None:
     assert rows["linear"]["exact"] is False
 
 
-def test_list_table_prints(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_table_prints() -> None:
     proc = attnbench("list")
     assert proc.returncode == 0
     assert "attention implementations" in proc.stdout
