@@ -45,14 +45,31 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "harness", "implementations", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", ".")
+
+
+def link_tree(root: Path = ROOT / ".typecheck") -> Path:
+    """``root/attnbench``: links to ``harness/``'s files plus ``implementations/`` and ``suites/``,
+    the package as installed, for mypy (which cannot follow setuptools' package-dir mapping)."""
+    package = root / "attnbench"
+    if package.exists():
+        shutil.rmtree(package)
+    package.mkdir(parents=True)
+    for entry in (ROOT / "harness").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    for folder in ("implementations", "suites"):
+        (package / folder).symlink_to(ROOT / folder)
+    return root
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Check types with mypy."""
     install(session, "[dev]")
+    link_tree()
     session.run("mypy")
+    session.run("mypy", "noxfile.py")
 
 
 @nox.session(default=False)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from harness.registry import load_registry
-from harness.suites import Case, Suite, load_suite
+from attnbench.registry import load_registry
+from attnbench.suite import Case, Suite, load_suite
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

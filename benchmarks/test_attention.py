@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from harness.flops import attention_flops
-from harness.measure import make_call
-from harness.registry import load_registry
-from harness.suites import Case, Suite
-from harness.verify import check
+from attnbench.flops import attention_flops
+from attnbench.measure import make_call
+from attnbench.registry import load_registry
+from attnbench.suite import Case, Suite
+from attnbench.verify import check
 
 
 def test_attention(benchmark: Any, pair: tuple[Case, str], suite: Suite) -> None:

@@ -1,43 +1,19 @@
 """attnbench: benchmark and compare attention implementations.
 
-The public API: :func:`register` for plugins, :class:`Implementation` for plugins that need
-more than a function, :class:`Problem` for what one call computes, and :func:`load_results` to
-read a result folder into a pandas DataFrame.
+``from attnbench import register`` is the plugin API (see :mod:`attnbench.api`). The folder
+``harness/`` of a checkout is this package; imported by its folder name (the pre-0.2 import
+name), it becomes an alias of ``attnbench`` with a deprecation warning.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+if __name__ == "attnbench":
+    from attnbench._legacy import install as _install_legacy_alias
+    from attnbench.api import *  # noqa: F403
+    from attnbench.api import __all__, __version__  # noqa: F401
 
-from harness.contract import Availability, FunctionImplementation, Growth, Implementation
-from harness.patterns import BlockLayout, Pattern
-from harness.problem import Problem
-from harness.registry import REGISTRY, Registry, load_registry, register
+    _install_legacy_alias()
+else:  # imported as "harness" from a checkout
+    from attnbench._legacy import become_alias as _become_alias
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-__version__ = "0.1.0"
-
-__all__ = [
-    "REGISTRY",
-    "Availability",
-    "BlockLayout",
-    "FunctionImplementation",
-    "Growth",
-    "Implementation",
-    "Pattern",
-    "Problem",
-    "Registry",
-    "__version__",
-    "load_registry",
-    "load_results",
-    "register",
-]
-
-
-def load_results(path: Any) -> pd.DataFrame:
-    """Load a result folder (or its ``results.jsonl``) into a DataFrame, one row per record."""
-    from harness.results import load_results as _load
-
-    return _load(path)
+    _become_alias(__name__)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 
 import torch
-
-from harness.problem import torch_dtype
-from harness.timing import Clock
+from attnbench.problem import torch_dtype
+from attnbench.timing import Clock
 
 
 def matmul_peak_gflops(device: str, dtype: str, size: int | None = None, seconds: float = 1.0) -> float:

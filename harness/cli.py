@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from attnbench.registry import RegistryError, load_registry
+from attnbench.suite import SuiteError, load_suite, parse_suite
 from rich.console import Console
 from rich.table import Table
-
-from harness.registry import RegistryError, load_registry
-from harness.suites import SuiteError, load_suite, parse_suite
 
 USAGE_ERROR = 2
 
@@ -59,7 +58,7 @@ def _suite_for(args: argparse.Namespace, known: list[str]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import RunError, Runner
+    from attnbench.runner import RunError, Runner
 
     if args.resume and not args.out:
         return _fail("--resume needs --out DIR: the folder of the run to finish")
@@ -82,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _report(dirs: list[Path], out: Path | None, quiet: bool) -> int:
-    from harness.report import write_report
+    from attnbench.report import write_report
 
     try:
         html = write_report(dirs, out)
@@ -103,7 +102,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import run_compare
+    from attnbench.compare import run_compare
 
     for d in (args.base, args.new):
         if not Path(d).exists():

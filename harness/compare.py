@@ -1,6 +1,6 @@
 """``attnbench compare BASE NEW``: which (case, implementation) pairs got faster or slower, and for real.
 
-For every pair ok in both runs (key: :func:`harness.records.record_key`), the ratio of medians
+For every pair ok in both runs (key: :func:`attnbench.records.record_key`), the ratio of medians
 ``new / base`` and a two-sided Mann–Whitney U test on the raw samples (asv's method), so that
 noise is not called a change. A pair is *slower* when
 
@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from attnbench.records import CASE_KEYS, record_key
+from attnbench.report.data import group_label, records_of
+from attnbench.report.html import render
+from attnbench.results import load_results
 from scipy import stats
-
-from harness.records import CASE_KEYS, record_key
-from harness.report.data import group_label, records_of
-from harness.report.html import render
-from harness.results import load_results
 
 ALPHA_STRICT = 0.002  # asv's threshold
 ALPHA_LOOSE = 0.01

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-
-from harness.problem import Problem
+from attnbench.problem import Problem
 
 Tensor = torch.Tensor
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -59,7 +58,8 @@ class Implementation:
     :meth:`attention` (or :meth:`prepare`, when set-up must stay out of the timing).
     """
 
-    name: ClassVar[str] = ""
+    #: The registered name (set on the instance by the registry).
+    name: str = ""
     description: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     #: What it computes, beyond the default full softmax attention.
@@ -122,7 +122,7 @@ class Implementation:
         """What this implementation should compute, in float64, for the query ``rows`` given
         (all rows when None). Exact implementations compute masked softmax attention; an
         approximation overrides this with its own definition."""
-        from harness.reference import softmax_attention
+        from attnbench.reference import softmax_attention
 
         return softmax_attention(q, k, v, problem, rows=rows)
 
@@ -151,7 +151,7 @@ class FunctionImplementation(Implementation):
 
     The function receives ``q, k, v`` and the keywords ``causal`` and ``scale``; when it
     declares the ``window`` or ``layout`` feature it also receives ``window=`` (an int) and
-    ``layout=`` (a :class:`~harness.patterns.BlockLayout` or None).
+    ``layout=`` (a :class:`~attnbench.patterns.BlockLayout` or None).
     """
 
     def __init__(
@@ -173,7 +173,7 @@ class FunctionImplementation(Implementation):
                 f"implementation {name!r}: unknown features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}"
             )
         self.fn = fn
-        self.name = name  # type: ignore[misc]
+        self.name = name
         doc = inspect.getdoc(fn) or ""
         self.description = description or (doc.splitlines()[0] if doc else f"user function {fn.__qualname__}")  # type: ignore[misc]
         self.exact = exact  # type: ignore[misc]

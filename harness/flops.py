@@ -10,7 +10,7 @@ backward 3.5×.
 
 from __future__ import annotations
 
-from harness.problem import Problem
+from attnbench.problem import Problem
 
 MODE_FACTOR: dict[str, float] = {"forward": 1.0, "backward": 2.5, "forward_backward": 3.5}
 

@@ -17,15 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from harness.contract import AttentionFn, Implementation
-from harness.flops import attention_flops, dense_flops
-from harness.memory import MemoryUnavailable, peak_bytes
-from harness.problem import Problem
-from harness.records import CASE_KEYS, Record
-from harness.registry import Registry
-from harness.timing import measure
-from harness.verify import check
+from attnbench.contract import AttentionFn, Implementation
+from attnbench.flops import attention_flops, dense_flops
+from attnbench.memory import MemoryUnavailable, peak_bytes
+from attnbench.problem import Problem
+from attnbench.records import CASE_KEYS, Record
+from attnbench.registry import Registry
+from attnbench.timing import measure
+from attnbench.verify import check
 
 Tensor = torch.Tensor
 #: Gradients are checked against the full float64 reference only up to this many score entries.

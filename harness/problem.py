@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
-
-from harness.patterns import Pattern
+from attnbench.patterns import Pattern
 
 Mode = Literal["forward", "backward", "forward_backward"]
 MODES: tuple[Mode, ...] = ("forward", "backward", "forward_backward")

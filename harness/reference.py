@@ -7,8 +7,7 @@ only; that is exact for those rows and is how long sequences are checked.
 from __future__ import annotations
 
 import torch
-
-from harness.problem import Problem
+from attnbench.problem import Problem
 
 Tensor = torch.Tensor
 

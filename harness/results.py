@@ -1,7 +1,7 @@
 """Read results into a DataFrame: a result folder, its ``results.jsonl``, or pytest-benchmark JSON.
 
 Readers (report, compare) read files, never live objects. Every loader returns one row per
-record with the flat columns of :class:`harness.records.Record`, plus
+record with the flat columns of :class:`attnbench.records.Record`, plus
 
 * ``machine``: the run's machine id from ``run.json`` (else the record's own, else the folder name);
 * ``run``: the folder (or file) the record came from.
@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from harness.records import RECORD_FIELDS, Record, read_records, record_key
+from attnbench.records import RECORD_FIELDS, Record, read_records, record_key
 
 EXTRA_COLUMNS: tuple[str, ...] = ("run",)
 _DEFAULTS: dict[str, Any] = {

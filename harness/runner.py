@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.machine import git_commit, machine_info, versions
-from harness.records import BUDGET_FAILURES, CASE_KEYS, SCHEMA_VERSION, Record, RecordWriter, read_records, record_key
-from harness.registry import Registry
-from harness.suites import Case, Suite, detect_devices
-from harness.workers import WorkerDied, WorkerPool, WorkerTimeout
+from attnbench.machine import git_commit, machine_info, versions
+from attnbench.records import BUDGET_FAILURES, CASE_KEYS, SCHEMA_VERSION, Record, RecordWriter, read_records, record_key
+from attnbench.registry import Registry
+from attnbench.suite import Case, Suite, detect_devices
+from attnbench.workers import WorkerDied, WorkerPool, WorkerTimeout
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+RESULTS_DIR = Path("results")  # relative to where attnbench runs
 
 
 class RunError(Exception):
@@ -137,7 +137,7 @@ class Runner:
 
     def run(self) -> Path:
         """Run every missing pair; returns the output folder."""
-        from harness.progress import SweepProgress
+        from attnbench.progress import SweepProgress
 
         info = self._prepare_folder()
         self._write_info(info)

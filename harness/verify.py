@@ -2,7 +2,7 @@
 
 Used by the worker (every measured record carries its error) and by the tests (every exact
 implementation must pass). The comparator is PyTorch's SDPA computing the same pattern in the
-same dtype; the reference is float64 on the CPU (:mod:`harness.reference`).
+same dtype; the reference is float64 on the CPU (:mod:`attnbench.reference`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from attnbench.accuracy import Verdict, judge_approximate, judge_exact, max_abs_diff
+from attnbench.contract import Implementation
+from attnbench.problem import Problem
+from attnbench.reference import sample_rows, softmax_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from harness.accuracy import Verdict, judge_approximate, judge_exact, max_abs_diff
-from harness.contract import Implementation
-from harness.problem import Problem
-from harness.reference import sample_rows, softmax_attention
 
 Tensor = torch.Tensor
 

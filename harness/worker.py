@@ -1,6 +1,6 @@
 """The worker: a fresh interpreter that runs one (case, implementation) job at a time.
 
-Started by the runner with ``python -m harness.worker`` (a new process, never a fork of the
+Started by the runner with ``python -m attnbench.worker`` (a new process, never a fork of the
 runner), in a process group of its own so that a timeout can kill it and anything it started.
 Jobs arrive as JSON lines on one pipe and answers leave on another. The worker exits on its own
 within a second if its runner dies, even under ``kill -9``.
@@ -22,8 +22,7 @@ import traceback
 from typing import IO, Any
 
 import torch
-
-from harness.measure import run_case
+from attnbench.measure import run_case
 
 
 def _die_with_parent(parent: int) -> None:
@@ -43,7 +42,7 @@ def _die_with_parent(parent: int) -> None:
 def set_memory_cap(extra_bytes: int | None) -> None:
     """Cap the address space at its current size plus ``extra_bytes`` (None lifts the cap), so a
     runaway allocation fails inside the worker as out-of-memory instead of swapping the machine."""
-    from harness.memory import vm_size_bytes
+    from attnbench.memory import vm_size_bytes
 
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     soft = resource.RLIM_INFINITY if extra_bytes is None else vm_size_bytes() + extra_bytes
@@ -53,7 +52,7 @@ def set_memory_cap(extra_bytes: int | None) -> None:
 
 
 def calibrate(job: dict[str, Any]) -> dict[str, Any]:
-    from harness.calibrate import matmul_peak_gflops
+    from attnbench.calibrate import matmul_peak_gflops
 
     threads = int(job.get("threads") or os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -62,7 +61,7 @@ def calibrate(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
-    from harness.registry import load_registry
+    from attnbench.registry import load_registry
 
     registry = load_registry(plugins)
     answers.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
@@ -81,7 +80,7 @@ def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.worker")
+    parser = argparse.ArgumentParser(prog="python -m attnbench.worker")
     parser.add_argument("--jobs-fd", type=int, required=True)
     parser.add_argument("--answers-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)

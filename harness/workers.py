@@ -1,6 +1,6 @@
 """The runner's side of a worker: start it, send it a job, wait with a timeout, kill it.
 
-Each worker is a fresh ``python -m harness.worker`` in a session (and process group) of its own;
+Each worker is a fresh ``python -m attnbench.worker`` in a session (and process group) of its own;
 a timeout kills the whole group, so nothing the implementation started survives it.
 """
 
@@ -60,7 +60,7 @@ class Worker:
         jobs_r, self._jobs_w = os.pipe()
         self._answers_r, answers_w = os.pipe()
         env = {**os.environ, **WORKER_ENV}
-        cmd = [sys.executable, "-m", "harness.worker", "--jobs-fd", str(jobs_r), "--answers-fd", str(answers_w)]
+        cmd = [sys.executable, "-m", "attnbench.worker", "--jobs-fd", str(jobs_r), "--answers-fd", str(answers_w)]
         cmd += ["--parent", str(os.getpid())]
         for plugin in plugins:
             cmd += ["--plugin", plugin]

@@ -1,1 +1,4 @@
-"""Built-in attention implementations: one module each, registered on import."""
+"""attnbench's built-in attention implementations, one module each.
+
+Each registers through an entry point declared in ``pyproject.toml``, as an installed plugin would.
+"""

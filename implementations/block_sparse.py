@@ -2,7 +2,7 @@
 
 The pattern
 -----------
-A block layout (:class:`harness.patterns.BlockLayout`: BigBird, Longformer, local) cuts the
+A block layout (:class:`attnbench.patterns.BlockLayout`: BigBird, Longformer, local) cuts the
 score matrix into ``block × block`` tiles and keeps some of them: a band of local blocks around
 the (bottom-right aligned) diagonal, a few global blocks, a few random ones. Query ``i`` may
 attend key ``j`` when ``table[i // block, j // block]`` is True (``layout.table(Nq, Nk)``), and,
@@ -44,10 +44,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from harness import Growth, Implementation, Problem, register
-from harness.contract import AttentionFn
-from harness.patterns import BlockLayout, Pattern
+from attnbench import Growth, Implementation, Problem, register
+from attnbench.contract import AttentionFn
+from attnbench.patterns import BlockLayout, Pattern
 
 Tensor = torch.Tensor
 

@@ -26,7 +26,7 @@ against the key blocks of ``block_k`` keys, so the largest intermediate is one
 
 Patterns
 --------
-Causal, sliding-window and block-sparse patterns (:mod:`harness.patterns`) are applied per tile.
+Causal, sliding-window and block-sparse patterns (:mod:`attnbench.patterns`) are applied per tile.
 Before any data is seen, :meth:`Chunked.prepare` walks the tiles once: a tile whose every pair
 is masked is **skipped** (never computed); a tile whose every pair is kept runs unmasked; only
 the tiles that straddle a boundary (the causal diagonal, the edge of a window band, a block of a
@@ -53,10 +53,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from harness import Growth, Implementation, Problem, register
-from harness.contract import AttentionFn
-from harness.patterns import Pattern
+from attnbench import Growth, Implementation, Problem, register
+from attnbench.contract import AttentionFn
+from attnbench.patterns import Pattern
 
 Tensor = torch.Tensor
 

@@ -40,10 +40,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from harness import Growth, Implementation, Problem, register
-from harness.contract import AttentionFn
-from harness.reference import expand_kv
+from attnbench import Growth, Implementation, Problem, register
+from attnbench.contract import AttentionFn
+from attnbench.reference import expand_kv
 
 Tensor = torch.Tensor
 

@@ -12,7 +12,7 @@ entry and head) to
 
 with ``scale = 1/sqrt(D)``. Every step is one PyTorch operation, so autograd provides the
 backward pass for free. The mask ``M`` comes from the problem's pattern (causal, sliding
-window, block layout: see :mod:`harness.patterns`), so this implementation computes every
+window, block layout: see :mod:`attnbench.patterns`), so this implementation computes every
 pattern — but always at the price of the full, dense computation.
 
 A query row that may attend no key (possible with causal cross attention when ``Nq > Nk``)
@@ -36,9 +36,8 @@ softmax runs in float32.
 from __future__ import annotations
 
 import torch
-
-from harness import Growth, Implementation, Problem, register
-from harness.contract import AttentionFn
+from attnbench import Growth, Implementation, Problem, register
+from attnbench.contract import AttentionFn
 
 Tensor = torch.Tensor
 

@@ -2,7 +2,7 @@
 
 The pattern
 -----------
-With a window ``W`` (:mod:`harness.patterns`), query ``i`` sits at key position
+With a window ``W`` (:mod:`attnbench.patterns`), query ``i`` sits at key position
 ``p = i + Nk - Nq`` (bottom-right alignment) and attends key ``j`` when ``|p - j| < W``; with
 ``causal`` also ``j <= p``. So a row sees at most ``W`` keys (causal: ``p-W+1 .. p``) or
 ``2W - 1`` keys (non-causal: ``p-W+1 .. p+W-1``), however long the sequence is. A dense score
@@ -43,9 +43,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from harness import Growth, Implementation, Problem, register
-from harness.contract import AttentionFn
+from attnbench import Growth, Implementation, Problem, register
+from attnbench.contract import AttentionFn
 
 Tensor = torch.Tensor
 

@@ -30,9 +30,8 @@ from functools import lru_cache
 from typing import Any
 
 import torch
-
-from harness import Availability, Growth, Implementation, Problem, register
-from harness.contract import AttentionFn
+from attnbench import Availability, Growth, Implementation, Problem, register
+from attnbench.contract import AttentionFn
 
 Tensor = torch.Tensor
 

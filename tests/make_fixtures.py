@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from harness.records import Record
+from attnbench.records import Record
 
 DATA = Path(__file__).parent / "data"
 HOSTILE = "<script>alert(1)</script>"

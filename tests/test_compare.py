@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from harness.compare import (
+from attnbench.compare import (
     ALPHA_LOOSE,
     ALPHA_STRICT,
     choose_alpha,
@@ -17,7 +16,7 @@ from harness.compare import (
     p_floor,
     run_compare,
 )
-from harness.records import Record
+from attnbench.records import Record
 
 DATA = Path(__file__).parent / "data"
 MEDIANS = {("sdpa", 1024): 11.9, ("sdpa", 2048): 47.7, ("chunked", 1024): 16.4, ("chunked", 2048): 65.5}

@@ -15,9 +15,8 @@ from typing import Any
 
 import psutil
 import pytest
+from attnbench.records import STATUSES, read_records, record_key
 from cli_helpers import attnbench
-
-from harness.records import STATUSES, read_records, record_key
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "status_plugins" / "misbehaving.py"
@@ -128,7 +127,7 @@ def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     suite = tmp_path / "slow.toml"
     suite.write_text(SLOW_SUITE)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite), "--plugin", str(PLUGIN), "--out", str(out)]
+    cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--plugin", str(PLUGIN), "--out", str(out)]
     runner = subprocess.Popen([*cmd, "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120

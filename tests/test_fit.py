@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from harness.report.data import load_data
-from harness.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table
+from attnbench.report.data import load_data
+from attnbench.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table
 
 DATA = Path(__file__).parent / "data"
 SIZES = [256, 512, 1024, 2048, 4096, 8192]

@@ -1,6 +1,6 @@
 """Tests of the five built-in implementations: naive, chunked, sliding_window, block_sparse, linear.
 
-Every case runs ``harness.verify.check``: exact implementations against the float64 reference
+Every case runs ``attnbench.verify.check``: exact implementations against the float64 reference
 within twice SDPA's error, ``linear`` against its own float64 definition. Besides the registered
 instances, "small" variants with tiny blocks run the same cases so that short sequences still
 cross many tiles, chunks and steps. The cost claims are checked structurally: FLOPs counted by
@@ -16,14 +16,13 @@ from typing import Any, cast
 
 import pytest
 import torch
+from attnbench import Implementation, Problem
+from attnbench.registry import load_registry
+from attnbench.verify import check
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
-
-from harness import Implementation, Problem
-from harness.registry import load_registry
-from harness.verify import check
 
 Tensor = torch.Tensor
 

@@ -1,5 +1,5 @@
 """The library-backed implementations — SDPA and its backends, FlexAttention, xFormers — pass the
-correctness contract (``harness.verify.check``) on every pattern they declare.
+correctness contract (``attnbench.verify.check``) on every pattern they declare.
 
 SDPA runs wherever it is available; FlexAttention compiles a kernel per shape (seconds on the
 CPU), so its cases are few and share one instance (which caches compiled calls); xFormers and
@@ -12,13 +12,12 @@ import importlib.util
 
 import pytest
 import torch
+from attnbench import Problem
+from attnbench.contract import Implementation
+from attnbench.registry import load_registry
+from attnbench.verify import check
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from harness import Problem
-from harness.contract import Implementation
-from harness.registry import load_registry
-from harness.verify import check
 
 SDPA_VARIANTS = ("sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
 BIGBIRD = "bigbird:block=16,local=1,global=1,random=2,seed=0"
@@ -175,9 +174,8 @@ def test_flex_records_setup_and_reuses_compiled_calls(flex: Implementation) -> N
 
 def test_flex_mask_mod_is_the_pattern() -> None:
     """The mask function, evaluated densely (no compilation), equals ``Pattern.mask`` exactly."""
+    from attnbench.implementations.flex import mask_mod_for
     from torch.nn.attention.flex_attention import create_mask
-
-    from implementations.flex import mask_mod_for
 
     for causal, window, layout, nq, nk in [
         (True, 0, "dense", 70, 70),
@@ -220,7 +218,7 @@ def test_xformers_declines_layouts_and_gqa_backward() -> None:
 
 
 def _xformers_importable() -> bool:
-    from implementations import xformers_impl
+    from attnbench.implementations import xformers_impl
 
     try:
         xformers_impl._import_xformers()
@@ -245,8 +243,8 @@ def test_xformers_biases_and_layout_on_cpu(problem: Problem) -> None:
     """Without running xFormers' kernels: its biases, materialized, equal the pattern's mask, and
     the ``[B, N, Hkv, G, D]`` rearrangement, computed with that bias in plain PyTorch, gives the
     reference output (rows that see no key: softmax of all ``-inf`` is NaN, zeroed here)."""
-    from harness.reference import softmax_attention
-    from implementations.xformers_impl import _from_xformers, _to_xformers, attention_bias
+    from attnbench.implementations.xformers_impl import _from_xformers, _to_xformers, attention_bias
+    from attnbench.reference import softmax_attention
 
     nq, nk = problem.seq_len, problem.kv_len
     allowed = problem.pattern.mask(nq, nk)  # [Nq, Nk]

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from attnbench.flops import attention_flops, dense_flops
+from attnbench.memory import cpu_peak_bytes
+from attnbench.patterns import BlockLayout, Pattern
+from attnbench.problem import Problem
+from attnbench.records import Record, RecordWriter, read_records
+from attnbench.reference import sample_rows
+from attnbench.timing import Samples, measure
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from harness.flops import attention_flops, dense_flops
-from harness.memory import cpu_peak_bytes
-from harness.patterns import BlockLayout, Pattern
-from harness.problem import Problem
-from harness.records import Record, RecordWriter, read_records
-from harness.reference import sample_rows
-from harness.timing import Samples, measure
 
 
 def test_full_forward_flops_follow_the_convention() -> None:

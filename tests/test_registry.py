@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from harness import Problem
-from harness.contract import FunctionImplementation, Implementation
-from harness.registry import (
+from attnbench import Problem
+from attnbench.contract import FunctionImplementation, Implementation
+from attnbench.registry import (
     REGISTRY,
     BrokenPlugin,
     DuplicateImplementationError,
@@ -21,7 +20,7 @@ from harness.registry import (
     UnknownImplementationError,
     load_registry,
 )
-from harness.verify import check
+from attnbench.verify import check
 
 PLUGINS = Path(__file__).parent / "plugins"
 SMALL = Problem(batch=2, heads=4, kv_heads=2, seq_len=24, kv_len=40, head_dim=16, causal=True)
@@ -153,7 +152,7 @@ def test_broken_plugin_is_listed_unavailable_and_the_rest_still_run() -> None:
 FAKE_ATTN = '''
 """A third-party package's implementation, registered on import."""
 import torch
-from harness import register
+from attnbench import register
 
 
 @register("fake_attn", description="fake third-party attention", features=["causal", "gqa", "cross"])

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from harness.records import RECORD_FIELDS, STATUSES
-from harness.report import write_report
-from harness.report.data import load_data
-from harness.report.html import md_cell
-from harness.report.tables import summary, timings
-from harness.results import load_results, load_run
+from attnbench.records import RECORD_FIELDS, STATUSES
+from attnbench.report import write_report
+from attnbench.report.data import load_data
+from attnbench.report.html import md_cell
+from attnbench.report.tables import summary, timings
+from attnbench.results import load_results, load_run
 
 DATA = Path(__file__).parent / "data"
 HOSTILE = "<script>alert(1)</script>"

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attnbench.records import read_records
+from attnbench.registry import load_registry
 from cli_helpers import attnbench
-
-from harness.records import read_records
-from harness.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = ["naive", "chunked", "sliding_window", "block_sparse", "linear", "sdpa", "xformers", "flex"]
@@ -75,7 +74,7 @@ def test_run_writes_its_report(smoke: tuple[Path, list[dict[str, Any]]]) -> None
 
 
 def test_results_load_into_a_dataframe(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
-    from harness import load_results
+    from attnbench import load_results
 
     out, records = smoke
     frame = load_results(out)

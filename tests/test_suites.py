@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from harness.cli import main
-from harness.registry import load_registry
-from harness.suites import SUITES_DIR, SuiteError, load_suite, parse_suite
+from attnbench.cli import main
+from attnbench.registry import load_registry
+from attnbench.suite import SUITES_DIR, SuiteError, load_suite, parse_suite
 
 GOOD = """
 [suite]

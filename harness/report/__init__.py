@@ -2,9 +2,9 @@
 
 Writes into ``out`` (default: the first folder) ``report.md``, ``report.html`` (one offline file,
 plots embedded as base64 PNG), ``tables/*.csv`` and ``plots/*.png`` / ``*.svg``. The modules:
-:mod:`~harness.report.data` loads and labels, :mod:`~harness.report.tables` and
-:mod:`~harness.report.fit` compute, :mod:`~harness.report.plots` draws,
-:mod:`~harness.report.html` renders the templates in ``templates/``.
+:mod:`~attnbench.report.data` loads and labels, :mod:`~attnbench.report.tables` and
+:mod:`~attnbench.report.fit` compute, :mod:`~attnbench.report.plots` draws,
+:mod:`~attnbench.report.html` renders the templates in ``templates/``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from harness.records import STATUSES
-from harness.report import tables
-from harness.report.data import ReportData, baseline_name, load_data, records_of, suite_of
-from harness.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
-from harness.report.html import render
-from harness.report.plots import Painter, Plot
+from attnbench.records import STATUSES
+from attnbench.report import tables
+from attnbench.report.data import ReportData, baseline_name, load_data, records_of, suite_of
+from attnbench.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
+from attnbench.report.html import render
+from attnbench.report.plots import Painter, Plot
 
 __all__ = ["STATUS_MEANING", "write_report"]
 

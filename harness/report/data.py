@@ -17,9 +17,8 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-
-from harness.records import CASE_KEYS
-from harness.results import load_results, load_run, read_pytest_benchmark
+from attnbench.records import CASE_KEYS
+from attnbench.results import load_results, load_run, read_pytest_benchmark
 
 #: The fields that hold a group fixed (``kv_rel`` is "self" when kv_len == seq_len, else kv_len).
 GROUP_KEYS: tuple[str, ...] = (

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from attnbench.records import CASE_KEYS
+from attnbench.report.data import ReportData, impl_order, records_of
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 
-from harness.records import CASE_KEYS
-from harness.report.data import ReportData, impl_order, records_of
-
 if TYPE_CHECKING:
-    from harness.report.plots import Painter, Plot
+    from attnbench.report.plots import Painter, Plot
 
 MAX_PER_KIND = 2
 COVERAGE = 0.75  # the share of a heads × head-dim product a 2-D grid must fill
@@ -79,7 +78,7 @@ def _cells(
 
 
 def _paint(ax: Axes, z: np.ndarray, text: list[list[str]], norm: Normalize, fontsize: float) -> object:
-    from harness.report.plots import _safe
+    from attnbench.report.plots import _safe
 
     ax.set_facecolor("0.85")
     img = ax.imshow(np.ma.masked_invalid(z), cmap="viridis", norm=norm, aspect="auto")
@@ -98,7 +97,7 @@ def _norm(z: np.ndarray) -> Normalize:
 
 def _by_impl(painter: Painter, grid: pd.DataFrame, param: str, title: str, name: str) -> Plot:
     """Implementations × one swept parameter."""
-    from harness.report.plots import _safe
+    from attnbench.report.plots import _safe
 
     swept = grid.groupby("impl")[param].nunique()
     if (swept >= 2).any():  # leave out implementations that ran at one value only
@@ -118,7 +117,7 @@ def _by_impl(painter: Painter, grid: pd.DataFrame, param: str, title: str, name:
 
 def _small_multiples(painter: Painter, grid: pd.DataFrame, title: str, name: str) -> Plot:
     """One heads × head-dim grid per implementation that ran ok somewhere in it, one colour scale."""
-    from harness.report.plots import _safe
+    from attnbench.report.plots import _safe
 
     ran = grid[grid["status"] == "ok"]["impl"].unique()
     impls = [i for i in impl_order(grid, painter.baseline) if i in set(ran)]

@@ -21,12 +21,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from attnbench.records import BUDGET_FAILURES
+from attnbench.report.data import AXIS_NAME, ReportData, calibration_peak, group_order, impl_order, records_of
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-from harness.records import BUDGET_FAILURES
-from harness.report.data import AXIS_NAME, ReportData, calibration_peak, group_order, impl_order, records_of
 
 LINESTYLES = ["-", "--", ":", "-."]
 
@@ -200,7 +199,7 @@ class Painter:
         return plots
 
     def heatmaps(self) -> list[Plot]:
-        from harness.report.heatmaps import draw_heatmaps
+        from attnbench.report.heatmaps import draw_heatmaps
 
         return draw_heatmaps(self)
 

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from harness.records import STATUSES
-from harness.report.data import (
+from attnbench.records import STATUSES
+from attnbench.report.data import (
     CROSS_MACHINE_KEYS,
     ReportData,
     case_order,

@@ -11,8 +11,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from harness import Availability, Implementation, Problem, register
+from attnbench import Availability, Implementation, Problem, register
 
 Tensor = torch.Tensor
 

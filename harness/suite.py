@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.patterns import BlockLayout
-from harness.problem import DTYPES, MODES, Problem
+import attnbench.suites as _shipped_suites  # the TOML files
+from attnbench.patterns import BlockLayout
+from attnbench.problem import DTYPES, MODES, Problem
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+SUITES_DIR = Path(_shipped_suites.__file__).resolve().parent
 KNOWN_DEVICES = ("cpu", "cuda", "mps")
 
 
