@@ -11,7 +11,8 @@ Positions are aligned bottom-right: query ``i`` of ``nq`` sits at key position
 * causal: ``j <= p``;
 * window ``W > 0``: ``|p - j| < W`` — with causal the ``W`` keys ending at ``p``, otherwise the
   symmetric band of ``2W - 1`` keys centred on ``p``;
-* block layout: the block table marks ``(i // block, j // block)`` as kept.
+* block layout: the block table marks ``(p // block, j // block)`` as kept — blocks are cut by
+  key position, so the diagonal block of every row holds its own key.
 
 All conditions hold together. A query that may attend no key outputs zeros (SDPA's convention).
 """
@@ -80,23 +81,40 @@ class BlockLayout:
         params = ",".join(f"{f.name.rstrip('_')}={getattr(self, f.name)}" for f in fields(self) if f.name != "name")
         return f"{self.name}:{params}"
 
+    def shift(self, nq: int, nk: int) -> int:
+        """Query rows before the first full row of blocks: ``(nk - nq) mod block``."""
+        return (nk - nq) % self.block
+
+    def row_blocks(self, nq: int, nk: int, rows: torch.Tensor) -> torch.Tensor:
+        """The table row of each query row: its position block ``(i + nk - nq) // block``,
+        counted from the first query's."""
+        return (rows + self.shift(nq, nk)) // self.block
+
     def table(self, nq: int, nk: int) -> torch.Tensor:
-        """The kept blocks, ``[ceil(nq/block), ceil(nk/block)]`` bool, built on the CPU."""
+        """The kept blocks, ``[ceil((nq + shift)/block), ceil(nk/block)]`` bool, built on the CPU.
+        Row ``r`` holds the queries at key positions ``(r + first) * block ...`` (see
+        :meth:`row_blocks`), column ``c`` the keys ``c * block ...``."""
         return _block_table(self, nq, nk).clone()
 
 
 @lru_cache(maxsize=64)
 def _block_table(layout: BlockLayout, nq: int, nk: int) -> torch.Tensor:
-    nqb, nkb = -(-nq // layout.block), -(-nk // layout.block)
-    offset = (nk - nq) // layout.block  # block diagonal, bottom-right aligned
-    qb = torch.arange(nqb)[:, None]  # [nqb, 1]
+    """Blocks by key position: a query at position ``p = i + nk - nq`` is in position block
+    ``p // block``; local blocks are those within ``local`` of it, global rows are position
+    blocks ``0 .. global-1`` (none for ``global = 0``, whatever ``nq`` and ``nk``), global keys the
+    first ``global`` key blocks."""
+    block = layout.block
+    first = (nk - nq) // block  # position block of query 0 (negative when nq > nk)
+    rows = -(-(nq + layout.shift(nq, nk)) // block)
+    nkb = -(-nk // block)
+    pb = first + torch.arange(rows)[:, None]  # [rows, 1] position block of each table row
     kb = torch.arange(nkb)[None, :]  # [1, nkb]
-    table = (qb + offset - kb).abs() <= layout.local  # [nqb, nkb]
+    table = (pb - kb).abs() <= layout.local  # [rows, nkb]
     table |= kb < layout.global_
-    table |= (qb + offset) < layout.global_
+    table |= (pb >= 0) & (pb < layout.global_)
     if layout.random:
         gen = torch.Generator().manual_seed(layout.seed)
-        picks = torch.rand(nqb, nkb, generator=gen).argsort(dim=1)[:, : layout.random]  # [nqb, r]
+        picks = torch.rand(rows, nkb, generator=gen).argsort(dim=1)[:, : layout.random]  # [rows, r]
         table.scatter_(1, picks, True)
     return table
 
@@ -150,8 +168,8 @@ class Pattern:
         j = torch.arange(nk)  # [Nk]
         allowed = (j[None, :] >= lo[:, None]) & (j[None, :] < hi[:, None])  # [R, Nk]
         if self.layout is not None:
-            table = _block_table(self.layout, nq, nk)  # [nqb, nkb]
-            allowed &= table[i // self.layout.block][:, j // self.layout.block]
+            table = _block_table(self.layout, nq, nk)  # [rows, nkb]
+            allowed &= table[self.layout.row_blocks(nq, nk, i)][:, j // self.layout.block]
         return allowed.to(device)
 
     def pairs(self, nq: int, nk: int) -> int:
@@ -161,7 +179,7 @@ class Pattern:
         if self.layout is None:
             return int((hi - lo).sum())
         block = self.layout.block
-        table = _block_table(self.layout, nq, nk)  # [nqb, nkb]
+        table = _block_table(self.layout, nq, nk)  # [rows, nkb]
         starts = torch.arange(table.shape[1]) * block  # [nkb]
         ends = torch.clamp(starts + block, max=nk)
         total = 0
@@ -170,6 +188,6 @@ class Pattern:
             overlap = (
                 torch.minimum(ends[None, :], hi[r0:r1, None]) - torch.maximum(starts[None, :], lo[r0:r1, None])
             ).clamp(min=0)  # [R, nkb]
-            kept = table[torch.arange(r0, r1) // block]  # [R, nkb]
+            kept = table[self.layout.row_blocks(nq, nk, torch.arange(r0, r1))]  # [R, nkb]
             total += int((overlap * kept).sum())
         return total

@@ -4,9 +4,10 @@ The pattern
 -----------
 A block layout (:class:`attnbench.patterns.BlockLayout`: BigBird, Longformer, local) cuts the
 score matrix into ``block × block`` tiles and keeps some of them: a band of local blocks around
-the (bottom-right aligned) diagonal, a few global blocks, a few random ones. Query ``i`` may
-attend key ``j`` when ``table[i // block, j // block]`` is True (``layout.table(Nq, Nk)``), and,
-when the problem also asks for them, the causal and window conditions hold.
+the (bottom-right aligned) diagonal, a few global blocks, a few random ones. Blocks are cut by
+key position (query ``i`` sits at ``p = i + Nk - Nq``), so query ``i`` may attend key ``j`` when
+``table[(i + shift) // block, j // block]`` is True (``layout.table(Nq, Nk)``, ``shift`` from
+``layout.shift``) and, when the problem also asks for them, the causal and window conditions hold.
 
 The algorithm
 -------------
@@ -61,18 +62,27 @@ class Step:
     hidden: Tensor
 
 
+def slot_ranges(pattern: Pattern, layout: BlockLayout, nq: int, nk: int) -> tuple[Tensor, Tensor]:
+    """The key range ``[lo, hi)`` of every query *slot*: the table's row ``r`` holds slots
+    ``r·block … r·block + block - 1``, and slot ``t`` is query ``t - shift`` (blocks are cut by key
+    position, so the first row of blocks may start before query 0). Slots outside ``[0, Nq)`` see
+    nothing. Both ``[rows·block]`` int64."""
+    rows = layout.table(nq, nk).shape[0]
+    query = torch.arange(rows * layout.block) - layout.shift(nq, nk)  # [rows·block]
+    real = (query >= 0) & (query < nq)
+    lo, hi = pattern.row_ranges(nq, nk, rows=query.clamp(0, nq - 1))
+    return torch.where(real, lo, nk), torch.where(real, hi, 0)
+
+
 def kept_blocks(pattern: Pattern, layout: BlockLayout, nq: int, nk: int) -> Tensor:
-    """The layout's ``[nqb, nkb]`` table, without tiles the causal/window range cannot reach."""
+    """The layout's ``[rows, nkb]`` table, without tiles the causal/window range cannot reach."""
     block = layout.block
-    table = layout.table(nq, nk)  # [nqb, nkb] bool
-    nqb, nkb = table.shape
-    lo, hi = pattern.row_ranges(nq, nk)  # [Nq] each
-    pad = nqb * block - nq
-    lo = F.pad(lo, (0, pad), value=nk).view(nqb, block)  # [nqb, block]; padded rows: empty
-    hi = F.pad(hi, (0, pad), value=0).view(nqb, block)
-    first, last = lo.min(dim=1).values, hi.max(dim=1).values  # [nqb]: keys any row can see
+    table = layout.table(nq, nk)  # [rows, nkb] bool
+    rows, nkb = table.shape
+    lo, hi = (t.view(rows, block) for t in slot_ranges(pattern, layout, nq, nk))  # [rows, block]
+    first, last = lo.min(dim=1).values, hi.max(dim=1).values  # [rows]: keys any slot can see
     starts = torch.arange(nkb) * block  # [nkb]
-    reach = (starts[None, :] < last[:, None]) & (starts[None, :] + block > first[:, None])  # [nqb, nkb]
+    reach = (starts[None, :] < last[:, None]) & (starts[None, :] + block > first[:, None])  # [rows, nkb]
     return table & reach
 
 
@@ -83,9 +93,9 @@ def plan_steps(
     layout = pattern.layout
     assert layout is not None
     block = layout.block
-    table = kept_blocks(pattern, layout, nq, nk)  # [nqb, nkb]
-    counts = table.sum(dim=1)  # [nqb]
-    lo, hi = pattern.row_ranges(nq, nk, rows=torch.arange(table.shape[0] * block))  # [nqb·block]
+    table = kept_blocks(pattern, layout, nq, nk)  # [rows, nkb]
+    counts = table.sum(dim=1)  # [rows]
+    lo, hi = slot_ranges(pattern, layout, nq, nk)  # [rows·block]
     steps = []
     buckets = torch.where(counts > 0, 2 ** torch.ceil(torch.log2(counts.clamp(min=1).double())), 0).long()
     for size in buckets.unique().tolist():
@@ -96,7 +106,7 @@ def plan_steps(
         per_step = max(1, elements_per_step // (block * width * block))
         for s0 in range(0, len(members), per_step):
             qb = members[s0 : s0 + per_step]  # [n]
-            steps.append(_step(table[qb], qb, width, block, nq, nk, lo, hi, device))
+            steps.append(_step(table[qb], qb, width, block, nk, lo, hi, device))
     return steps
 
 
@@ -105,7 +115,6 @@ def _step(
     qb: Tensor,
     width: int,
     block: int,
-    nq: int,
     nk: int,
     lo: Tensor,
     hi: Tensor,
@@ -114,27 +123,30 @@ def _step(
     """One step's gather indices and mask; ``rows`` is the ``[n, nkb]`` slice of the table."""
     order = torch.sort(rows.long(), dim=1, descending=True, stable=True).indices[:, :width]  # [n, C] kept first
     valid = torch.gather(rows, 1, order)  # [n, C] False for padded slots
-    i = qb[:, None] * block + torch.arange(block)[None, :]  # [n, block] query index
+    i = qb[:, None] * block + torch.arange(block)[None, :]  # [n, block] query slot
     j = (order[:, :, None] * block + torch.arange(block)).flatten(1)  # [n, C·block] key index
     slot = valid.repeat_interleave(block, dim=1)  # [n, C·block]
-    row_lo, row_hi = lo[i][:, :, None], hi[i][:, :, None]  # [n, block, 1]
+    row_lo, row_hi = lo[i][:, :, None], hi[i][:, :, None]  # [n, block, 1]; empty for slots off the queries
     keep = slot[:, None, :] & (j[:, None, :] >= row_lo) & (j[:, None, :] < row_hi)  # [n, block, C·block]
-    keep &= (i < nq)[:, :, None] & (j < nk)[:, None, :]
+    keep &= (j < nk)[:, None, :]
     return Step(qb.to(device), order.to(device), (~keep).to(device))
 
 
-def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, block: int, steps: list[Step]) -> Tensor:
-    """``q`` ``[B, H, Nq, D]``, ``k``/``v`` ``[B, Hkv, Nk, D]`` → ``[B, H, Nq, D]``."""
+def block_sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, block: int, shift: int, steps: list[Step]
+) -> Tensor:
+    """``q`` ``[B, H, Nq, D]``, ``k``/``v`` ``[B, Hkv, Nk, D]`` → ``[B, H, Nq, D]``; query ``i`` sits
+    in slot ``i + shift`` of the blocks (see :func:`slot_ranges`)."""
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     g = h // hkv
-    nqb, nkb = -(-nq // block), -(-nk // block)
+    nqb, nkb = -(-(nq + shift) // block), -(-nk // block)
     dtype = q.dtype
     if dtype != torch.float32 and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         q, k, v = q.float(), k.float(), v.float()  # autograd: gradients summed over tiles in float32
     if q.dtype == torch.float32:
         q = q * scale  # fold the scale into q once
-    q_blocks = F.pad(q, (0, 0, 0, nqb * block - nq)).reshape(b, hkv, g, nqb, block, d)  # [B, Hkv, G, nqb, bl, D]
+    q_blocks = F.pad(q, (0, 0, shift, nqb * block - nq - shift)).reshape(b, hkv, g, nqb, block, d)  # [B,Hkv,G,nqb,bl,D]
     k_blocks = F.pad(k, (0, 0, 0, nkb * block - nk)).reshape(b, hkv, nkb, block, d)  # [B, Hkv, nkb, bl, D]
     v_blocks = F.pad(v, (0, 0, 0, nkb * block - nk)).reshape(b, hkv, nkb, block, d)  # [B, Hkv, nkb, bl, D]
     outs, done = [], []
@@ -158,7 +170,7 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, block:
     outs.append(q.new_zeros(b, hkv, missing, g, block, d, dtype=dtype))
     order = torch.cat([computed, _complement(computed, nqb)])  # [nqb]: block of each slot
     out = torch.cat(outs, dim=2)[:, :, torch.argsort(order)]  # [B, Hkv, nqb, G, bl, D] in block order
-    return out.transpose(2, 3).reshape(b, h, nqb * block, d)[:, :, :nq]  # [B, H, Nq, D]
+    return out.transpose(2, 3).reshape(b, h, nqb * block, d)[:, :, shift : shift + nq]  # [B, H, Nq, D]
 
 
 def _complement(indices: Tensor, n: int) -> Tensor:
@@ -190,10 +202,10 @@ class BlockSparse(Implementation):
         layout = problem.pattern.layout
         assert layout is not None, "block_sparse needs a layout"
         steps = plan_steps(problem.pattern, problem.seq_len, problem.kv_len, self.step_elements, problem.device)
-        scale, block = problem.scale, layout.block
+        scale, block, shift = problem.scale, layout.block, layout.shift(problem.seq_len, problem.kv_len)
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            return block_sparse_attention(q, k, v, scale, block, steps)
+            return block_sparse_attention(q, k, v, scale, block, shift, steps)
 
         return run
 

@@ -85,7 +85,7 @@ def plan_tiles(
     """Which key tiles each query block visits, and which of them need a mask."""
     lo, hi = pattern.row_ranges(nq, nk)  # [Nq] each: the key range of every row
     layout = pattern.layout
-    table = layout.table(nq, nk) if layout is not None else None  # [nqb, nkb] bool
+    table = layout.table(nq, nk) if layout is not None else None  # [rows, nkb] bool, by position block
     plan = []
     for q0 in range(0, nq, block_q):
         q1 = min(nq, q0 + block_q)
@@ -97,7 +97,8 @@ def plan_tiles(
             k1 = min(last, k0 + block_k)
             if table is not None and layout is not None:
                 b = layout.block
-                if not table[q0 // b : (q1 - 1) // b + 1, k0 // b : (k1 - 1) // b + 1].any():
+                r0, r1 = (int(r) for r in layout.row_blocks(nq, nk, torch.tensor([q0, q1 - 1])))
+                if not table[r0 : r1 + 1, k0 // b : (k1 - 1) // b + 1].any():
                     continue  # no kept layout block meets this tile
             if table is None and k0 >= int(row_lo.max()) and k1 <= int(row_hi.min()):
                 tiles.append(Tile(k0, k1, None))  # inside every row's range: no mask to build
@@ -105,7 +106,7 @@ def plan_tiles(
             cols = torch.arange(k0, k1)  # [bk]
             keep = (cols >= row_lo) & (cols < row_hi)  # [bq, bk]
             if table is not None and layout is not None:
-                keep &= table[rows // layout.block][:, cols // layout.block]
+                keep &= table[layout.row_blocks(nq, nk, rows)][:, cols // layout.block]
             if not keep.any():
                 continue  # fully masked: skipped
             tiles.append(Tile(k0, k1, None if keep.all() else (~keep).to(device)))

@@ -46,8 +46,9 @@ def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device)
     """``mask_mod(b, h, q_idx, kv_idx)``: True where ``pattern`` keeps the pair (see the docstring)."""
     offset = nk - nq  # bottom-right alignment: p = q_idx + offset
     causal, window, layout = pattern.causal, pattern.window, pattern.layout
-    table = None if layout is None else layout.table(nq, nk).to(device)  # [ceil(Nq/block), ceil(Nk/block)] bool
+    table = None if layout is None else layout.table(nq, nk).to(device)  # [rows, ceil(Nk/block)] bool
     block = 1 if layout is None else layout.block
+    shift = 0 if layout is None else layout.shift(nq, nk)  # table row of query i: (i + shift) // block
     last_row, last_col = (0, 0) if table is None else (table.shape[0] - 1, table.shape[1] - 1)
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -61,7 +62,7 @@ def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device)
                 keep = keep & (kv_idx - p < window)
         if table is not None:
             # clamped: the kernel may evaluate padding positions past Nq or Nk (masked anyway)
-            keep = keep & table[(q_idx // block).clamp(max=last_row), (kv_idx // block).clamp(max=last_col)]
+            keep = keep & table[((q_idx + shift) // block).clamp(max=last_row), (kv_idx // block).clamp(max=last_col)]
         return keep
 
     return mask_mod

@@ -85,6 +85,45 @@ def test_block_layout_keeps_a_number_of_blocks_independent_of_length() -> None:
         assert int(per_row.max()) == 3
 
 
+@pytest.mark.parametrize(("nq", "nk"), [(100, 100), (100, 137), (61, 200), (200, 61), (1, 300), (333, 1)])
+def test_every_row_keeps_its_own_diagonal_key_with_local_zero(nq: int, nk: int) -> None:
+    """Blocks are cut by key position, so ``local=0`` keeps the key level with each query even
+    when ``nk - nq`` is not a multiple of the block (the bug: rows lost their own diagonal)."""
+    pattern = Pattern.make(True, 0, "local:block=16,local=0")
+    mask = pattern.mask(nq, nk)  # [Nq, Nk]
+    i = torch.arange(nq)
+    p = i + nk - nq
+    seen = p >= 0  # queries before every key see nothing under causal
+    assert mask[i[seen], p[seen]].all()
+    # and nothing beyond its own position block
+    for row in range(nq):
+        if p[row] >= 0:
+            kept = mask[row].nonzero().flatten()
+            assert (kept // 16 == int(p[row]) // 16).all(), (row, kept)
+
+
+@pytest.mark.parametrize(("nq", "nk"), [(200, 61), (300, 64), (64, 300), (77, 77)])
+def test_global_zero_means_no_global_rows(nq: int, nk: int) -> None:
+    """With ``global=0`` no query row sees every key, whatever nq and nk (the bug: with nq > nk the
+    negative offset made rows before the keys "global")."""
+    pattern = Pattern.make(False, 0, "local:block=16,local=1,global=0")
+    mask = pattern.mask(nq, nk)  # [Nq, Nk]
+    assert nk <= 48 or not mask.all(dim=1).any()
+    p = torch.arange(nq) + nk - nq
+    band = ((p[:, None] // 16) - (torch.arange(nk)[None, :] // 16)).abs() <= 1  # [Nq, Nk]
+    assert torch.equal(mask, band)
+
+
+def test_global_rows_follow_position() -> None:
+    """``global=1``: the queries at key positions 0..block-1 see every key, and only those."""
+    nq, nk = 40, 100  # positions 60..99: no query is at position < 16
+    mask = Pattern.make(False, 0, "longformer:block=16").mask(nq, nk)
+    assert not mask.all(dim=1).any()
+    mask = Pattern.make(False, 0, "longformer:block=16").mask(120, 100)  # positions -20..99
+    p = torch.arange(120) - 20
+    assert torch.equal(mask.all(dim=1), (p >= 0) & (p < 16))
+
+
 def test_sample_rows_is_seeded_and_keeps_the_last_row() -> None:
     rows = sample_rows(10_000, 100, seed=3)
     assert rows is not None and len(rows) == 100 and int(rows[-1]) == 9_999
