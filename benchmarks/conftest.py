@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from attnbench.registry import load_registry
 from attnbench.suite import Case, Suite, load_suite
 

@@ -13,30 +13,30 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from attnbench.flops import attention_flops
-from attnbench.measure import make_call
+
+from attnbench.devices import device
 from attnbench.registry import load_registry
 from attnbench.suite import Case, Suite
 from attnbench.verify import check
 
 
 def test_attention(benchmark: Any, pair: tuple[Case, str], suite: Suite) -> None:
-    import torch
-
     case, name = pair
     problem = case.problem
     impl = load_registry().get(name)
     if not impl.available().ok:
         pytest.skip(f"unavailable: {impl.available().reason}")
-    if problem.device not in ("cpu",) and not torch.cuda.is_available():
+    where = device(problem.device)
+    if not where.present():
         pytest.skip(f"no {problem.device} device")
     if reason := impl.supports(problem):
         pytest.skip(f"unsupported: {reason}")
-    torch.set_num_threads(case.threads or torch.get_num_threads())
+    where.set_threads(case.threads)
     fn = impl.prepare(problem)
-    inputs = problem.make_inputs(suite.seed)
-    verdict = check(impl, problem, fn=fn, inputs=inputs, grads=False, max_rows=int(suite.budget["accuracy_rows"]))
+    inputs = problem.make_inputs()
+    verdict = check(impl, problem, fn=fn, inputs=inputs, max_rows=int(suite.budget["accuracy_rows"]))
     assert verdict.ok, verdict.failures()
-    benchmark.extra_info.update({"impl": name, "status": "ok", **case.fields(), "flops": attention_flops(problem)})
+    work = impl.work(problem)
+    benchmark.extra_info.update({"impl": name, "status": "ok", **case.fields(), "flops": work.flops})
     benchmark.extra_info["max_abs_err"] = verdict.output.max_abs_err
-    benchmark.pedantic(make_call(fn, problem, inputs), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(problem.kind.timed_call(fn, problem, inputs), rounds=5, iterations=1, warmup_rounds=1)

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attnbench.registry import RegistryError, load_registry
-from attnbench.suite import SuiteError, load_suite, parse_suite
 from rich.console import Console
 from rich.table import Table
+
+from attnbench.registry import RegistryError, load_registry
+from attnbench.suite import Suite, SuiteError, load_suite, parse_suite
 
 USAGE_ERROR = 2
 
@@ -26,54 +27,90 @@ def _fail(message: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    registry = load_registry(args.plugin)
+    try:
+        registry = load_registry(args.plugin)
+    except RegistryError as exc:
+        return _fail(str(exc))
     rows = [impl.declaration() for impl in registry.implementations()]
+    aliases = registry.aliases()
     if args.json:
+        for row in rows:
+            row["aliases"] = sorted(a for a, n in aliases.items() if n == row["name"])
         print(json.dumps(rows, indent=2))
         return 0
-    table = Table(title="attention implementations")
-    for column in ("name", "kind", "computes", "devices", "claims", "available"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        kind = "exact" if row["exact"] else f"approximates {row['approximates'] or 'softmax attention'}"
-        status = "[green]yes[/]" if row["available"] else "[red]no[/] (reason below)"
-        claims = f"time N^{row['time_growth']:g}, memory N^{row['memory_growth']:g}"
-        table.add_row(row["name"], kind, ", ".join(row["computes"]), ", ".join(row["devices"]), claims, status)
     console = Console()
-    console.print(table)
+    console.print(implementation_table(rows, aliases, console.width))
     for row in rows:
         if not row["available"]:
             console.print(f"[bold]{row['name']}[/] unavailable: {row['reason']}", markup=True, highlight=False)
     return 0
 
 
-def _suite_for(args: argparse.Namespace, known: list[str]) -> Any:
+def implementation_table(rows: list[dict[str, Any]], aliases: dict[str, str], width: int) -> Table:
+    """The ``list`` table: names never wrap mid-word; narrow terminals drop the widest columns."""
+    table = Table(title="attention implementations", width=min(width, 160) if width < 100 else None)
+    table.add_column("name", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("computes", overflow="fold")
+    wide = width >= 100
+    if wide:
+        table.add_column("devices")
+        table.add_column("claims (time, memory)")
+    table.add_column("ok", no_wrap=True)
+    for row in rows:
+        kind = "exact" if row["exact"] else "approx."
+        status = "[green]yes[/]" if row["available"] else "[red]no[/]"
+        name = row["name"] + "".join(f"\n= {a}" for a, n in sorted(aliases.items()) if n == row["name"])
+        computes = ", ".join(row["computes"]).replace("block-sparse", "blocks")
+        cells = [name, kind, computes]
+        if wide:
+            growth = row["time_growth"], row["memory_growth"]
+            claims = "–" if growth[0] is None else f"N^{growth[0]:g}, N^{growth[1]:g}"
+            cells += [", ".join(row["devices"]), claims]
+        table.add_row(*cells, status)
+    return table
+
+
+def _suite_for(args: argparse.Namespace) -> Suite:
+    """The suite named on the command line, or (resuming without one) the suite of the folder."""
+    from attnbench.runner import read_run_json
+
     if args.suite is None and args.resume and args.out:
-        run_json = Path(args.out) / "run.json"
-        if not run_json.exists():
-            raise SuiteError(f"--resume: {args.out} holds no run.json")
-        given = json.loads(run_json.read_text())["suite"]
-        return parse_suite(given["text"], given.get("path", str(run_json)), known)
-    return load_suite(args.suite or "quick", known)
+        given = read_run_json(Path(args.out))["suite"]
+        if not isinstance(given.get("text"), str):
+            raise SuiteError(f"--resume: {args.out}/run.json holds no suite text")
+        return parse_suite(given["text"], given.get("path") or f"{args.out}/run.json")
+    return load_suite(args.suite or "quick")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from attnbench.runner import RunError, Runner
+    from attnbench.runner import RunError, Runner, describe
+    from attnbench.workers import WorkerPool
 
     if args.resume and not args.out:
         return _fail("--resume needs --out DIR: the folder of the run to finish")
+    pool: WorkerPool | None = None
     try:
-        registry = load_registry(args.plugin)
-        suite = _suite_for(args, registry.names())
+        plugins = [str(Path(p).resolve()) for p in args.plugin]
+        for given, path in zip(args.plugin, plugins, strict=True):
+            if not Path(path).is_file():
+                raise RegistryError(f"plugin file {given!r} does not exist")
+        suite = _suite_for(args)
+        pool = WorkerPool(plugins)
+        catalog = describe(pool)
+        suite = parse_suite(suite.text, suite.path, catalog.known())  # the names, now that they are known
         only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-        runner = Runner(suite, registry, Path(args.out) if args.out else None, plugins=args.plugin, only=only,
-                        resume=args.resume)  # fmt: skip
+        runner = Runner(suite, catalog, Path(args.out) if args.out else None, plugins=plugins, only=only,
+                        resume=args.resume, pool=pool)  # fmt: skip
         out = runner.run()
     except (SuiteError, RegistryError, RunError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         print("attnbench: interrupted; finished records are kept — finish with --resume", file=sys.stderr)
         return 130
+    finally:
+        if pool is not None:
+            pool.close()
     print(f"results: {out}")
     if not args.no_report:
         _report([out], None, quiet=False)

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from scipy import stats
+
 from attnbench.records import CASE_KEYS, record_key
 from attnbench.report.data import group_label, records_of
 from attnbench.report.html import render
 from attnbench.results import load_results
-from scipy import stats
 
 ALPHA_STRICT = 0.002  # asv's threshold
 ALPHA_LOOSE = 0.01

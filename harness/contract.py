@@ -1,9 +1,23 @@
 """The contract an attention implementation meets, in its two forms.
 
 The simplest plugin is a function ``fn(q, k, v, *, causal, scale, **options)`` registered with
-``@register("name")``; it is wrapped in a :class:`FunctionImplementation`. An implementation
-that needs more — an availability check, set-up kept out of the timing, a declaration of what
-it supports — subclasses :class:`Implementation` and is registered with the same decorator.
+``@register("name")``; it is wrapped in a :class:`FunctionImplementation`, whose keywords
+declare the rest (its own reference, required features, set-up, tolerance, work). An
+implementation that needs more — an availability check, its own ``supports()`` logic — subclasses
+:class:`Implementation` and is registered with the same decorator.
+
+What an implementation declares and what the harness does with it:
+
+* ``exact = True``: it computes the case's function (softmax attention with the case's mask,
+  window and layout) and is judged against the harness's own float64 reference of the case,
+  whatever ``reference()`` it defines; a ``reference()`` of its own that differs from the case's
+  function is reported as such.
+* ``exact = False``: an approximation, held to its own ``reference()`` (its own definition), its
+  distance from softmax attention and from uniform attention reported beside.
+* ``work()``: the FLOPs and bytes of one call. Exact implementations count softmax attention's
+  pairs; an approximation counts nothing unless it declares its own.
+* ``growth.memory``: a declared memory growth lets the runner skip a case whose predicted
+  footprint exceeds the budget; without a declaration the case simply runs under the memory cap.
 """
 
 from __future__ import annotations
@@ -14,7 +28,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+
+from attnbench.devices import device
 from attnbench.problem import Problem
+from attnbench.work import Work, io_bytes, softmax_work
 
 Tensor = torch.Tensor
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -51,6 +68,26 @@ class Growth:
         return f"time N^{self.time:g}, memory N^{self.memory:g}"
 
 
+def uses(problem: Problem) -> dict[str, bool]:
+    """Which features a case needs."""
+    return {
+        "causal": problem.causal,
+        "window": problem.window > 0,
+        "layout": problem.pattern.layout is not None,
+        "gqa": problem.gqa,
+        "cross": problem.cross,
+        "backward": problem.needs_grad,
+    }
+
+
+def check_features(names: Iterable[str], owner: str, what: str) -> frozenset[str]:
+    chosen = frozenset(names)
+    unknown = chosen - ALL_FEATURES
+    if unknown:
+        raise ValueError(f"implementation {owner!r}: unknown {what} {sorted(unknown)}; known: {sorted(ALL_FEATURES)}")
+    return chosen
+
+
 class Implementation:
     """Base class of an attention implementation.
 
@@ -69,8 +106,13 @@ class Implementation:
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
     features: ClassVar[frozenset[str]] = frozenset({"causal", "gqa", "cross", "backward"})
-    growth: ClassVar[Growth] = Growth(2.0, 2.0)
-    #: Where it came from: "built-in", a plugin file, or an entry point.
+    #: Features it cannot run without (e.g. ``{"window"}``: windowed cases only).
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: Declared growth of time and memory with N; None: not declared (nothing is predicted).
+    growth: ClassVar[Growth | None] = None
+    #: Relative tolerance against its own definition (approximations); None: the dtype's default.
+    tolerance: ClassVar[float | None] = None
+    #: Where it came from: "built-in", a plugin file, or the module that registered it.
     source: str = "built-in"
 
     def available(self) -> Availability:
@@ -79,32 +121,35 @@ class Implementation:
 
     def supports(self, problem: Problem) -> str | None:
         """``None`` when ``problem`` can run, else the reason it cannot."""
-        if problem.device.split(":")[0] not in self.devices:
+        if device(problem.device).kind not in self.devices:
             return f"runs on {', '.join(self.devices)}, not {problem.device}"
         if problem.dtype not in self.dtypes:
             return f"supports dtypes {', '.join(self.dtypes)}, not {problem.dtype}"
-        needed = {
-            "causal": problem.causal,
-            "window": problem.window > 0,
-            "layout": problem.pattern.layout is not None,
-            "gqa": problem.gqa,
-            "cross": problem.cross,
-            "backward": problem.needs_grad,
-        }
+        needed = uses(problem)
         missing = [name for name, used in needed.items() if used and name not in self.features]
         if missing:
             return f"does not support {', '.join(missing)}"
+        lacking = [name for name in sorted(self.requires) if not needed.get(name)]
+        if lacking:
+            return f"runs only with {', '.join(lacking)}; this case has none"
         return None
 
     def memory_estimate(self, problem: Problem) -> int | None:
-        """Bytes one call is expected to need beyond its inputs, or None when unknown; the runner
-        does not start a case whose estimate exceeds the memory budget. The default covers the
-        implementations that claim quadratic memory: a float32 score matrix and its softmax,
-        kept again for the backward pass."""
-        if self.growth.memory < 2:
+        """Bytes one call is expected to need beyond its inputs, or None when not declared; the
+        runner does not start a case whose estimate exceeds the memory budget. An implementation
+        that declares quadratic memory (``growth.memory >= 2``) is expected to hold a float32
+        score matrix and its softmax, kept again for a backward pass."""
+        if self.growth is None or self.growth.memory < 2:
             return None
         scores = problem.batch * problem.heads * problem.seq_len * problem.kv_len * 4  # [B, H, Nq, Nk] float32
-        return scores * (2 if problem.mode == "forward" else 4)
+        return int(scores * 2 * problem.kind.memory_factor)
+
+    def work(self, problem: Problem) -> Work:
+        """FLOPs and bytes of one call. Exact implementations compute softmax attention and count its
+        pairs; an approximation declares its own FLOPs (by overriding this) or gets none."""
+        if self.exact:
+            return softmax_work(problem)
+        return Work(None, io_bytes(problem))
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Set-up outside the timing (compile, build masks); returns the call to time."""
@@ -120,11 +165,16 @@ class Implementation:
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
         """What this implementation should compute, in float64, for the query ``rows`` given
-        (all rows when None). Exact implementations compute masked softmax attention; an
-        approximation overrides this with its own definition."""
+        (all rows when None): ``[B, H, R, D]``. The default is the case's softmax attention; an
+        approximation overrides this with its own definition (differentiable, for gradients)."""
         from attnbench.reference import softmax_attention
 
         return softmax_attention(q, k, v, problem, rows=rows)
+
+    @property
+    def own_reference(self) -> bool:
+        """Whether it defines a reference of its own (rather than the case's softmax attention)."""
+        return type(self).reference is not Implementation.reference
 
     def declaration(self) -> dict[str, Any]:
         """What this implementation declares, as JSON-ready values."""
@@ -138,8 +188,11 @@ class Implementation:
             "devices": list(self.devices),
             "dtypes": list(self.dtypes),
             "features": sorted(self.features),
-            "time_growth": self.growth.time,
-            "memory_growth": self.growth.memory,
+            "requires": sorted(self.requires),
+            "time_growth": None if self.growth is None else self.growth.time,
+            "memory_growth": None if self.growth is None else self.growth.memory,
+            "own_reference": self.own_reference,
+            "tolerance": self.tolerance,
             "source": self.source,
             "available": avail.ok,
             "reason": avail.reason,
@@ -151,7 +204,20 @@ class FunctionImplementation(Implementation):
 
     The function receives ``q, k, v`` and the keywords ``causal`` and ``scale``; when it
     declares the ``window`` or ``layout`` feature it also receives ``window=`` (an int) and
-    ``layout=`` (a :class:`~attnbench.patterns.BlockLayout` or None).
+    ``layout=`` (a :class:`~attnbench.patterns.BlockLayout` or None). The keywords of
+    ``@register`` declare the rest:
+
+    * ``description``, ``exact``, ``approximates``, ``devices``, ``dtypes``, ``growth``;
+    * ``features``: what it can compute (default causal, gqa, cross, backward);
+    * ``requires``: features it cannot run without, e.g. ``("window",)``;
+    * ``reference``: a function of the same arguments giving the approximation's own definition
+      (called in float64 on the CPU, and differentiated for gradient checks);
+    * ``setup``: a factory ``setup(problem)`` called once per case outside the timing, returning
+      the function to time (same arguments as the decorated function) — for random features, a
+      compiled kernel, a mask built once;
+    * ``tolerance``: relative tolerance against its own reference (approximations);
+    * ``flops``: a function ``flops(problem) -> float`` giving the FLOPs of one forward call
+      (scaled by the mode like softmax attention's); ``bytes_moved`` likewise for bytes.
     """
 
     def __init__(
@@ -162,36 +228,74 @@ class FunctionImplementation(Implementation):
         description: str = "",
         exact: bool = True,
         features: Iterable[str] = ("causal", "gqa", "cross", "backward"),
+        requires: Iterable[str] = (),
         devices: Iterable[str] = ("cpu", "cuda"),
         dtypes: Iterable[str] = ("float32", "bfloat16", "float16"),
         growth: Growth | None = None,
         approximates: str = "",
+        reference: Callable[..., Tensor] | None = None,
+        setup: Callable[[Problem], Callable[..., Tensor]] | None = None,
+        tolerance: float | None = None,
+        flops: Callable[[Problem], float] | None = None,
+        bytes_moved: Callable[[Problem], float] | None = None,
     ) -> None:
-        unknown = set(features) - ALL_FEATURES
-        if unknown:
-            raise ValueError(
-                f"implementation {name!r}: unknown features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}"
-            )
         self.fn = fn
         self.name = name
         doc = inspect.getdoc(fn) or ""
         self.description = description or (doc.splitlines()[0] if doc else f"user function {fn.__qualname__}")  # type: ignore[misc]
         self.exact = exact  # type: ignore[misc]
-        self.approximates = approximates  # type: ignore[misc]
-        self.features = frozenset(features)  # type: ignore[misc]
+        self.approximates = approximates or ("" if exact else "softmax attention")  # type: ignore[misc]
+        self.requires = check_features(requires, name, "required features")  # type: ignore[misc]
+        self.features = check_features(features, name, "features") | self.requires  # type: ignore[misc]
         self.devices = tuple(devices)  # type: ignore[misc]
         self.dtypes = tuple(dtypes)  # type: ignore[misc]
-        self.growth = growth or Growth(2.0, 2.0)  # type: ignore[misc]
-        computes: list[Computes] = ["full"]
+        self.growth = growth  # type: ignore[misc]
+        self.tolerance = tolerance  # type: ignore[misc]
+        self.reference_fn = reference
+        self.setup = setup
+        self.flops_fn = flops
+        self.bytes_fn = bytes_moved
+        computes: list[Computes] = ["full"] if not self.requires else []
         computes += ["causal"] if "causal" in self.features else []
         computes += ["window"] if "window" in self.features else []
         computes += ["block-sparse"] if "layout" in self.features else []
+        computes += [] if exact else ["kernelized"]
         self.computes = tuple(computes)  # type: ignore[misc]
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
-        options: dict[str, Any] = {}
+    def _options(self, problem: Problem) -> dict[str, Any]:
+        options: dict[str, Any] = {"causal": problem.causal, "scale": problem.scale}
         if "window" in self.features:
             options["window"] = problem.window
         if "layout" in self.features:
             options["layout"] = problem.pattern.layout
-        return self.fn(q, k, v, causal=problem.causal, scale=problem.scale, **options)
+        return options
+
+    def prepare(self, problem: Problem) -> AttentionFn:
+        timed = self.setup(problem) if self.setup is not None else self.fn
+        options = self._options(problem)
+
+        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return timed(q, k, v, **options)
+
+        return run
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return self.prepare(problem)(q, k, v)
+
+    @property
+    def own_reference(self) -> bool:
+        return self.reference_fn is not None
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
+        if self.reference_fn is None:
+            return super().reference(q, k, v, problem, rows)
+        q64, k64, v64 = (t.to("cpu", torch.float64) for t in (q, k, v))  # differentiable
+        out = self.reference_fn(q64, k64, v64, **self._options(problem))  # [B, H, Nq, D]
+        return out if rows is None else out[:, :, rows]
+
+    def work(self, problem: Problem) -> Work:
+        base = super().work(problem)
+        factor = problem.kind.flops_factor
+        flops = base.flops if self.flops_fn is None else float(self.flops_fn(problem)) * factor
+        moved = base.bytes if self.bytes_fn is None else float(self.bytes_fn(problem))
+        return Work(flops, moved)

@@ -1,9 +1,19 @@
-"""Measure one (case, implementation) inside a worker: set-up, accuracy, time, memory, work.
+"""Measure one (case, implementation) inside a worker, step by step (:mod:`attnbench.steps`).
 
-The steps, in order: prepare (set-up outside the timing, e.g. compilation, its duration
-recorded); one checked call against the float64 reference (which also warms up); the timed
-loop, interleaved with the baseline; a memory pass of its own; FLOPs and the fraction of the
-measured peak. Exceptions become records (``error`` or ``oom``), never crashes of the sweep.
+1. *load*, *availability*, *supports*, *memory estimate*: the implementation's declarations,
+   asked here (in the worker) so that no plugin code runs in the runner;
+2. *baseline*: the baseline's set-up and a first call, under its own budget;
+3. *prepare*: the implementation's set-up (compilation, masks), outside the timing;
+4. *accuracy check*: one call on seeded inputs (also the warm-up), its sampled rows kept, and in
+   modes with gradients a backward pass (:func:`attnbench.verify.run_implementation`);
+5. *timing*: the implementation, the baseline and the machine probe interleaved;
+6. *memory pass*: the peak memory of one call, in a pass of its own;
+7. *reference*: the float64 reference and the verdicts, with the implementation's memory cap
+   lifted and under a budget of its own; a record that is complete but for this step is sent to
+   the runner first, so a failure here costs the accuracy verdict, never the measurement.
+
+Exceptions in the implementation's steps become records (``error`` or ``oom``) with the step
+they happened in; an exception in the reference step becomes a note on which checks did not run.
 """
 
 from __future__ import annotations
@@ -17,56 +27,27 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from attnbench import steps
+from attnbench.calibrate import GemmProbe, StreamProbe
 from attnbench.contract import AttentionFn, Implementation
-from attnbench.flops import attention_flops, dense_flops
-from attnbench.memory import MemoryUnavailable, peak_bytes
+from attnbench.devices import device
+from attnbench.memory import MemoryUnavailable
 from attnbench.problem import Problem
 from attnbench.records import CASE_KEYS, Record
-from attnbench.registry import Registry
+from attnbench.registry import BrokenPlugin, Registry
 from attnbench.timing import measure
-from attnbench.verify import check
+from attnbench.verify import Outputs, check_rows, judge, run_implementation
+from attnbench.work import dense_flops
 
 Tensor = torch.Tensor
-#: Gradients are checked against the full float64 reference only up to this many score entries.
-GRAD_CHECK_LIMIT = 1 << 24
+Report = Callable[[dict[str, Any]], None]
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "std::bad_alloc")
 
 
 def problem_of(case: dict[str, Any]) -> Problem:
     fields = {k: case[k] for k in CASE_KEYS if k != "threads"}
-    return Problem(**fields)
-
-
-def make_call(fn: AttentionFn, problem: Problem, inputs: tuple[Tensor, Tensor, Tensor]) -> Callable[[], object]:
-    """The zero-argument call to time for the problem's mode."""
-    q, k, v = inputs
-    if problem.mode == "forward":
-
-        def forward() -> object:
-            with torch.no_grad():
-                return fn(q, k, v)
-
-        return forward
-    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]  # [B, H(kv), N, D] each
-    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q.device, q.dtype)  # [B, H, Nq, D]
-    if problem.mode == "backward":
-        out = fn(*leaves)  # the forward graph, built once outside the timing
-
-        def backward() -> object:
-            for t in leaves:
-                t.grad = None
-            out.backward(dout, retain_graph=True)
-            return leaves[0].grad
-
-        return backward
-
-    def forward_backward() -> object:
-        for t in leaves:
-            t.grad = None
-        fn(*leaves).backward(dout)
-        return leaves[0].grad
-
-    return forward_backward
+    return Problem(**fields, seed=int(case.get("seed", 0)))
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -77,6 +58,235 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return ("oom" if is_oom else "error"), text[:4000]
 
 
+class Stop(Exception):
+    """The record is complete before the timing (unavailable, unsupported, predicted oom)."""
+
+
+class CaseRun:
+    """One job in the worker: the record as it fills, and the step it is in."""
+
+    def __init__(self, registry: Registry, job: dict[str, Any], set_cap: Callable[[int | None], None], report: Report):
+        self.registry = registry
+        self.job = job
+        self.budget = job["budget"]
+        self.problem = problem_of(job["case"])
+        self.device = device(self.problem.device)
+        self.set_cap = set_cap
+        self.report = report
+        self.record = Record(impl=job["impl"], status="ok", **job["case"])
+        self.record.worker_pid = os.getpid()
+
+    def enter(self, step: str) -> None:
+        self.record.step = step
+        self.report({"phase": step})
+
+    def stop(self, status: str, reason: str) -> None:
+        self.record.status, self.record.reason = status, reason  # type: ignore[assignment]
+        raise Stop
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Fill the record; returns False when the worker should be replaced."""
+        started = time.perf_counter()
+        self.record.threads_used = self.device.set_threads(int(self.job["case"]["threads"]))
+        healthy = True
+        try:
+            impl = self.declared()
+            base_call, inputs = self.baseline()
+            self.measure(impl, base_call, inputs)
+            self.record.step = steps.DONE
+        except Stop:
+            pass
+        except BaseException as exc:
+            self.record.status, self.record.reason = classify(exc)  # type: ignore[assignment]
+            healthy = False
+        finally:
+            self.set_cap(None)
+            gc.collect()
+        self.record.elapsed_s = time.perf_counter() - started
+        return healthy
+
+    def declared(self) -> Implementation:
+        self.enter(steps.LOAD)
+        impl = self.registry.get(self.job["impl"])
+        self.record.exact = impl.exact
+        self.enter(steps.AVAILABILITY)
+        avail = impl.available()
+        if isinstance(impl, BrokenPlugin) or not avail.ok:
+            self.stop("unavailable", avail.reason)
+        if not self.device.present():
+            self.stop("unavailable", f"no {self.problem.device} device on this machine")
+        self.enter(steps.SUPPORTS)
+        unsupported = impl.supports(self.problem)
+        if unsupported:
+            self.stop("unsupported", unsupported)
+        self.enter(steps.ESTIMATE)
+        estimate = impl.memory_estimate(self.problem)
+        limit = self.budget["memory_gib"] * 2**30
+        if estimate is not None and estimate > limit:
+            self.stop(
+                "oom",
+                f"declares {estimate / 2**30:.1f} GiB beyond the inputs for this case, over the"
+                f" {self.budget['memory_gib']:g} GiB budget; not started",
+            )
+        return impl
+
+    def baseline(self) -> tuple[Callable[[], object] | None, tuple[Tensor, Tensor, Tensor]]:
+        """The inputs, and the baseline's timed call (None, with a note, when there is none)."""
+        inputs = self.problem.make_inputs()  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
+        name = self.job.get("baseline") or ""
+        if self.job.get("baseline_note"):
+            self.record.baseline_note = self.job["baseline_note"]
+        if not name or name == self.job["impl"]:
+            return None, inputs
+        self.enter(steps.BASELINE)
+        started = time.perf_counter()
+        self.cap()
+        try:
+            base = self.registry.get(name)
+            avail = base.available()
+            if not avail.ok:
+                raise RuntimeError(f"unavailable: {avail.reason}")
+            reason = base.supports(self.problem)
+            if reason:
+                raise RuntimeError(f"does not support this case: {reason}")
+            call = self.problem.kind.timed_call(base.prepare(self.problem), self.problem, inputs)
+            call()  # warm-up: fails here, not inside the timing loop
+            self.baseline_first_ms = self.device.clock().time(call)
+            self.baseline_spent_s = time.perf_counter() - started
+            return call, inputs
+        except Exception as exc:
+            self.record.baseline_note = f"baseline {name} {_short(exc)}"
+            return None, inputs
+
+    def cap(self) -> None:
+        if not self.device.is_gpu:
+            self.set_cap(int(self.budget["memory_gib"] * 2**30))
+
+    def measure(
+        self, impl: Implementation, base_call: Callable[[], object] | None, inputs: tuple[Tensor, Tensor, Tensor]
+    ) -> None:
+        problem, record = self.problem, self.record
+        self.cap()
+        self.enter(steps.PREPARE)
+        fn, record.setup_s = _prepare(impl, problem)
+        self.enter(steps.CHECK)
+        rows = check_rows(problem, int(self.budget["accuracy_rows"]))
+        got = run_implementation(fn, problem, inputs, rows, problem.kind.gradients)
+        self.device.synchronize()
+        self.enter(steps.TIMING)
+        call = problem.kind.timed_call(fn, problem, inputs)
+        self.time(call, base_call)
+        del base_call
+        gc.collect()
+        self.enter(steps.MEMORY)
+        try:
+            record.peak_mem_bytes = self.device.peak_bytes(call)
+        except MemoryUnavailable as exc:
+            record.check_note = _join(record.check_note, f"memory not measured: {exc}")
+        self.work(impl)
+        self.set_cap(None)
+        del call
+        gc.collect()
+        self.report({"partial": record.as_dict()})
+        self.enter(steps.REFERENCE)
+        self.reference(impl, inputs, got, rows)
+
+    def time(self, call: Callable[[], object], base_call: Callable[[], object] | None) -> None:
+        record, budget = self.record, self.budget
+        probe = self.probe()
+        timing = measure(
+            call,
+            base_call,
+            self.device.clock(),
+            probe=probe[1] if probe else None,
+            min_time_s=budget["min_time_s"],
+            max_time_s=budget["max_time_s"],
+            min_repeats=int(budget["min_repeats"]),
+            baseline_budget_s=budget["timeout_s"],
+            baseline_first_ms=self.baseline_first_ms,
+            baseline_spent_s=self.baseline_spent_s,
+            probe_budget_s=budget["max_time_s"] / 2,
+        )
+        q1, median, q3 = timing.impl.quartiles()
+        record.time_ms, record.time_q1_ms, record.time_q3_ms = median, q1, q3
+        record.time_min_ms = min(timing.impl.ms)
+        record.samples_ms = timing.impl.ms
+        record.inner = timing.impl.inner
+        record.unstable = timing.unstable
+        if base_call is not None and timing.baseline is None:
+            record.baseline_note = f"baseline {self.job['baseline']}: no sample fitted in its own budget"
+        if timing.baseline is not None:
+            record.baseline = self.job["baseline"]
+            record.baseline_samples_ms = timing.baseline.ms
+            record.baseline_time_ms = timing.baseline.median
+            record.speedup = record.baseline_time_ms / median
+        if probe is not None and timing.probe is not None:
+            record.probe, record.probe_ms = probe[0], timing.probe.ms
+            self.probe_rate = probe[2] / (min(timing.probe.ms) / 1e3)
+
+    def probe(self) -> tuple[str, Callable[[], object], float] | None:
+        """``(label, call, work per call)`` of the machine probe for this case, or None."""
+        cal = self.job.get("calibration") or {}
+        if self.problem.kind.memory_bound:
+            stream = StreamProbe.moving(self.problem.device, self.problem.kind.io_bytes(self.problem))
+            return stream.label, stream.build(), stream.bytes
+        if not cal.get("probe_dtype"):
+            return None
+        gemm = GemmProbe(self.problem.device, str(cal["probe_dtype"]), int(cal["probe_n"]))
+        return gemm.label, gemm.build(), gemm.flops
+
+    probe_rate: float | None = None
+    baseline_first_ms: float | None = None
+    baseline_spent_s: float = 0.0
+
+    def work(self, impl: Implementation) -> None:
+        """FLOPs and bytes, the rates, and the ceilings they are set against: the larger of the
+        run's calibration and the probe timed beside this case."""
+        record, problem, cal = self.record, self.problem, self.job.get("calibration") or {}
+        done = impl.work(problem)
+        seconds = (record.time_ms or math.nan) / 1e3
+        record.flops, record.bytes = done.flops, done.bytes
+        record.dense_flops = dense_flops(problem)
+        memory_bound = problem.kind.memory_bound
+        if done.flops is not None:
+            record.gflops = done.flops / seconds / 1e9
+            peaks = [cal.get("gflops")] + ([] if memory_bound or self.probe_rate is None else [self.probe_rate / 1e9])
+            record.peak_gflops = _largest(peaks)
+            if record.peak_gflops:
+                record.peak_fraction = record.gflops / record.peak_gflops
+        if done.bytes is not None:
+            record.gbps = done.bytes / seconds / 1e9
+            peaks = [cal.get("gbps")] + ([self.probe_rate / 1e9] if memory_bound and self.probe_rate else [])
+            record.peak_gbps = _largest(peaks)
+            if record.peak_gbps:
+                record.bandwidth_fraction = record.gbps / record.peak_gbps
+
+    def reference(
+        self, impl: Implementation, inputs: tuple[Tensor, Tensor, Tensor], got: Outputs, rows: Tensor
+    ) -> None:
+        record = self.record
+        try:
+            result = judge(impl, self.problem, inputs, got, rows)
+        except Exception as exc:
+            record.check_note = _join(
+                record.check_note, f"accuracy not checked: the reference step failed: {_short(exc)}"
+            )
+            return
+        out = result.output
+        record.checks = result.checks
+        record.max_abs_err, record.rel_err, record.accuracy_bound = out.max_abs_err, out.rel_err, out.bound
+        record.accuracy_rows = result.rows
+        record.full_max_abs_err, record.full_rel_err = result.full_max_abs_err, result.full_rel_err
+        record.uniform_rel_err = result.uniform_rel_err
+        record.own_reference_differs = result.own_reference_differs
+        record.check_note = _join(record.check_note, result.note)
+        if not result.ok:
+            record.status, record.reason = "inaccurate", result.failures()
+            record.speedup = None  # a wrong answer's time is no evidence of speed
+
+
 def _prepare(impl: Implementation, problem: Problem) -> tuple[AttentionFn, float]:
     start = time.perf_counter()
     fn = impl.prepare(problem)
@@ -84,107 +294,26 @@ def _prepare(impl: Implementation, problem: Problem) -> tuple[AttentionFn, float
     return fn, float(getattr(fn, "setup_s", measured))
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
+def _largest(values: list[Any]) -> float | None:
+    found = [float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0]
+    return max(found) if found else None
 
 
-def run_case(registry: Registry, job: dict[str, Any], set_memory_cap: Callable[[int | None], None]) -> dict[str, Any]:
+def _short(exc: BaseException) -> str:
+    return f"failed: {classify(exc)[1][:300]}"
+
+
+def _join(*notes: str | None) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def run_case(
+    registry: Registry,
+    job: dict[str, Any],
+    set_memory_cap: Callable[[int | None], None],
+    report: Report | None = None,
+) -> dict[str, Any]:
     """Run one job; returns ``{"record": {...}, "healthy": bool}`` (unhealthy: replace the worker)."""
-    case = job["case"]
-    problem = problem_of(case)
-    budget = job["budget"]
-    record = Record(impl=job["impl"], status="ok", **case)
-    record.worker_pid = os.getpid()
-    started = time.perf_counter()
-    threads = int(case["threads"]) or (os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    record.threads_used = torch.get_num_threads()
-    if problem.device == "cpu":
-        set_memory_cap(int(budget["memory_gib"] * 2**30))
-    healthy = True
-    try:
-        _measure(registry, job, problem, record)
-    except BaseException as exc:
-        record.status, record.reason = classify(exc)  # type: ignore[assignment]
-        healthy = False
-    finally:
-        set_memory_cap(None)
-        gc.collect()
-    record.elapsed_s = time.perf_counter() - started
-    return {"record": record.__dict__, "healthy": healthy}
-
-
-def _measure(registry: Registry, job: dict[str, Any], problem: Problem, record: Record) -> None:
-    impl = registry.get(job["impl"])
-    budget = job["budget"]
-    record.exact = impl.exact
-    fn, record.setup_s = _prepare(impl, problem)
-    inputs = problem.make_inputs(job.get("seed", 0))  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
-    small = problem.batch * problem.heads * problem.seq_len * problem.kv_len <= GRAD_CHECK_LIMIT
-    result = check(
-        impl, problem, fn=fn, inputs=inputs, seed=job.get("seed", 0),
-        max_rows=int(budget["accuracy_rows"]), grads=problem.needs_grad and small,
-    )  # fmt: skip
-    _sync(problem.device)
-    out = result.output
-    record.max_abs_err, record.rel_err, record.accuracy_bound = out.max_abs_err, out.rel_err, out.bound
-    record.accuracy_rows = result.rows
-    record.full_max_abs_err, record.full_rel_err = result.full_max_abs_err, result.full_rel_err
-    if not result.ok:
-        record.status, record.reason = "inaccurate", result.failures()
-    call = make_call(fn, problem, inputs)
-    base_call, note = _baseline_call(registry, job, problem, inputs)
-    timing = measure(
-        call, base_call, problem.device,
-        min_time_s=budget["min_time_s"], max_time_s=budget["max_time_s"], min_repeats=int(budget["min_repeats"]),
-    )  # fmt: skip
-    q1, median, q3 = timing.impl.quartiles()
-    record.time_ms, record.time_q1_ms, record.time_q3_ms = median, q1, q3
-    record.time_min_ms = min(timing.impl.ms)
-    record.samples_ms = timing.impl.ms
-    record.unstable = timing.unstable
-    if timing.baseline is not None:
-        record.baseline = job["baseline"]
-        record.baseline_samples_ms = timing.baseline.ms
-        record.baseline_time_ms = timing.baseline.median
-        if record.status == "ok":
-            record.speedup = record.baseline_time_ms / median
-    elif note and record.status == "ok":
-        record.reason = note
-    del base_call
-    gc.collect()
-    try:
-        record.peak_mem_bytes = peak_bytes(call, problem.device)
-    except MemoryUnavailable as exc:
-        record.reason = "; ".join(filter(None, [record.reason, f"memory not measured: {exc}"]))
-    record.flops = attention_flops(problem)
-    record.dense_flops = dense_flops(problem)
-    record.gflops = record.flops / (median / 1e3) / 1e9
-    peak = job.get("peak_gflops")
-    if peak and math.isfinite(peak):
-        record.peak_gflops = peak
-        record.peak_fraction = record.gflops / peak
-
-
-def _baseline_call(
-    registry: Registry, job: dict[str, Any], problem: Problem, inputs: tuple[Tensor, Tensor, Tensor]
-) -> tuple[Callable[[], object] | None, str]:
-    """The baseline's call for interleaving, or None with a note saying why there is none."""
-    name = job.get("baseline") or ""
-    if not name or name == job["impl"]:
-        return None, ""
-    try:
-        base = registry.get(name)
-        avail = base.available()
-        if not avail.ok:
-            return None, f"baseline {name} unavailable: {avail.reason}"
-        reason = base.supports(problem)
-        if reason:
-            return None, f"baseline {name} does not support this case: {reason}"
-        fn, _ = _prepare(base, problem)
-        call = make_call(fn, problem, inputs)
-        call()  # fails here, not inside the timing loop
-        return call, ""
-    except Exception as exc:
-        return None, f"baseline {name} failed: {classify(exc)[1][:300]}"
+    run = CaseRun(registry, job, set_memory_cap, report or (lambda message: None))
+    healthy = run.run()
+    return {"record": run.record.as_dict(), "healthy": healthy}

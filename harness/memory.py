@@ -7,7 +7,8 @@ start from the parent's mark in a child process and tracemalloc cannot see tenso
 neither is used. Workers set ``MALLOC_MMAP_THRESHOLD_`` so that glibc returns large buffers to
 the system when they are freed, which keeps an earlier peak from hiding a later one.
 
-CUDA: ``max_memory_allocated`` after resetting the peak, minus what was allocated before.
+Other devices measure their own way (:mod:`attnbench.devices`); CUDA reads
+``max_memory_allocated`` after resetting the peak, minus what was allocated before.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")
@@ -57,24 +56,3 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> int:
     peak = _status_kib("VmHWM") * 1024
     del result
     return max(0, peak - before)
-
-
-def cuda_peak_bytes(fn: Callable[[], object], device: str) -> int:
-    """Peak CUDA memory allocated during one call of ``fn`` beyond what existed before."""
-    gc.collect()
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    result = fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    del result
-    return max(0, peak - before)
-
-
-def peak_bytes(fn: Callable[[], object], device: str) -> int:
-    """Peak extra memory of one call of ``fn`` on ``device``."""
-    if device.startswith("cuda"):
-        return cuda_peak_bytes(fn, device)
-    return cpu_peak_bytes(fn)

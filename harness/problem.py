@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from attnbench.patterns import Pattern
 
-Mode = Literal["forward", "backward", "forward_backward"]
-MODES: tuple[Mode, ...] = ("forward", "backward", "forward_backward")
+from attnbench.devices import canonical
+from attnbench.modes import MODES, Mode, mode
+from attnbench.patterns import Pattern
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -53,7 +53,9 @@ class Problem:
     causal: bool = False
     window: int = 0
     layout: str = "dense"
-    mode: Mode = "forward"
+    mode: str = "forward"
+    #: Seeds the inputs and :meth:`generator` (random features, random layouts of a plugin).
+    seed: int = 0
     pattern: Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +71,8 @@ class Problem:
         if self.window < 0:
             raise ValueError(f"window must be 0 (none) or positive, got {self.window}")
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {list(MODES)}")
+        object.__setattr__(self, "device", canonical(self.device))
         torch_dtype(self.dtype)
         pattern = Pattern.make(self.causal, self.window, self.layout)
         object.__setattr__(self, "layout", pattern.layout_name)
@@ -94,7 +97,18 @@ class Problem:
 
     @property
     def needs_grad(self) -> bool:
-        return self.mode != "forward"
+        return self.kind.needs_grad
+
+    @property
+    def kind(self) -> Mode:
+        """The mode object (its timed call, work, bytes and checks)."""
+        return mode(self.mode)
+
+    def generator(self, salt: int = 0, device: str | None = None) -> torch.Generator:
+        """A fresh generator seeded from the case's seed (and ``salt``): the same stream in
+        ``prepare()``, ``attention()`` and ``reference()``, without touching torch's global state."""
+        gen = torch.Generator(device=device or "cpu")
+        return gen.manual_seed((self.seed * 1_000_003 + salt) % (2**63))
 
     def with_(self, **changes: Any) -> Problem:
         """A copy with some fields changed."""
@@ -107,11 +121,12 @@ class Problem:
         return out
 
     def make_inputs(
-        self, seed: int = 0, device: str | None = None, dtype: torch.dtype | None = None
+        self, seed: int | None = None, device: str | None = None, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Seeded random ``q, k, v`` (standard normal), generated in float32 on the CPU so that
-        every device and dtype sees the same values, then moved and cast."""
-        gen = torch.Generator().manual_seed(seed)
+        """Seeded random ``q, k, v`` (standard normal; the case's seed unless ``seed`` is given),
+        generated in float32 on the CPU so that every device and dtype sees the same values, then
+        moved and cast."""
+        gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
         q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
         k = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
         v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]

@@ -10,17 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-STATUS_STYLE = {
-    "ok": "green",
-    "inaccurate": "magenta",
-    "error": "red",
-    "timeout": "yellow",
-    "crashed": "red",
-    "oom": "yellow",
-    "unsupported": "dim",
-    "unavailable": "dim",
-    "skipped": "dim",
-}
+from attnbench.status import Status
+
+STATUS_STYLE = {s.value: s.info.terminal for s in Status}
 
 
 class SweepProgress:

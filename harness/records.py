@@ -11,24 +11,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
-SCHEMA_VERSION = 1
-
-Status = Literal["ok", "inaccurate", "error", "timeout", "crashed", "oom", "unsupported", "unavailable", "skipped"]
-STATUSES: tuple[Status, ...] = (
-    "ok",
-    "inaccurate",
-    "error",
-    "timeout",
-    "crashed",
-    "oom",
-    "unsupported",
-    "unavailable",
-    "skipped",
-)
-#: Statuses that mean the implementation failed its budget at this size (``scaling`` stops there).
-BUDGET_FAILURES: frozenset[str] = frozenset({"timeout", "oom", "crashed"})
+SCHEMA_VERSION = 2
 
 #: The fields that identify a case (together with ``impl``, a record's key).
 CASE_KEYS: tuple[str, ...] = (
@@ -53,8 +38,9 @@ class Record:
     """The outcome of one implementation on one case. Times in milliseconds, memory in bytes."""
 
     impl: str
-    status: Status
-    reason: str = ""
+    status: str  # a Status value
+    reason: str = ""  # why it is not ok (the failure, or what the implementation says)
+    step: str = ""  # the step it ended in (attnbench.steps): "done", or where it failed
     # the case
     batch: int = 1
     heads: int = 1
@@ -69,6 +55,7 @@ class Record:
     layout: str = "dense"
     mode: str = "forward"
     threads: int = 0  # as the suite asked (0: all cores)
+    seed: int = 0  # seed of the inputs
     threads_used: int | None = None  # CPU threads the case really ran with
     # what the implementation is
     exact: bool | None = None
@@ -78,6 +65,7 @@ class Record:
     time_q3_ms: float | None = None
     time_min_ms: float | None = None
     samples_ms: list[float] = field(default_factory=list)
+    inner: int | None = None  # calls per sample
     unstable: bool | None = None
     setup_s: float | None = None  # set-up outside the timing (e.g. compilation)
     # the within-run baseline, interleaved with this implementation
@@ -85,21 +73,33 @@ class Record:
     baseline_time_ms: float | None = None
     baseline_samples_ms: list[float] = field(default_factory=list)
     speedup: float | None = None  # baseline time / this time (> 1: faster than the baseline)
+    baseline_note: str = ""  # why there is no baseline time (unavailable, failed, over its budget)
+    # the machine probe timed beside it (a fixed matrix product, or a memory sweep)
+    probe: str = ""
+    probe_ms: list[float] = field(default_factory=list)
     # memory
     peak_mem_bytes: int | None = None
     # work
-    flops: float | None = None  # the pairs really computed
-    dense_flops: float | None = None  # the same shapes computed densely
+    flops: float | None = None  # as the implementation counts it (softmax: the pairs computed); None: not declared
+    dense_flops: float | None = None  # softmax attention over every pair of the same shapes
     gflops: float | None = None
-    peak_gflops: float | None = None  # measured matrix-multiply peak for this device and dtype
+    peak_gflops: float | None = None  # the matmul ceiling it is set against (calibration or the probe beside it)
     peak_fraction: float | None = None
+    bytes: float | None = None  # the least one call moves (inputs read, outputs written once)
+    gbps: float | None = None
+    peak_gbps: float | None = None  # the memory-bandwidth ceiling it is set against
+    bandwidth_fraction: float | None = None
     # accuracy
     max_abs_err: float | None = None  # against the reference of its own semantics
     rel_err: float | None = None
     accuracy_bound: float | None = None
     accuracy_rows: int | None = None  # query rows checked (all rows when equal to seq_len)
+    checks: list[str] = field(default_factory=list)  # what was compared: output, dq, dk, dv
+    check_note: str = ""  # a check that did not run, and why; an own reference() that differs
     full_max_abs_err: float | None = None  # against full softmax attention (approximations)
     full_rel_err: float | None = None
+    uniform_rel_err: float | None = None  # uniform attention (the mean of V) against full softmax attention
+    own_reference_differs: bool | None = None  # exact, but its own reference() is another function
     # bookkeeping
     suite: str = ""
     machine: str = ""
@@ -108,6 +108,9 @@ class Record:
 
     def key(self) -> tuple[Any, ...]:
         return record_key(asdict(self))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), allow_nan=True, separators=(",", ":"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from attnbench.records import RECORD_FIELDS, Record, read_records, record_key
 
 EXTRA_COLUMNS: tuple[str, ...] = ("run",)

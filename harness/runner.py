@@ -1,34 +1,42 @@
 """The sweep: every (case, implementation) of a suite ends as exactly one record.
 
-The runner decides what it can without running anything (unavailable, unsupported, skipped
-after a smaller size failed, predicted out of memory), hands the rest to a worker one at a time,
-and writes each record the moment it exists. A failure in one pair never stops the sweep; a
-resumed run finishes only the pairs that have no record yet.
+The runner decides what it can without running plugin code — a device that is not here, an
+implementation already found unavailable on it, a larger size after a smaller one failed its
+budget — and hands everything else to a worker, one pair at a time, writing each record the
+moment it exists. Availability, ``supports()``, declared memory and everything else a plugin
+says are asked of the worker (:mod:`attnbench.measure`). A failure in one pair never stops the
+sweep; a resumed run finishes only the pairs that have no record yet, and only for the suite the
+folder was started with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import hashlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnbench import steps
+from attnbench.devices import present_devices
 from attnbench.machine import git_commit, machine_info, versions
-from attnbench.records import BUDGET_FAILURES, CASE_KEYS, SCHEMA_VERSION, Record, RecordWriter, read_records, record_key
-from attnbench.registry import Registry
-from attnbench.suite import Case, Suite, detect_devices
-from attnbench.workers import WorkerDied, WorkerPool, WorkerTimeout
+from attnbench.records import CASE_KEYS, SCHEMA_VERSION, Record, RecordWriter, read_records, record_key
+from attnbench.registry import Catalog
+from attnbench.status import BUDGET_FAILURES
+from attnbench.suite import Case, Suite
+from attnbench.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
 
 RESULTS_DIR = Path("results")  # relative to where attnbench runs
 
 
 class RunError(Exception):
-    """A run that cannot start (bad output folder, unknown --only name)."""
+    """A run that cannot start (bad output folder, unknown --only name, another suite's folder)."""
 
 
 def now() -> str:
@@ -38,6 +46,25 @@ def now() -> str:
 def default_out_dir(suite: Suite, machine_id: str) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return RESULTS_DIR / f"{stamp}_{suite.name}_{machine_id}"
+
+
+def suite_hash(text: str) -> str:
+    """The identity of a suite: a hash of its TOML text."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_run_json(out_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a result folder; a missing or corrupt one is a :class:`RunError`."""
+    path = out_dir / "run.json"
+    if not path.is_file():
+        raise RunError(f"{out_dir} holds no run.json to resume")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is not valid JSON ({exc}); it cannot be resumed") from None
+    if not isinstance(info, dict) or not isinstance(info.get("suite"), dict):
+        raise RunError(f"{path} does not describe a run (no suite); it cannot be resumed")
+    return info
 
 
 @dataclass
@@ -62,53 +89,100 @@ class Failures:
         return None
 
 
+def describe(pool: WorkerPool) -> Catalog:
+    """The implementations a worker of ``pool`` has, declared (no plugin code runs here)."""
+    try:
+        answer = pool.request({"op": "describe"}, 600)
+    except WorkerStartError as exc:
+        raise RunError(f"the plugins could not be loaded: {exc}") from None
+    except WorkerFailure as exc:
+        raise RunError(f"the worker failed while listing implementations: {exc.reason}") from None
+    return Catalog.from_description(answer["describe"])
+
+
+def declared_support(decl: dict[str, Any], case: Case) -> bool:
+    """Whether an implementation's declaration admits a case (device, dtype, features, required
+    features): plugins join the grids of a shipped suite only where they say they can run."""
+    p = case.problem
+    uses = {
+        "causal": p.causal,
+        "window": p.window > 0,
+        "layout": p.pattern.layout is not None,
+        "gqa": p.gqa,
+        "cross": p.cross,
+        "backward": p.needs_grad,
+    }
+    features, requires = set(decl.get("features") or []), set(decl.get("requires") or [])
+    return (
+        p.device.split(":")[0] in (decl.get("devices") or [])
+        and p.dtype in (decl.get("dtypes") or [])
+        and all(name in features for name, used in uses.items() if used)
+        and all(uses.get(name) for name in requires)
+    )
+
+
 class Runner:
-    """Runs a suite into an output folder."""
+    """Runs a suite into an output folder with the implementations a :class:`Catalog` declares."""
 
     def __init__(
         self,
         suite: Suite,
-        registry: Registry,
+        catalog: Catalog,
         out_dir: Path | None = None,
         *,
         plugins: list[str] | None = None,
         only: list[str] | None = None,
         resume: bool = False,
         progress: bool = True,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.suite = suite
-        self.registry = registry
+        self.catalog = catalog
         self.plugins = [str(Path(p).resolve()) for p in (plugins or [])]
         self.machine = machine_info()
         self.out_dir = out_dir or default_out_dir(suite, self.machine["id"])
         self.resume = resume
         self.show_progress = progress
+        self.pool = pool or WorkerPool(self.plugins)
+        self.devices = list(present_devices())
+        brought = [n for n, d in catalog.declarations.items() if d.get("source") != "built-in"]
+        self.extra = brought if suite.shipped else []  # plugins join the grids of attnbench's own suites
         self.impls = self._select(only)
-        self.devices = detect_devices()
-        self.pairs = [(c, i) for c, i in suite.pairs(registry.names(), self.devices) if i in self.impls]
+        admits = {n: functools.partial(declared_support, catalog.get(n)) for n in self.extra}
+        pairs = suite.pairs(catalog.known(), self.devices, extra=self.extra, admits=admits)
+        self.pairs = [(c, catalog.canonical(i)) for c, i in pairs if catalog.canonical(i) in self.impls]
         self.cases = list(dict.fromkeys(case for case, _ in self.pairs))
+        self.unavailable: dict[tuple[str, str], str] = {}
 
     def _select(self, only: list[str] | None) -> list[str]:
-        names = self.suite.impl_names(self.registry.names())
+        names = [self.catalog.canonical(n) for n in self.suite.impl_names(self.catalog.known())]
+        names = list(dict.fromkeys([*names, *self.extra]))
         for name in names:
-            self.registry.get(name)  # unknown names raise with "did you mean"
+            self.catalog.get(name)  # unknown names raise with "did you mean"
         if only:
+            wanted = []
             for name in only:
-                self.registry.get(name)
-                if name not in names:
+                self.catalog.get(name)
+                canonical = self.catalog.canonical(name)
+                if canonical not in names:
                     raise RunError(f"--only {name}: not in suite {self.suite.name!r} (it has {', '.join(names)})")
-            names = [n for n in names if n in only]
+                wanted.append(canonical)
+            names = [n for n in names if n in wanted]
         return names
 
     # -- the run folder ----------------------------------------------------------------------
 
     def _prepare_folder(self) -> dict[str, Any]:
         results = self.out_dir / "results.jsonl"
-        run_json = self.out_dir / "run.json"
         if self.resume:
-            if not run_json.exists():
-                raise RunError(f"--resume: {self.out_dir} holds no run.json to resume")
-            info: dict[str, Any] = json.loads(run_json.read_text())
+            info = read_run_json(self.out_dir)
+            given = info["suite"].get("text")
+            if given is not None and suite_hash(given) != suite_hash(self.suite.text):
+                raise RunError(
+                    f"--resume: {self.out_dir} was started with suite {info['suite'].get('name')!r}"
+                    f" ({info['suite'].get('path')}), not {self.suite.name!r} as given; resume it without"
+                    " naming a suite, or choose another --out"
+                )
             info.setdefault("resumed", []).append(now())
             info["ended"] = None
             return info
@@ -121,11 +195,18 @@ class Runner:
             "git_commit": git_commit(),
             "started": now(),
             "ended": None,
-            "suite": {"name": self.suite.name, "path": self.suite.path, "text": self.suite.text, **self.suite.raw},
+            "suite": {
+                "name": self.suite.name,
+                "path": self.suite.path,
+                "text": self.suite.text,
+                "hash": suite_hash(self.suite.text),
+                **self.suite.raw,
+            },
             "machine": self.machine,
             "versions": versions(),
             "calibration": [],
-            "implementations": [self.registry.get(n).declaration() for n in self.impls],
+            "implementations": [self.catalog.get(n) for n in self.impls],
+            "aliases": self.catalog.aliases,
         }
 
     def _write_info(self, info: dict[str, Any]) -> None:
@@ -141,92 +222,101 @@ class Runner:
 
         info = self._prepare_folder()
         self._write_info(info)
+        self.pool.set_log(self.out_dir / "workers.log")
         existing = read_records(self.out_dir / "results.jsonl")
         done = {record_key(r) for r in existing}
         failures = Failures()
         for row in existing:
             failures.add(row)
         total = len(self.pairs)
-        pool = WorkerPool(self.plugins, self.out_dir / "workers.log")
-        with _terminate_on_signals(pool), RecordWriter(self.out_dir / "results.jsonl") as writer:
+        with _terminate_on_signals(self.pool), RecordWriter(self.out_dir / "results.jsonl") as writer:
             try:
-                self._calibrate(info, pool)
+                self._calibrate(info)
                 self._write_info(info)
-                peaks = {(c["device"], c["dtype"], c["requested_threads"]): c["gflops"] for c in info["calibration"]}
                 with SweepProgress(total, done=len(done) if self.show_progress else 0) as progress:
                     for case, impl in self.pairs:
                         fields = {"impl": impl, **case.fields()}
                         if record_key(fields) in done:
                             continue
                         progress.start(case.label(), impl)
-                        record = self._run_pair(case, impl, pool, failures, peaks)
+                        record = self._run_pair(case, impl, failures, info["calibration"])
                         record.suite, record.machine = self.suite.name, self.machine["id"]
                         writer.write(record)
                         failures.add(record.__dict__)
                         progress.finish(case.label(), record.__dict__)
                     print(progress.summary(), flush=True)
             finally:
-                pool.close()
+                self.pool.close()
                 info["ended"] = now()
                 self._write_info(info)
         return self.out_dir
 
-    def _calibrate(self, info: dict[str, Any], pool: WorkerPool) -> None:
+    def _calibrate(self, info: dict[str, Any]) -> None:
         have = {(c["device"], c["dtype"], c["requested_threads"]) for c in info["calibration"]}
         wanted = {
             (c.problem.device, c.problem.dtype, c.threads) for c in self.cases if c.problem.device in self.devices
         }
-        for device, dtype, threads in sorted(wanted - have):
+        for where, dtype, threads in sorted(wanted - have):
             try:
-                answer = pool.request({"op": "calibrate", "device": device, "dtype": dtype, "threads": threads}, 300)
-                entry = answer["calibration"]
-            except (WorkerTimeout, WorkerDied, KeyError) as exc:
-                entry = {"device": device, "dtype": dtype, "threads": threads, "gflops": None, "error": str(exc)}
+                job = {"op": "calibrate", "device": where, "dtype": dtype, "threads": threads}
+                entry = self.pool.request(job, 600)["calibration"]
+            except (WorkerFailure, KeyError) as exc:
+                entry = {"device": where, "dtype": dtype, "threads": threads, "gflops": None, "error": str(exc)}
             entry["requested_threads"] = threads
             info["calibration"].append(entry)
 
-    def _run_pair(
-        self, case: Case, name: str, pool: WorkerPool, failures: Failures, peaks: dict[tuple[Any, ...], float]
-    ) -> Record:
+    def _run_pair(self, case: Case, name: str, failures: Failures, calibration: list[dict[str, Any]]) -> Record:
         fields = case.fields()
         budget = self.suite.budget
+        where = case.problem.device
 
-        def outcome(status: str, reason: str) -> Record:
-            return Record(impl=name, status=status, reason=reason, **fields)  # type: ignore[arg-type]
+        def outcome(status: str, reason: str, step: str = "") -> Record:
+            return Record(impl=name, status=status, reason=reason, step=step, **fields)
 
-        impl = self.registry.get(name)
-        avail = impl.available()
-        if case.problem.device not in self.devices:
-            return outcome("unavailable", f"no {case.problem.device} device on this machine")
-        if not avail.ok:
-            return outcome("unavailable", avail.reason)
-        unsupported = impl.supports(case.problem)
-        if unsupported:
-            return outcome("unsupported", unsupported)
-        row = {"impl": name, **fields}
-        if self.suite.stop_on_failure and (why := failures.blocking(row)):
+        if where not in self.devices:
+            return outcome("unavailable", f"no {where} device on this machine", steps.AVAILABILITY)
+        if (name, where) in self.unavailable:
+            return outcome("unavailable", self.unavailable[(name, where)], steps.AVAILABILITY)
+        if self.suite.stop_on_failure and (why := failures.blocking({"impl": name, **fields})):
             return outcome("skipped", why)
-        estimate = impl.memory_estimate(case.problem)
-        limit = budget["memory_gib"] * 2**30
-        if estimate is not None and estimate > limit:
-            return outcome(
-                "oom",
-                f"predicted {estimate / 2**30:.1f} GiB beyond the inputs, over the"
-                f" {budget['memory_gib']:g} GiB budget; not started",
-            )
+        key = (where, case.problem.dtype, case.threads)
+        cal = next((c for c in calibration if (c["device"], c["dtype"], c["requested_threads"]) == key), {})
         job = {
-            "op": "case", "case": fields, "impl": name, "baseline": self.suite.baseline,
-            "budget": budget, "seed": self.suite.seed,
-            "peak_gflops": peaks.get((case.problem.device, case.problem.dtype, case.threads)),
+            "op": "case", "case": fields, "impl": name, "baseline": self.catalog.canonical(self.suite.baseline),
+            "budget": budget, "calibration": {k: cal.get(k) for k in ("gflops", "probe_dtype", "probe_n", "gbps")},
         }  # fmt: skip
+        record = self._request(job, outcome)
+        if record.status == "unavailable":
+            self.unavailable[(name, where)] = record.reason
+        return record
+
+    def _request(self, job: dict[str, Any], outcome: Callable[[str, str, str], Record]) -> Record:
+        """Send one job; a failure in a step the implementation does not own is not its status."""
+        budget = self.suite.budget
+        plan = Budgets(budget["timeout_s"], extra_s=budget["max_time_s"])
         try:
-            answer = pool.request(job, budget["timeout_s"])
-        except WorkerTimeout:
-            return outcome("timeout", f"did not finish within {budget['timeout_s']:g} s; its worker was killed")
-        except WorkerDied as exc:
-            return outcome("crashed", exc.reason)
+            answer = self.pool.request(job, plan)
+        except WorkerStartError as exc:
+            return outcome("error", f"the worker could not start: {exc}", steps.LOAD)
+        except WorkerFailure as exc:
+            what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
+            owner = steps.owner(exc.step)
+            if owner == "baseline":
+                retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}; not timed"}
+                return self._request(retry, outcome)
+            if owner == "reference" and exc.partial is not None:
+                record = Record(**exc.partial)
+                record.check_note = "; ".join(
+                    n for n in (record.check_note, f"accuracy not checked: the float64 reference {what}") if n
+                )
+                return record
+            if isinstance(exc, WorkerTimeout):
+                why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"
+                return outcome("timeout", why, exc.step)
+            assert isinstance(exc, WorkerDied)
+            return outcome("crashed", exc.reason, exc.step)
         if "fatal" in answer:
-            return outcome("error", answer["fatal"])
+            return outcome("error", answer["fatal"], "")
         return Record(**answer["record"])
 
 

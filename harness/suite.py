@@ -11,21 +11,41 @@ from __future__ import annotations
 import itertools
 import os
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import attnbench.suites as _shipped_suites  # the TOML files
+from attnbench.devices import canonical, present_devices, usable_cores
+from attnbench.modes import MODES
 from attnbench.patterns import BlockLayout
-from attnbench.problem import DTYPES, MODES, Problem
+from attnbench.problem import DTYPES, Problem
 
 SUITES_DIR = Path(_shipped_suites.__file__).resolve().parent
-KNOWN_DEVICES = ("cpu", "cuda", "mps")
 
 
 class SuiteError(Exception):
     """A suite that cannot run, with a message naming the file, the key and the fix."""
+
+
+def expand_device(name: str, present: list[str]) -> list[str]:
+    """``auto``: every device present; ``cuda:all``: every GPU present; else the device itself."""
+    if name == "auto":
+        return present
+    if name == "cuda:all":
+        return [d for d in present if d.startswith("cuda")]
+    return [canonical(name)]
+
+
+def _device_name(value: str) -> bool:
+    if value in ("auto", "cuda:all"):
+        return True
+    try:
+        canonical(value)
+    except ValueError:
+        return False
+    return True
 
 
 # key -> (default, element type, check on each element or None, description of what is expected)
@@ -46,8 +66,8 @@ GRID_KEYS: dict[str, tuple[list[Any] | str, type, _Check, str]] = {
     "device": (
         ["cpu"],
         str,
-        lambda x: x.split(":")[0] in KNOWN_DEVICES or x == "auto",
-        f"a list of {list(KNOWN_DEVICES)} or 'auto'",
+        _device_name,
+        "a list of 'cpu', 'cuda', 'cuda:N', 'cuda:all', 'mps' or 'auto'",
     ),
     "causal": ([False, True], bool, None, "a list of booleans"),
     "window": ([0], int, lambda x: x >= 0, "a list of integers >= 0 (0: no window)"),
@@ -126,8 +146,16 @@ class Suite:
     seed: int = 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def shipped(self) -> bool:
+        """Whether this is one of attnbench's own suites (plugins the user brings join its grids)."""
+        try:
+            return Path(self.path).resolve().parent == SUITES_DIR
+        except OSError:
+            return False
+
     def impl_names(self, available: Iterable[str]) -> list[str]:
-        """Every implementation the suite runs, in order."""
+        """Every implementation the suite names, in order ("all": every one available)."""
         names: list[str] = []
         for grid in self.grids:
             names += self._grid_impls(grid, available)
@@ -138,29 +166,41 @@ class Suite:
         return list(available) if chosen == "all" else list(chosen)
 
     def pairs(
-        self, available: Iterable[str], devices_present: Iterable[str] | None = None, cores: int | None = None
+        self,
+        available: Iterable[str],
+        devices_present: Iterable[str] | None = None,
+        cores: int | None = None,
+        *,
+        extra: Iterable[str] = (),
+        admits: Mapping[str, Callable[[Case], bool]] | None = None,
     ) -> list[tuple[Case, str]]:
-        """Every (case, implementation) the suite runs, each once, grid by grid."""
-        names = list(available)
+        """Every (case, implementation) the suite runs, each once, grid by grid. ``extra``
+        implementations (plugins the user brought) join every grid, also one that names its own
+        implementations, on the cases ``admits[name]`` accepts."""
+        names, added, admits = list(available), list(extra), admits or {}
         out: list[tuple[Case, str]] = []
         for grid in self.grids:
-            impls = self._grid_impls(grid, names)
-            out += [(case, impl) for case in expand_grid(grid, devices_present, cores) for impl in impls]
+            impls = _unique([*self._grid_impls(grid, names), *added])
+            for case in expand_grid(grid, devices_present, cores, self.seed):
+                for impl in impls:
+                    if impl in admits and impl not in self._grid_impls(grid, names) and not admits[impl](case):
+                        continue
+                    out.append((case, impl))
         return _unique(out)
 
     def cases(self, devices_present: Iterable[str] | None = None, cores: int | None = None) -> list[Case]:
         """Every case of every grid, with 'auto' expanded for this machine."""
-        return _unique(case for grid in self.grids for case in expand_grid(grid, devices_present, cores))
+        return _unique(case for grid in self.grids for case in expand_grid(grid, devices_present, cores, self.seed))
 
 
 def expand_grid(
-    g: dict[str, Any], devices_present: Iterable[str] | None = None, cores: int | None = None
+    g: dict[str, Any], devices_present: Iterable[str] | None = None, cores: int | None = None, seed: int = 0
 ) -> list[Case]:
     """Every combination of one grid. The sequence lengths vary fastest, ascending, so a sweep
     grows within each group."""
-    present = list(devices_present) if devices_present is not None else detect_devices()
-    cores = cores or os.cpu_count() or 1
-    devices = _unique(d for dev in g["device"] for d in (present if dev == "auto" else [dev]))
+    present = list(devices_present) if devices_present is not None else list(present_devices())
+    cores = cores or usable_cores()
+    devices = _unique(d for dev in g["device"] for d in expand_device(dev, present))
     dtypes = _unique(t for dt in g["dtype"] for t in (["float32", "bfloat16", "float16"] if dt == "auto" else [dt]))
     threads = _unique(t for th in g["threads"] for t in (_thread_ladder(cores) if th == "auto" else [th]))
     kv_heads = g["kv_heads"] or [0]
@@ -174,9 +214,9 @@ def expand_grid(
     ):  # fmt: skip
         problem = Problem(
             batch=batch, heads=heads, kv_heads=kvh, seq_len=seq_len, kv_len=kv_len, head_dim=head_dim,
-            dtype=dtype, device=device, causal=causal, window=window, layout=layout, mode=mode,
+            dtype=dtype, device=device, causal=causal, window=window, layout=layout, mode=mode, seed=seed,
         )  # fmt: skip
-        out.append(Case(problem, nthreads if device == "cpu" else 0))
+        out.append(Case(problem, nthreads if problem.device == "cpu" else 0))
     return _unique(out)
 
 
@@ -189,19 +229,6 @@ def _thread_ladder(cores: int) -> list[int]:
     while ladder[-1] * 2 <= cores:
         ladder.append(ladder[-1] * 2)
     return [*ladder, cores] if ladder[-1] != cores else ladder
-
-
-def detect_devices() -> list[str]:
-    """The devices present on this machine."""
-    import torch
-
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 def resolve_suite_path(name_or_path: str) -> Path:

@@ -2,8 +2,11 @@
 
 Started by the runner with ``python -m attnbench.worker`` (a new process, never a fork of the
 runner), in a process group of its own so that a timeout can kill it and anything it started.
-Jobs arrive as JSON lines on one pipe and answers leave on another. The worker exits on its own
-within a second if its runner dies, even under ``kill -9``.
+Jobs arrive as JSON lines on one pipe and answers leave on another; while a case runs, the
+worker also sends each step it enters and, before the reference check, the record so far
+(:mod:`attnbench.steps`). All plugin code — imports, availability, ``supports()``, set-up —
+runs here, never in the runner. The worker exits on its own within a second if its runner dies,
+even under ``kill -9``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
-from attnbench.measure import run_case
+if TYPE_CHECKING:
+    from attnbench.registry import Registry
 
 
 def _die_with_parent(parent: int) -> None:
@@ -52,31 +55,63 @@ def set_memory_cap(extra_bytes: int | None) -> None:
 
 
 def calibrate(job: dict[str, Any]) -> dict[str, Any]:
-    from attnbench.calibrate import matmul_peak_gflops
+    """The matmul peak (and its probe) for a device, dtype and thread count, and the device's
+    memory bandwidth with the same threads."""
+    from attnbench.calibrate import calibrate_gemm, calibrate_stream
+    from attnbench.devices import device
 
-    threads = int(job.get("threads") or os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    gflops = matmul_peak_gflops(job["device"], job["dtype"])
-    return {"device": job["device"], "dtype": job["dtype"], "threads": threads, "gflops": gflops}
+    threads = device(job["device"]).set_threads(int(job.get("threads") or 0))
+    entry: dict[str, Any] = {"device": job["device"], "dtype": job["dtype"], "threads": threads}
+    entry.update(calibrate_gemm(job["device"], job["dtype"]))
+    entry.update(calibrate_stream(job["device"]))
+    return entry
+
+
+def redirect_output(path: str) -> str:
+    """Send this process's standard output and error to ``path`` (appending) from now on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return path
+
+
+def describe(registry: Registry) -> dict[str, Any]:
+    """Every implementation's declaration (availability asked here, in the worker), and the aliases."""
+    return {
+        "declarations": [impl.declaration() for impl in registry.implementations()],
+        "aliases": registry.aliases(),
+    }
 
 
 def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
+    from attnbench.measure import run_case
     from attnbench.registry import load_registry
 
-    registry = load_registry(plugins)
-    answers.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    answers.flush()
+    def send(message: dict[str, Any]) -> None:
+        answers.write(json.dumps(message, allow_nan=True) + "\n")
+        answers.flush()
+
+    try:
+        registry = load_registry(plugins)
+    except Exception as exc:  # a plugin file that cannot register (a taken name): say so and stop
+        send({"ready": False, "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()})
+        return
+    send({"ready": True, "pid": os.getpid()})
     for line in jobs:
         job = json.loads(line)
         try:
             if job["op"] == "calibrate":
                 answer: dict[str, Any] = {"calibration": calibrate(job)}
+            elif job["op"] == "describe":
+                answer = {"describe": describe(registry)}
+            elif job["op"] == "log":
+                answer = {"describe": {"log": redirect_output(job["path"])}}
             else:
-                answer = run_case(registry, job, set_memory_cap)
+                answer = run_case(registry, job, set_memory_cap, send)
         except BaseException as exc:  # the runner records it; the worker is replaced
             answer = {"fatal": "".join(traceback.format_exception_only(type(exc), exc)).strip()}
-        answers.write(json.dumps(answer, allow_nan=True) + "\n")
-        answers.flush()
+        send(answer)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,10 @@
-"""The runner's side of a worker: start it, send it a job, wait with a timeout, kill it.
+"""The runner's side of a worker: start it, send it a job, follow its steps, kill it.
 
 Each worker is a fresh ``python -m attnbench.worker`` in a session (and process group) of its own;
-a timeout kills the whole group, so nothing the implementation started survives it.
+a timeout kills the whole group, so nothing the implementation started survives it. While a
+case runs the worker announces each step (:mod:`attnbench.steps`); the deadline follows the
+step's owner, each owner with a budget of its own, and a timeout or a death says in which step
+it happened and carries the record as it stood before the reference check.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from attnbench import steps
+
 #: Environment for workers: glibc returns large freed buffers to the system (so one call's peak
 #: resident set is not hidden by memory kept from an earlier call), and Inductor compiles in
 #: process (no compile-worker pool that a killed worker could leave behind).
@@ -27,18 +32,29 @@ WORKER_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 START_TIMEOUT_S = 180.0
+FINAL_KEYS = ("record", "calibration", "describe", "fatal")
 
 
-class WorkerTimeout(Exception):
+class WorkerFailure(Exception):
+    """A job that ended without an answer: ``step`` is where, ``partial`` the record so far."""
+
+    def __init__(self, reason: str = "", step: str = "", partial: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.step = step
+        self.partial = partial
+
+
+class WorkerTimeout(WorkerFailure):
     pass
 
 
-class WorkerDied(Exception):
+class WorkerDied(WorkerFailure):
     """The worker exited while a job was in flight; ``reason`` names the signal or exit code."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+
+class WorkerStartError(Exception):
+    """The worker never became ready (a plugin that cannot register, a broken environment)."""
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -53,10 +69,37 @@ def describe_exit(returncode: int | None) -> str:
     return f"worker exited with code {returncode}"
 
 
+class Budgets:
+    """Seconds left to each owner of a job's steps; ``timing`` may spend the implementation's and
+    the baseline's remaining time plus ``extra`` (the machine probe), and charges no one."""
+
+    def __init__(self, timeout_s: float, extra_s: float = 0.0) -> None:
+        self.left: dict[str, float] = {"impl": timeout_s, "baseline": timeout_s, "reference": timeout_s}
+        self.extra_s = extra_s
+        self.step = steps.LOAD
+        self.since = time.monotonic()
+
+    def allowance(self) -> float:
+        owner = steps.owner(self.step)
+        if owner == "timing":
+            return self.left["impl"] + self.left["baseline"] + self.extra_s
+        return self.left[owner]
+
+    def deadline(self) -> float:
+        return self.since + self.allowance()
+
+    def enter(self, step: str) -> None:
+        now = time.monotonic()
+        owner = steps.owner(self.step)
+        if owner != "timing":
+            self.left[owner] = max(0.0, self.left[owner] - (now - self.since))
+        self.step, self.since = step, now
+
+
 class Worker:
     """One worker process and its two pipes."""
 
-    def __init__(self, plugins: list[str], log: Path | None = None) -> None:
+    def __init__(self, plugins: list[str], log: Path | None = None, start_timeout: float = START_TIMEOUT_S) -> None:
         jobs_r, self._jobs_w = os.pipe()
         self._answers_r, answers_w = os.pipe()
         env = {**os.environ, **WORKER_ENV}
@@ -73,25 +116,45 @@ class Worker:
         os.close(jobs_r)
         os.close(answers_w)
         self._buffer = b""
-        hello = self._read(START_TIMEOUT_S)
+        try:
+            hello = self._read(time.monotonic() + start_timeout)
+        except WorkerTimeout:
+            self.kill()
+            raise WorkerStartError(f"the worker did not become ready within {start_timeout:g} s") from None
+        except WorkerDied as exc:
+            self.kill()
+            raise WorkerStartError(f"the worker failed to start ({exc.reason}); see {log}") from None
         if not hello.get("ready"):
             self.kill()
-            raise WorkerDied(f"worker failed to start: {hello}")
+            raise WorkerStartError(str(hello.get("error") or hello))
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def request(self, job: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send ``job`` and wait for its answer; raises WorkerTimeout or WorkerDied."""
+    def request(self, job: dict[str, Any], budgets: Budgets | float) -> dict[str, Any]:
+        """Send ``job`` and follow it to its answer; raises WorkerTimeout or WorkerDied, which say
+        the step it was in and carry the last partial record."""
+        plan = budgets if isinstance(budgets, Budgets) else Budgets(float(budgets))
+        partial: dict[str, Any] | None = None
         try:
             os.write(self._jobs_w, (json.dumps(job) + "\n").encode())
         except BrokenPipeError:
-            raise WorkerDied(describe_exit(self.proc.wait(timeout=5))) from None
-        return self._read(timeout)
+            raise WorkerDied(describe_exit(self.proc.wait(timeout=5)), plan.step) from None
+        while True:
+            try:
+                message = self._read(plan.deadline())
+            except WorkerFailure as exc:
+                exc.step, exc.partial = plan.step, partial
+                raise
+            if "phase" in message:
+                plan.enter(str(message["phase"]))
+            elif "partial" in message:
+                partial = message["partial"]
+            if any(key in message for key in FINAL_KEYS):
+                return message
 
-    def _read(self, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+    def _read(self, deadline: float) -> dict[str, Any]:
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -128,29 +191,36 @@ class Worker:
 class WorkerPool:
     """At most one live worker, reused across jobs and replaced after any failure."""
 
-    def __init__(self, plugins: list[str], log: Path | None = None) -> None:
+    def __init__(self, plugins: list[str], log: Path | None = None, start_timeout: float = START_TIMEOUT_S) -> None:
         self.plugins = plugins
         self.log = log
+        self.start_timeout = start_timeout
         self.worker: Worker | None = None
         self.started = 0
 
     def get(self) -> Worker:
         if self.worker is None or self.worker.proc.poll() is not None:
-            self.worker = Worker(self.plugins, self.log)
+            self.worker = Worker(self.plugins, self.log, self.start_timeout)
             self.started += 1
         return self.worker
+
+    def set_log(self, path: Path) -> None:
+        """Workers write their output to ``path`` from now on (the live one too)."""
+        self.log = path
+        if self.worker is not None and self.worker.proc.poll() is None:
+            self.request({"op": "log", "path": str(path)}, 30)
 
     def discard(self) -> None:
         if self.worker is not None:
             self.worker.kill()
             self.worker = None
 
-    def request(self, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def request(self, job: dict[str, Any], budgets: Budgets | float) -> dict[str, Any]:
         """Run ``job`` on the current worker; the worker is discarded on any failure."""
         worker = self.get()
         try:
-            answer = worker.request(job, timeout)
-        except (WorkerTimeout, WorkerDied):
+            answer = worker.request(job, budgets)
+        except WorkerFailure:
             self.discard()
             raise
         if not answer.get("healthy", True) or "fatal" in answer:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
 from attnbench.patterns import BlockLayout, Pattern

@@ -53,6 +53,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
 from attnbench.patterns import Pattern

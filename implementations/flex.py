@@ -33,9 +33,10 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.patterns import Pattern
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 Tensor = torch.Tensor
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]

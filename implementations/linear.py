@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
 from attnbench.reference import expand_kv
+from attnbench.work import Work, io_bytes
 
 Tensor = torch.Tensor
 
@@ -114,6 +116,21 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, chunk: int) 
     return out.reshape(b, h, nq, d).to(q.dtype)
 
 
+def linear_flops(problem: Problem, chunk: int) -> float:
+    """FLOPs of one forward call. Per key/value head: ``φ(K)ᵀV`` (``2·Nk·D²``) and ``Σφ(k)``;
+    per query head: ``φ(q)·KV`` and ``φ(q)·z`` (``2·Nq·D² + 2·Nq·D``). Causal adds, per query head,
+    the intra-chunk weights and their product with V (``4·Nq·C·D``) and, per key/value head, the
+    running sums of the chunks' states (``Nk/C · D²``)."""
+    b, h, hkv, d = problem.batch, problem.heads, problem.kv_heads, problem.head_dim
+    nq, nk = problem.seq_len, problem.kv_len
+    per_kv = 2 * nk * d * d + nk * d
+    per_q = 2 * nq * d * d + 2 * nq * d
+    if problem.causal:
+        per_q += 4 * nq * chunk * d
+        per_kv += -(-nk // chunk) * d * d
+    return float(b * (hkv * per_kv + h * per_q))
+
+
 @register("linear")
 class Linear(Implementation):
     description = "Kernelized linear attention, φ(x)=elu(x)+1 (Katharopoulos et al. 2020): O(N), not softmax"
@@ -137,6 +154,11 @@ class Linear(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
+
+    def work(self, problem: Problem) -> Work:
+        """Its own FLOPs, not softmax attention's: the matrix products of :func:`linear_attention`
+        (the feature maps' elementwise work is not counted, as softmax's exponentials are not)."""
+        return Work(linear_flops(problem, self.chunk) * problem.kind.flops_factor, io_bytes(problem))
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
         """This implementation's own definition, the quadratic way in float64: ``A = φ(q)φ(k)ᵀ``

@@ -36,6 +36,7 @@ softmax runs in float32.
 from __future__ import annotations
 
 import torch
+
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
 

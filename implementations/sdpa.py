@@ -31,10 +31,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from attnbench import Availability, Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import CausalBias, causal_lower_right
+
+from attnbench import Availability, Growth, Implementation, Problem, register
+from attnbench.contract import AttentionFn
 
 Tensor = torch.Tensor
 Mask = Tensor | CausalBias | None

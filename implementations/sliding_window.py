@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
 

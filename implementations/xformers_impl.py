@@ -30,6 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from attnbench.records import Record
 
 DATA = Path(__file__).parent / "data"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from attnbench.report import write_report
 
 DATA = Path(__file__).parent / "data"

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from attnbench.compare import (
     ALPHA_LOOSE,
     ALPHA_STRICT,

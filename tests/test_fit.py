@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from attnbench.report.data import load_data
 from attnbench.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table
 

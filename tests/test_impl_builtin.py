@@ -16,13 +16,14 @@ from typing import Any, cast
 
 import pytest
 import torch
-from attnbench import Implementation, Problem
-from attnbench.registry import load_registry
-from attnbench.verify import check
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
+
+from attnbench import Implementation, Problem
+from attnbench.registry import load_registry
+from attnbench.verify import check
 
 Tensor = torch.Tensor
 

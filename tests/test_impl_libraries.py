@@ -12,12 +12,13 @@ import importlib.util
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from attnbench import Problem
 from attnbench.contract import Implementation
 from attnbench.registry import load_registry
 from attnbench.verify import check
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SDPA_VARIANTS = ("sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
 BIGBIRD = "bigbird:block=16,local=1,global=1,random=2,seed=0"
@@ -174,8 +175,9 @@ def test_flex_records_setup_and_reuses_compiled_calls(flex: Implementation) -> N
 
 def test_flex_mask_mod_is_the_pattern() -> None:
     """The mask function, evaluated densely (no compilation), equals ``Pattern.mask`` exactly."""
-    from attnbench.implementations.flex import mask_mod_for
     from torch.nn.attention.flex_attention import create_mask
+
+    from attnbench.implementations.flex import mask_mod_for
 
     for causal, window, layout, nq, nk in [
         (True, 0, "dense", 70, 70),

@@ -9,27 +9,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnbench.flops import attention_flops, dense_flops
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnbench.devices import Clock, device
 from attnbench.memory import cpu_peak_bytes
 from attnbench.patterns import BlockLayout, Pattern
 from attnbench.problem import Problem
 from attnbench.records import Record, RecordWriter, read_records
 from attnbench.reference import sample_rows
 from attnbench.timing import Samples, measure
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from attnbench.work import dense_flops, softmax_flops
 
 
 def test_full_forward_flops_follow_the_convention() -> None:
     p = Problem(batch=2, heads=8, seq_len=1024, head_dim=64)
-    assert attention_flops(p) == 4 * 2 * 8 * 1024 * 1024 * 64
-    assert dense_flops(p) == attention_flops(p)
+    assert softmax_flops(p) == 4 * 2 * 8 * 1024 * 1024 * 64
+    assert dense_flops(p) == softmax_flops(p)
 
 
 def test_causal_counts_only_unmasked_pairs_once() -> None:
     n = 1000
     p = Problem(heads=1, seq_len=n, head_dim=64, causal=True)
-    assert attention_flops(p) == 4 * 64 * n * (n + 1) // 2  # not halved twice, not N²
+    assert softmax_flops(p) == 4 * 64 * n * (n + 1) // 2  # not halved twice, not N²
     assert dense_flops(p) == 4 * 64 * n * n
 
 
@@ -42,8 +44,8 @@ def test_causal_cross_attention_is_bottom_right_aligned() -> None:
 
 def test_backward_modes_scale_the_forward() -> None:
     fwd = Problem(seq_len=256, mode="forward")
-    assert attention_flops(fwd.with_(mode="backward")) == 2.5 * attention_flops(fwd)
-    assert attention_flops(fwd.with_(mode="forward_backward")) == 3.5 * attention_flops(fwd)
+    assert softmax_flops(fwd.with_(mode="backward")) == 2.5 * softmax_flops(fwd)
+    assert softmax_flops(fwd.with_(mode="forward_backward")) == 3.5 * softmax_flops(fwd)
 
 
 @settings(max_examples=40, deadline=None)
@@ -139,21 +141,54 @@ def test_samples_statistics() -> None:
     assert s.spread == pytest.approx(2.0 / 3.0)
 
 
-def test_measure_stops_on_a_small_spread_and_interleaves() -> None:
+def _busy(ms: float) -> None:
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+
+def test_measure_interleaves_each_call_with_its_own_repeat_count() -> None:
     calls: list[str] = []
 
     def a() -> None:
         calls.append("a")
-        time.sleep(0.002)
+        _busy(0.2)
 
     def b() -> None:
         calls.append("b")
-        time.sleep(0.001)
+        _busy(3.0)
 
-    timing = measure(a, b, "cpu", min_time_s=0.05, max_time_s=2.0, min_repeats=5)
-    assert len(timing.impl.ms) == len(timing.baseline.ms) >= 5  # type: ignore[union-attr]
-    pairs = calls[2 + timing.inner :]  # after warm-up and the sizing call
-    assert pairs[: 2 * timing.inner : timing.inner] == ["a", "b"]
+    timing = measure(a, b, Clock(device("cpu")), min_time_s=0.05, max_time_s=2.0, min_repeats=5)
+    assert timing.baseline is not None
+    assert len(timing.impl.ms) == len(timing.baseline.ms) >= 5
+    assert timing.impl.inner >= 4 and timing.baseline.inner == 1  # a 0.2 ms call is repeated, a 3 ms one not
+    rounds = "".join(calls[4:])  # after each one's warm-up and sizing call: a a b b
+    assert rounds.startswith("a" * timing.impl.inner + "b" + "a" * timing.impl.inner + "b")
+
+
+def test_a_slow_baseline_stops_at_its_own_budget_and_costs_the_implementation_nothing() -> None:
+    """The old loop reused the implementation's repeat count for the baseline: a fast
+    implementation beside a slow baseline then ran for inner × the baseline's time."""
+    timing = measure(
+        lambda: _busy(0.05), lambda: _busy(40.0), Clock(device("cpu")),
+        min_time_s=0.05, max_time_s=0.5, min_repeats=5, baseline_budget_s=0.1,
+    )  # fmt: skip
+    assert timing.baseline is not None and timing.baseline.inner == 1
+    assert 1 <= len(timing.baseline.ms) <= 3  # 40 ms first call + samples until 0.1 s of its own
+    assert len(timing.impl.ms) >= 5 and timing.impl.inner >= 10
+
+
+def test_min_repeats_is_a_minimum_even_past_max_time() -> None:
+    timing = measure(lambda: _busy(20.0), None, Clock(device("cpu")), min_time_s=0.0, max_time_s=0.03, min_repeats=7)
+    assert len(timing.impl.ms) == 7
+
+
+def test_measure_times_the_probe_beside_the_case() -> None:
+    timing = measure(
+        lambda: _busy(1.0), None, Clock(device("cpu")), probe=lambda: _busy(2.0), min_time_s=0.02, min_repeats=5
+    )
+    assert timing.probe is not None and len(timing.probe.ms) == len(timing.impl.ms)
+    assert 1.8 <= min(timing.probe.ms) <= 6.0
 
 
 def test_memory_sees_a_tensor_allocation() -> None:

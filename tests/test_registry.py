@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from attnbench import Problem
 from attnbench.contract import FunctionImplementation, Implementation
 from attnbench.registry import (

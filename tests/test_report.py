@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from attnbench.records import RECORD_FIELDS, STATUSES
+
+from attnbench.records import RECORD_FIELDS
 from attnbench.report import write_report
 from attnbench.report.data import load_data
 from attnbench.report.html import md_cell
 from attnbench.report.tables import summary, timings
 from attnbench.results import load_results, load_run
+from attnbench.status import STATUSES
 
 DATA = Path(__file__).parent / "data"
 HOSTILE = "<script>alert(1)</script>"

@@ -4,15 +4,17 @@ pytest-benchmark route."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import attnbench
+
 from attnbench.records import read_records
 from attnbench.registry import load_registry
-from cli_helpers import attnbench
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = ["naive", "chunked", "sliding_window", "block_sparse", "linear", "sdpa", "xformers", "flex"]
@@ -89,10 +91,11 @@ def test_pytest_benchmark_route_and_its_report(tmp_path: Path) -> None:
         '[grid]\nheads = [2]\nseq_len = [128]\nhead_dim = [16]\ndtype = ["float32"]\ncausal = [true]\n'
     )
     out_json = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # xdist would disable it
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "-q", "-p", "no:cacheprovider",
          f"--attnbench-suite={suite}", f"--benchmark-json={out_json}"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "2 passed, 1 skipped" in proc.stdout  # sliding_window needs a window

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from attnbench.cli import main
 from attnbench.registry import load_registry
 from attnbench.suite import SUITES_DIR, SuiteError, load_suite, parse_suite

@@ -14,26 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from attnbench.records import STATUSES
+
 from attnbench.report import tables
 from attnbench.report.data import ReportData, baseline_name, load_data, records_of, suite_of
 from attnbench.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
 from attnbench.report.html import render
 from attnbench.report.plots import Painter, Plot
+from attnbench.status import STATUSES, Status, status_css
 
 __all__ = ["STATUS_MEANING", "write_report"]
 
-STATUS_MEANING: dict[str, str] = {
-    "ok": "ran and passed the accuracy check",
-    "inaccurate": "ran, but its output is outside the accuracy bound; its time is not shown anywhere",
-    "error": "raised an exception",
-    "timeout": "ran past the time budget and was stopped",
-    "crashed": "its worker process died (a signal or an abort)",
-    "oom": "ran out of memory",
-    "unsupported": "declares it cannot compute this case (dtype, device or feature)",
-    "unavailable": "cannot run on this machine (library or device missing)",
-    "skipped": "not run, usually because it failed at a smaller size",
-}
+STATUS_MEANING: dict[str, str] = {s.value: s.meaning for s in Status}
 
 
 def write_report(dirs: list[Path], out: Path | None = None) -> Path:
@@ -78,6 +69,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "notes": notes(data, fits),
         "status": tables.status_matrix(data, baseline),
         "status_meaning": STATUS_MEANING,
+        "status_css": status_css(),
         "statuses": STATUSES,
         "failures": _rows(frames["failures"]),
         "timings": _rows(frames["timings"]),

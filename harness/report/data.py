@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+
 from attnbench.records import CASE_KEYS
 from attnbench.results import load_results, load_run, read_pytest_benchmark
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from attnbench.report.data import AXIS_SYMBOL, GROUP_KEYS, group_label
 from scipy import stats
+
+from attnbench.report.data import AXIS_SYMBOL, GROUP_KEYS, group_label
 
 MIN_POINTS = 3
 FLAG_MARGIN = 0.2

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from attnbench.records import CASE_KEYS
-from attnbench.report.data import ReportData, impl_order, records_of
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
+
+from attnbench.records import CASE_KEYS
+from attnbench.report.data import ReportData, impl_order, records_of
 
 if TYPE_CHECKING:
     from attnbench.report.plots import Painter, Plot

@@ -21,11 +21,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from attnbench.records import BUDGET_FAILURES
-from attnbench.report.data import AXIS_NAME, ReportData, calibration_peak, group_order, impl_order, records_of
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from attnbench.report.data import AXIS_NAME, ReportData, calibration_peak, group_order, impl_order, records_of
+from attnbench.status import BUDGET_FAILURES
 
 LINESTYLES = ["-", "--", ":", "-."]
 

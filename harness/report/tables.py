@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from attnbench.records import STATUSES
+
 from attnbench.report.data import (
     CROSS_MACHINE_KEYS,
     ReportData,
@@ -22,6 +22,7 @@ from attnbench.report.data import (
     records_of,
     suite_of,
 )
+from attnbench.status import STATUSES
 
 TIMING_COLUMNS = [
     "host",

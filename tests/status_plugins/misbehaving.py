@@ -11,6 +11,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from attnbench import Availability, Implementation, Problem, register
 
 Tensor = torch.Tensor

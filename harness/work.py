@@ -1,0 +1,52 @@
+"""Work done by one attention call: floating-point operations and bytes moved.
+
+FLOPs follow the convention of FlashAttention's and tritonbench's benchmarks: the forward pass
+is two matrix products, ``QKᵀ`` and ``PV``, of ``2·D`` operations per (query, key) pair each, so
+``4·B·H·pairs·D``; ``pairs`` is ``Nq·Nk`` for full attention and counts only the pairs really
+computed for causal (bottom-right aligned), windowed and block-sparse patterns. Other modes
+scale it by their factor (:mod:`attnbench.modes`: backward 2.5×, forward+backward 3.5×).
+That is the work of *softmax attention*: implementations that compute it count it; one that
+computes something else (``linear``) declares its own, and one that declares nothing gets no
+FLOP figure.
+
+Bytes are the least one call must move between memory and the processor: every input read
+once and every output written once (a mode's :meth:`~attnbench.modes.Mode.io_bytes`). Achieved
+bandwidth is set against the memory bandwidth measured on the machine; memory-bound cases
+(decoding against a long cache) are judged by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attnbench.problem import Problem
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one call of an implementation does: FLOPs (None: not declared) and bytes moved."""
+
+    flops: float | None
+    bytes: float | None
+
+
+def softmax_flops(problem: Problem) -> float:
+    """FLOPs of the pairs the problem's pattern computes, for the problem's mode."""
+    pairs = problem.pattern.pairs(problem.seq_len, problem.kv_len)
+    return 4.0 * problem.batch * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
+
+
+def dense_flops(problem: Problem) -> float:
+    """FLOPs of the same shapes computed densely (every pair), for comparison."""
+    pairs = problem.seq_len * problem.kv_len
+    return 4.0 * problem.batch * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
+
+
+def io_bytes(problem: Problem) -> float:
+    """The least bytes one call of the problem's mode moves (inputs read, outputs written once)."""
+    return problem.kind.io_bytes(problem)
+
+
+def softmax_work(problem: Problem) -> Work:
+    """The work of softmax attention on ``problem``: its pairs' FLOPs and its compulsory bytes."""
+    return Work(softmax_flops(problem), io_bytes(problem))

@@ -1,0 +1,66 @@
+"""Implementations for the tests of what the harness must never blame on an implementation.
+
+Loaded with ``--plugin`` by ``tests/test_trust.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+import torch
+import torch.nn.functional as F
+
+from attnbench import Implementation, Problem, register
+
+Tensor = torch.Tensor
+
+
+@register("fast_sdpa", description="SDPA: fast beside a slow baseline")
+def fast_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+@register("plain_sdpa")
+def plain_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    """A plain function wrapping SDPA, with no memory declaration."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+@register("slow_baseline", description="correct, and sleeps 1.5 s per call")
+def slow_baseline(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    time.sleep(1.5)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+@register("hanging_baseline", description="correct, and sleeps 30 s per call")
+def hanging_baseline(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    time.sleep(30)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+class _Approximation(Implementation):
+    exact = False
+    approximates = "softmax attention"
+    devices = ("cpu",)
+    features = frozenset({"causal"})
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=problem.scale)
+
+
+@register("reference_ooms")
+class ReferenceOOMs(_Approximation):
+    """Its own reference() asks for far too much memory: the check fails, not the implementation."""
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
+        raise MemoryError("reference_ooms's reference() wanted a 4 GiB buffer")
+
+
+@register("reference_crashes")
+class ReferenceCrashes(_Approximation):
+    """Its own reference() kills the worker."""
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
+        ctypes.string_at(0)  # SIGSEGV
+        return q

@@ -1,0 +1,166 @@
+"""The harness never blames an implementation for its own limits: the baseline, the reference,
+memory predictions and the run folder are the harness's; and every record says where it ended."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from cli_helpers import attnbench
+
+from attnbench.devices import usable_cores
+from attnbench.records import read_records
+from attnbench.workers import WorkerPool, WorkerStartError
+
+HERE = Path(__file__).parent
+PLUGIN = HERE / "status_plugins" / "trust.py"
+
+
+def run_suite(tmp_path: Path, text: str, *extra: str) -> list[dict[str, Any]]:
+    suite = tmp_path / "suite.toml"
+    suite.write_text(text)
+    out = tmp_path / "run"
+    proc = attnbench("run", str(suite), "--plugin", str(PLUGIN), "--out", str(out), "--no-report", *extra)
+    assert proc.returncode == 0, proc.stderr
+    return read_records(out / "results.jsonl")
+
+
+BASELINE_SUITE = """
+[suite]
+implementations = ["fast_sdpa"]
+baseline = "{baseline}"
+[grid]
+heads = [1]
+seq_len = [64, 128]
+head_dim = [16]
+dtype = ["float32"]
+causal = [false]
+[budget]
+timeout_s = {timeout}
+min_time_s = 0.05
+max_time_s = 0.3
+"""
+
+
+def test_a_fast_implementation_beside_a_slow_baseline_stays_ok(tmp_path: Path) -> None:
+    """A 1.5 s baseline in a 5 s budget: the baseline gets its own repeat count and budget, so the
+    fast implementation is neither timed out nor its next size skipped."""
+    records = run_suite(
+        tmp_path, BASELINE_SUITE.format(baseline="slow_baseline", timeout=5).replace("[64, 128]", "[64]")
+    )
+    assert [r["status"] for r in records] == ["ok"]
+    for r in records:
+        # each baseline sample is one 1.5 s call, not the implementation's repeat count of them
+        assert all(1450 < ms < 2500 for ms in r["baseline_samples_ms"]) and r["baseline_samples_ms"]
+        assert r["speedup"] > 10
+
+
+def test_a_baseline_past_its_own_budget_costs_the_implementation_nothing(tmp_path: Path) -> None:
+    records = run_suite(tmp_path, BASELINE_SUITE.format(baseline="hanging_baseline", timeout=6))
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    for r in records:
+        assert r["speedup"] is None and r["baseline_time_ms"] is None
+        assert "baseline hanging_baseline ran past its budget" in r["baseline_note"]
+        assert r["step"] == "done" and r["time_ms"] > 0
+
+
+def test_a_plain_sdpa_function_plugin_runs_at_16k_in_a_3_gib_budget(tmp_path: Path) -> None:
+    """No memory declared, so nothing is predicted: it runs under the cap (the old default
+    assumed a quadratic footprint, 4 GiB here, and recorded oom without running it)."""
+    suite = """
+[suite]
+implementations = ["plain_sdpa"]
+baseline = ""
+[grid]
+heads = [2]
+seq_len = [16384]
+head_dim = [64]
+dtype = ["float32"]
+causal = [true]
+[budget]
+memory_gib = 3
+min_time_s = 0.01
+max_time_s = 0.01
+min_repeats = 3
+accuracy_rows = 32
+"""
+    (record,) = run_suite(tmp_path, suite)
+    assert record["status"] == "ok", record["reason"]
+    assert record["peak_mem_bytes"] < 3 * 2**30
+
+
+def test_a_failing_reference_is_a_note_not_the_implementations_status(tmp_path: Path) -> None:
+    suite = """
+[suite]
+implementations = ["reference_ooms", "reference_crashes"]
+baseline = ""
+[grid]
+heads = [1]
+seq_len = [64, 128]
+head_dim = [16]
+dtype = ["float32"]
+causal = [false]
+[budget]
+min_time_s = 0.01
+max_time_s = 0.05
+"""
+    records = run_suite(tmp_path, suite)
+    assert len(records) == 4
+    for r in records:
+        assert r["status"] == "ok" and r["time_ms"] > 0 and r["peak_mem_bytes"] is not None
+        assert r["checks"] == []
+        assert "accuracy not checked" in r["check_note"]
+    ooms = [r for r in records if r["impl"] == "reference_ooms"]
+    assert all("4 GiB buffer" in r["check_note"] for r in ooms)
+    crashes = [r for r in records if r["impl"] == "reference_crashes"]
+    assert all("SIGSEGV" in r["check_note"] for r in crashes)
+
+
+def test_resume_with_another_suite_exits_2_and_leaves_the_folder_untouched(tmp_path: Path) -> None:
+    first = BASELINE_SUITE.format(baseline="", timeout=30).replace("[64, 128]", "[64]")
+    run_suite(tmp_path, first)
+    out = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = tmp_path / "other.toml"
+    other.write_text(first.replace("[64]", "[64, 256]"))
+    proc = attnbench("run", str(other), "--plugin", str(PLUGIN), "--out", str(out), "--resume", "--no-report")
+    assert proc.returncode == 2
+    assert "was started with suite" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_corrupt_run_json_is_a_clear_message(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"suite": {"name": "x", "te')
+    proc = attnbench("run", "--resume", "--out", str(out), "--no-report")
+    assert proc.returncode == 2
+    assert "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_worker_that_never_becomes_ready_is_killed(tmp_path: Path) -> None:
+    plugin = tmp_path / "hangs_on_import.py"
+    plugin.write_text("import time\ntime.sleep(600)\n")
+    pool = WorkerPool([str(plugin)], start_timeout=3.0)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(WorkerStartError, match="did not become ready"):
+        pool.get()
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_threads_come_from_the_cpus_this_process_may_use() -> None:
+    script = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "from attnbench.devices import device, usable_cores;"
+        "print(usable_cores(), device('cpu').set_threads(0))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["1", "1"]
+    assert usable_cores() == len(os.sched_getaffinity(0))
