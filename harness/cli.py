@@ -71,6 +71,35 @@ def implementation_table(rows: list[dict[str, Any]], aliases: dict[str, str], wi
     return table
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from attnbench.quickcheck import CaseSpecError, parse_case, run_checks
+
+    try:
+        registry = load_registry(args.plugin)
+        impl = registry.get(args.name)
+        given = [parse_case(spec) for spec in args.case] or None
+        available = impl.available()
+        if not available.ok:
+            return _fail(f"{args.name} is unavailable here: {available.reason}")
+        outcomes = run_checks(impl, given)
+    except (RegistryError, CaseSpecError) as exc:
+        return _fail(str(exc))
+    console = Console()
+    table = Table(title=f"attnbench check {impl.name} ({'exact' if impl.exact else 'approximation'})")
+    table.add_column("case", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    styles = {"ok": "green", "inaccurate": "magenta", "error": "red", "unsupported": "dim"}
+    for o in outcomes:
+        table.add_row(o.label, f"[{styles[o.status]}]{o.status}[/]", o.detail)
+    console.print(table)
+    counts = {s: sum(o.status == s for o in outcomes) for s in styles}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    seconds = sum(o.seconds for o in outcomes)
+    console.print(f"{impl.name}: {summary} in {seconds:.1f} s", highlight=False)
+    return 1 if counts["inaccurate"] or counts["error"] else 0
+
+
 def _suite_for(args: argparse.Namespace) -> Suite:
     """The suite named on the command line, or (resuming without one) the suite of the folder."""
     from attnbench.runner import read_run_json
@@ -158,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("check", help="a quick accuracy verdict for one implementation (no timing)")
+    p.add_argument("name", metavar="NAME", help="the implementation to check")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
+    p.add_argument(
+        "--case", action="append", default=[], metavar="SPEC",
+        help="check this case instead of the representative set, e.g. seq_len=512,causal=true,dtype=bfloat16",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("run", help="run a suite")
     p.add_argument("suite", nargs="?", help="a suite name in suites/ or a path to a TOML file (default: quick)")

@@ -199,6 +199,13 @@ class Implementation:
         }
 
 
+def _takes_problem(fn: Callable[..., Any]) -> bool:
+    try:
+        return "problem" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class FunctionImplementation(Implementation):
     """A plain function registered as an implementation.
 
@@ -218,6 +225,10 @@ class FunctionImplementation(Implementation):
     * ``tolerance``: relative tolerance against its own reference (approximations);
     * ``flops``: a function ``flops(problem) -> float`` giving the FLOPs of one forward call
       (scaled by the mode like softmax attention's); ``bytes_moved`` likewise for bytes.
+
+    The decorated function, the reference and the function ``setup`` returns also receive
+    ``problem=`` (the :class:`~attnbench.problem.Problem`, with its seed and ``generator()``) when
+    they name a ``problem`` parameter.
     """
 
     def __init__(
@@ -262,17 +273,19 @@ class FunctionImplementation(Implementation):
         computes += [] if exact else ["kernelized"]
         self.computes = tuple(computes)  # type: ignore[misc]
 
-    def _options(self, problem: Problem) -> dict[str, Any]:
+    def _options(self, problem: Problem, fn: Callable[..., Tensor]) -> dict[str, Any]:
         options: dict[str, Any] = {"causal": problem.causal, "scale": problem.scale}
         if "window" in self.features:
             options["window"] = problem.window
         if "layout" in self.features:
             options["layout"] = problem.pattern.layout
+        if _takes_problem(fn):
+            options["problem"] = problem
         return options
 
     def prepare(self, problem: Problem) -> AttentionFn:
         timed = self.setup(problem) if self.setup is not None else self.fn
-        options = self._options(problem)
+        options = self._options(problem, timed)
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             return timed(q, k, v, **options)
@@ -290,7 +303,7 @@ class FunctionImplementation(Implementation):
         if self.reference_fn is None:
             return super().reference(q, k, v, problem, rows)
         q64, k64, v64 = (t.to("cpu", torch.float64) for t in (q, k, v))  # differentiable
-        out = self.reference_fn(q64, k64, v64, **self._options(problem))  # [B, H, Nq, D]
+        out = self.reference_fn(q64, k64, v64, **self._options(problem, self.reference_fn))  # [B, H, Nq, D]
         return out if rows is None else out[:, :, rows]
 
     def work(self, problem: Problem) -> Work:

@@ -72,6 +72,8 @@ class Declared:
 
 #: module name -> the registrations its import made, in order.
 _DECLARED: dict[str, list[Declared]] = {}
+#: module name -> id of the module object those registrations came from (a re-import starts afresh).
+_DECLARED_BY: dict[str, int] = {}
 #: plugin-file module name -> "plugin /path/to/file.py".
 _FILE_SOURCES: dict[str, str] = {}
 
@@ -379,7 +381,10 @@ def register(name: Any, **declaration: Any) -> Any:
     def decorate(target: T) -> T:
         item = Declared(name, target, declaration)
         module = getattr(target, "__module__", None) or "__main__"
-        _DECLARED.setdefault(module, []).append(item)
+        importing = id(sys.modules.get(module))
+        if _DECLARED_BY.get(module) != importing:  # a first import, or a module imported again
+            _DECLARED[module], _DECLARED_BY[module] = [], importing
+        _DECLARED[module].append(item)
         _active.add_declared(item)
         return target
 
