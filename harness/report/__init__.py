@@ -75,6 +75,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "timings": _rows(frames["timings"]),
         "accuracy": _rows(frames["accuracy"]),
         "accuracy_summary": _rows(tables.accuracy_summary(data)),
+        "check_notes": _rows(tables.check_notes(data)),
         "fits": _rows(fits),
         "flag_margin": FLAG_MARGIN,
         "min_points": MIN_POINTS,

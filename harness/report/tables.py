@@ -37,6 +37,8 @@ TIMING_COLUMNS = [
     "speedup",
     "gflops",
     "peak_fraction",
+    "gbps",
+    "bandwidth_fraction",
     "peak_mem_bytes",
 ]
 ACCURACY_COLUMNS = [
@@ -49,8 +51,12 @@ ACCURACY_COLUMNS = [
     "rel_err",
     "accuracy_bound",
     "accuracy_rows",
+    "checks",
+    "check_note",
     "full_max_abs_err",
     "full_rel_err",
+    "uniform_rel_err",
+    "own_reference_differs",
 ]
 
 
@@ -100,6 +106,7 @@ def summary(data: ReportData) -> pd.DataFrame:
                 approx_time_ms=fast["time_ms"],
                 approx_speedup=fast["speedup"],
                 approx_distance=fast["full_rel_err"],
+                uniform_distance=fast["uniform_rel_err"],
             )
         rows.append(row)
     columns = [
@@ -122,6 +129,7 @@ def summary(data: ReportData) -> pd.DataFrame:
         "approx_time_ms",
         "approx_speedup",
         "approx_distance",
+        "uniform_distance",
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -222,13 +230,17 @@ def failures(data: ReportData, baseline: str = "") -> pd.DataFrame:
     bad = data.records[data.records["status"] != "ok"].fillna({"reason": ""})
     order = {name: i for i, name in enumerate(impl_order(data.records, baseline))}
     rows = []
-    for (host, impl, status, reason), sub in bad.groupby(["host", "impl", "status", "reason"], sort=False):
+    bad = bad.fillna({"step": ""})
+    for (host, impl, status, step, reason), sub in bad.groupby(
+        ["host", "impl", "status", "step", "reason"], sort=False
+    ):
         cases = case_order(sub)
         rows.append(
             {
                 "host": host,
                 "impl": impl,
                 "status": status,
+                "step": step,
                 "reason": reason,
                 "count": len(cases),
                 "cases": ", ".join(cases),
@@ -236,7 +248,7 @@ def failures(data: ReportData, baseline: str = "") -> pd.DataFrame:
             }
         )
     if not rows:
-        return pd.DataFrame(columns=["host", "impl", "status", "reason", "count", "cases"])
+        return pd.DataFrame(columns=["host", "impl", "status", "step", "reason", "count", "cases"])
     out = pd.DataFrame(rows)
     out = out.iloc[sorted(range(len(out)), key=lambda i: out["_order"].iloc[i])]
     return out.drop(columns=["_order"]).reset_index(drop=True)
@@ -250,9 +262,20 @@ def timings(data: ReportData) -> pd.DataFrame:
 def accuracy(data: ReportData) -> pd.DataFrame:
     """Error against each implementation's reference, and against full attention for approximations."""
     rec = data.records
-    has = rec["max_abs_err"].notna() | rec["full_max_abs_err"].notna()
-    out = rec[has & rec["status"].isin(["ok", "inaccurate"])]
+    out = rec[rec["status"].isin(["ok", "inaccurate"])].copy()
+    out["checks"] = [" ".join(c) if isinstance(c, list) else str(c or "") for c in out["checks"]]
     return out.sort_values(["host", "impl", "group", "x"], kind="stable")[ACCURACY_COLUMNS].reset_index(drop=True)
+
+
+def check_notes(data: ReportData) -> pd.DataFrame:
+    """Each distinct note about a check that did not run, or an own reference() that differs,
+    with the cases it concerns."""
+    rec = data.records[data.records["check_note"].fillna("").astype(str) != ""]
+    rows = [
+        {"host": host, "impl": impl, "note": note, "cases": ", ".join(case_order(sub))}
+        for (host, impl, note), sub in rec.groupby(["host", "impl", "check_note"], sort=False)
+    ]
+    return pd.DataFrame(rows, columns=["host", "impl", "note", "cases"])
 
 
 def cross_machine(data: ReportData) -> pd.DataFrame:
@@ -305,12 +328,16 @@ def accuracy_summary(data: ReportData) -> pd.DataFrame:
     for (host, impl), sub in acc.groupby(["host", "impl"], sort=False):
         worst = extreme(sub, "max_abs_err", largest=True) if sub["max_abs_err"].notna().any() else sub.iloc[0]
         full = sub["full_rel_err"].astype(float).dropna()
+        uniform = sub["uniform_rel_err"].astype(float).dropna()
+        checked = sub[sub["checks"] != ""]
         rows.append(
             {
                 "host": host,
                 "impl": impl,
                 "exact": worst["exact"],
-                "checked": len(sub),
+                "checked": len(checked),
+                "unchecked": len(sub) - len(checked),
+                "what": ", ".join(dict.fromkeys(w for c in checked["checks"] for w in c.split())),
                 "inaccurate": int((sub["status"] == "inaccurate").sum()),
                 "worst_max_abs_err": worst["max_abs_err"],
                 "worst_rel_err": sub["rel_err"].astype(float).max(),
@@ -318,6 +345,9 @@ def accuracy_summary(data: ReportData) -> pd.DataFrame:
                 "worst_case": worst["case"],
                 "full_rel_err_min": full.min() if len(full) else None,
                 "full_rel_err_max": full.max() if len(full) else None,
+                "uniform_rel_err_min": uniform.min() if len(uniform) else None,
+                "uniform_rel_err_max": uniform.max() if len(uniform) else None,
+                "own_reference_differs": bool((sub["own_reference_differs"] == True).any()),  # noqa: E712
             }
         )
     return pd.DataFrame(rows)
