@@ -20,7 +20,7 @@ import pytest
 
 from attnbench.report import write_report
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 PROBE = """<script>
 window.__errors = [];

@@ -19,7 +19,7 @@ from attnbench.compare import (
 )
 from attnbench.records import Record
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 MEDIANS = {("sdpa", 1024): 11.9, ("sdpa", 2048): 47.7, ("chunked", 1024): 16.4, ("chunked", 2048): 65.5}
 
 

@@ -12,7 +12,7 @@ import pytest
 from attnbench.report.data import load_data
 from attnbench.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 SIZES = [256, 512, 1024, 2048, 4096, 8192]
 
 

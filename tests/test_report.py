@@ -19,7 +19,8 @@ from attnbench.report.tables import summary, timings
 from attnbench.results import load_results, load_run
 from attnbench.status import STATUSES
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
+RECORDED = Path(__file__).parent / "data" / "recorded"  # real runs of attnbench
 HOSTILE = "<script>alert(1)</script>"
 
 
@@ -267,7 +268,7 @@ def test_decoding_sweeps_the_key_length_and_a_full_grid_is_2d(tmp_path: Path) ->
 
 def test_recorded_runner_output(tmp_path: Path) -> None:
     """A folder the runner really wrote (tests/status_plugins, every status once at least)."""
-    folder = DATA / "recorded_every_status"
+    folder = RECORDED / "every_status"
     frame = load_results(folder)
     assert set(frame["status"]) == set(STATUSES)
     page = write_report([folder], tmp_path).read_text(encoding="utf-8")
@@ -276,3 +277,15 @@ def test_recorded_runner_output(tmp_path: Path) -> None:
     summary_csv = pd.read_csv(tmp_path / "tables" / "summary.csv")
     assert set(summary_csv["fastest"]) == {"good_sdpa"}  # the baseline: 1× by definition
     assert set(summary_csv["speedup"]) == {1.0}
+
+
+def test_generated_data_is_labelled_as_generated(tmp_path: Path) -> None:
+    """Made-up fixtures say so in their run.json, and the report says so before anything else."""
+    info = json.loads((DATA / "sweep" / "run.json").read_text(encoding="utf-8"))
+    assert info["generated"] is True
+    page = write_report([DATA / "sweep"], tmp_path).read_text(encoding="utf-8")
+    assert "holds generated data" in page and "no figure of it was measured" in page
+    recorded = json.loads((RECORDED / "every_status" / "run.json").read_text(encoding="utf-8"))
+    assert not recorded.get("generated")
+    page = write_report([RECORDED / "every_status"], tmp_path / "recorded").read_text(encoding="utf-8")
+    assert "holds generated data" not in page

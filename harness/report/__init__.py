@@ -98,8 +98,13 @@ def draw(data: ReportData, folder: Path, baseline: str) -> dict[str, list[Plot]]
 
 
 def notes(data: ReportData, fits: pd.DataFrame) -> list[str]:
-    """The findings worth reading before the tables: flagged slopes, failures, unstable timings."""
-    out = []
+    """The findings worth reading before the tables: generated data, flagged slopes, failures,
+    unstable timings."""
+    out = [
+        f"{run.label} holds generated data ({run.info.get('source') or 'not a measurement'}): no figure of it was measured."
+        for run in data.runs
+        if run.info.get("generated")
+    ]
     for row in records_of(fits):
         for what in ("time", "memory"):
             if row[f"{what}_flag"]:
