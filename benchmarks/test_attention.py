@@ -22,7 +22,7 @@ from attnbench.verify import check
 
 def test_attention(benchmark: Any, pair: tuple[Case, str], suite: Suite) -> None:
     case, name = pair
-    problem = case.problem
+    problem = case
     impl = load_registry().get(name)
     if not impl.available().ok:
         pytest.skip(f"unavailable: {impl.available().reason}")

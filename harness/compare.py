@@ -33,8 +33,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from attnbench.records import CASE_KEYS, record_key
-from attnbench.report.data import group_label, records_of
+from attnbench.case import CASE_KEYS, group_label, record_key
+from attnbench.report.data import records_of
 from attnbench.report.html import render
 from attnbench.results import load_results
 

@@ -30,11 +30,12 @@ import torch
 
 from attnbench import steps
 from attnbench.calibrate import GemmProbe, StreamProbe
+from attnbench.case import CASE_KEYS
 from attnbench.contract import AttentionFn, Implementation
 from attnbench.devices import device
 from attnbench.memory import MemoryUnavailable
 from attnbench.problem import Problem
-from attnbench.records import CASE_KEYS, Record
+from attnbench.records import Record
 from attnbench.registry import BrokenPlugin, Registry
 from attnbench.timing import measure
 from attnbench.verify import Outputs, check_rows, judge, run_implementation
@@ -46,7 +47,7 @@ OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory
 
 
 def problem_of(case: dict[str, Any]) -> Problem:
-    fields = {k: case[k] for k in CASE_KEYS if k != "threads"}
+    fields = {k: case[k] for k in CASE_KEYS if k in case}
     return Problem(**fields, seed=int(case.get("seed", 0)))
 
 
@@ -73,7 +74,7 @@ class CaseRun:
         self.device = device(self.problem.device)
         self.set_cap = set_cap
         self.report = report
-        self.record = Record(impl=job["impl"], status="ok", **job["case"])
+        self.record = Record(impl=job["impl"], status="ok", case=job["case"])
         self.record.worker_pid = os.getpid()
 
     def enter(self, step: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from attnbench.casefields import CaseField, at_least, between, case_field, one_of
 from attnbench.devices import canonical
 from attnbench.modes import MODES, Mode, mode
 from attnbench.patterns import Pattern
@@ -33,27 +34,105 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
 
 
+SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+
+
+def _device_ok(value: str) -> bool:
+    try:
+        canonical(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _layout_ok(value: str) -> bool:
+    try:
+        Pattern.make(False, 0, value)
+    except ValueError:
+        return False
+    return True
+
+
+def _heads(value: Any, case: dict[str, Any]) -> str:
+    kv = case.get("kv_heads") or value
+    return f"H{value}" if kv == value else f"H{value}/{kv}"
+
+
+def _lengths(value: Any, case: dict[str, Any]) -> str:
+    kv = case.get("kv_len") or value
+    return f"N{value}" if kv == value else f"N{value}x{kv}"
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One attention call: ``q`` is ``[batch, heads, seq_len, head_dim]``, ``k``/``v`` are
-    ``[batch, kv_heads, kv_len, head_dim]``.
+    """One attention case: ``q`` is ``[batch, heads, seq_len, head_dim]``, ``k``/``v`` are
+    ``[batch, kv_heads, kv_len, head_dim]``, computed in ``dtype`` on ``device`` with ``threads``
+    CPU threads, for the pattern (``causal``, ``window``, ``layout``) and the ``mode``.
 
     ``kv_heads`` divides ``heads`` (grouped-query attention when smaller). With ``causal`` and
-    ``seq_len != kv_len`` the mask is aligned bottom-right: the last query sees every key.
+    ``seq_len != kv_len`` the mask is aligned bottom-right: the last query sees every key. In
+    ``decode`` mode, ``seq_len`` new tokens attend to a KV cache of capacity ``kv_len`` laid out
+    as ``cache`` and holding ``kv_lengths`` valid tokens per sequence.
+
+    Every field is declared here once, with the metadata (:mod:`attnbench.casefields`) from which
+    suites, records, labels, report groups and compare's case names are derived.
     """
 
-    batch: int = 1
-    heads: int = 8
-    seq_len: int = 512
-    head_dim: int = 64
-    kv_heads: int = 0  # 0: same as heads
-    kv_len: int = 0  # 0: same as seq_len
-    dtype: str = "float32"
-    device: str = "cpu"
-    causal: bool = False
-    window: int = 0
-    layout: str = "dense"
-    mode: str = "forward"
+    # Each field: its default, then its metadata — element type, the suite grid's default (None:
+    # required), what a valid value is, its check, its short form in labels, its place in them.
+    batch: int = case_field(1, CaseField(int, [1], "integers >= 1", at_least(1), lambda v, c: f"B{v}", 30))
+    heads: int = case_field(8, CaseField(int, [8], "integers >= 1", at_least(1), _heads, 31))
+    seq_len: int = case_field(
+        512, CaseField(int, None, "integers from 1 to 16777216", between(1, 1 << 24), _lengths, 32, group=False)
+    )
+    head_dim: int = case_field(
+        64, CaseField(int, [64], "integers from 1 to 1024", between(1, 1024), lambda v, c: f"D{v}", 33)
+    )
+    kv_heads: int = case_field(  # 0: same as heads
+        0, CaseField(int, [], "integers >= 1 that divide heads (empty: same as heads)", at_least(1), empty_ok=True)
+    )
+    kv_len: int = case_field(  # 0: same as seq_len
+        0,
+        CaseField(
+            int, [], "integers from 1 to 16777216 (empty: same as seq_len)", between(1, 1 << 24),
+            group=False, empty_ok=True,
+        ),
+    )  # fmt: skip
+    dtype: str = case_field(
+        "float32",
+        CaseField(
+            str, ["float32", "bfloat16"], f"{sorted(DTYPES)} or 'auto'", one_of(DTYPES),
+            lambda v, c: SHORT_DTYPE.get(v, v), 11, auto=("auto",),
+        ),
+    )  # fmt: skip
+    device: str = case_field(
+        "cpu",
+        CaseField(
+            str, ["cpu"], "'cpu', 'cuda', 'cuda:N', 'cuda:all', 'mps' or 'auto'", _device_ok,
+            lambda v, c: v, 12, auto=("auto", "cuda:all"),
+        ),
+    )  # fmt: skip
+    causal: bool = case_field(
+        False, CaseField(bool, [False, True], "booleans", None, lambda v, c: "causal" if v else None, 40)
+    )
+    window: int = case_field(
+        0, CaseField(int, [0], "integers >= 0 (0: no window)", at_least(0), lambda v, c: f"W{v}" if v else None, 41)
+    )
+    layout: str = case_field(
+        "dense",
+        CaseField(
+            str, ["dense"], "'dense' or block layouts such as 'bigbird:block=64,local=1,global=1,random=2,seed=0'",
+            _layout_ok, lambda v, c: None if v == "dense" else str(v).split(":")[0], 42,
+        ),
+    )  # fmt: skip
+    mode: str = case_field("forward", CaseField(str, ["forward"], f"{list(MODES)}", one_of(MODES), lambda v, c: v, 10))
+    threads: int = case_field(
+        0,
+        CaseField(
+            int, [0], "integers >= 0 (0: every usable core), or 'auto'", at_least(0), lambda v, c: f"t{v}", 90,
+            group=False, auto=("auto",),
+        ),
+    )  # fmt: skip
     #: Seeds the inputs and :meth:`generator` (random features, random layouts of a plugin).
     seed: int = 0
     pattern: Pattern = field(init=False, repr=False, compare=False)
@@ -119,6 +198,16 @@ class Problem:
         out = asdict(self)
         out.pop("pattern", None)
         return out
+
+    def fields(self) -> dict[str, Any]:
+        """The case's fields as record fields (its key fields and its seed)."""
+        return self.as_dict()
+
+    def label(self) -> str:
+        """A short name, e.g. ``forward fp32 cpu B1 H32/8 N1x4096 D128 causal t0``."""
+        from attnbench.case import case_label
+
+        return case_label(self.as_dict())
 
     def make_inputs(
         self, seed: int | None = None, device: str | None = None, dtype: torch.dtype | None = None

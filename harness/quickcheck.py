@@ -32,7 +32,7 @@ REPRESENTATIVE: tuple[dict[str, Any], ...] = (
     {"seq_len": 256, "layout": "bigbird:block=32"},
 )
 BASE: dict[str, Any] = {"batch": 2, "heads": 4, "head_dim": 64}
-PROBLEM_FIELDS = {f.name: f.type for f in fields(Problem) if f.init}
+PROBLEM_FIELDS = {f.name: f.type for f in fields(Problem) if f.init and f.name != "threads"}
 
 
 class CaseSpecError(ValueError):

@@ -13,49 +13,25 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
+from attnbench.case import CASE_KEYS, DEFAULTS, record_key
+
 SCHEMA_VERSION = 2
-
-#: The fields that identify a case (together with ``impl``, a record's key).
-CASE_KEYS: tuple[str, ...] = (
-    "batch",
-    "heads",
-    "kv_heads",
-    "seq_len",
-    "kv_len",
-    "head_dim",
-    "dtype",
-    "device",
-    "causal",
-    "window",
-    "layout",
-    "mode",
-    "threads",
-)
+__all__ = ["CASE_KEYS", "RECORD_FIELDS", "Record", "RecordWriter", "read_records", "record_key"]
 
 
-@dataclass
+@dataclass(init=False)
 class Record:
-    """The outcome of one implementation on one case. Times in milliseconds, memory in bytes."""
+    """The outcome of one implementation on one case. Times in milliseconds, memory in bytes.
+
+    ``case`` holds the case's fields (:data:`attnbench.case.CASE_KEYS` and the seed); the record
+    is written flat, the case's fields beside the measurements. ``Record(impl, status, seq_len=…,
+    time_ms=…)`` sorts keyword arguments into the two."""
 
     impl: str
     status: str  # a Status value
     reason: str = ""  # why it is not ok (the failure, or what the implementation says)
     step: str = ""  # the step it ended in (attnbench.steps): "done", or where it failed
-    # the case
-    batch: int = 1
-    heads: int = 1
-    kv_heads: int = 1
-    seq_len: int = 1
-    kv_len: int = 1
-    head_dim: int = 1
-    dtype: str = "float32"
-    device: str = "cpu"
-    causal: bool = False
-    window: int = 0
-    layout: str = "dense"
-    mode: str = "forward"
-    threads: int = 0  # as the suite asked (0: all cores)
-    seed: int = 0  # seed of the inputs
+    case: dict[str, Any] = field(default_factory=dict)
     threads_used: int | None = None  # CPU threads the case really ran with
     # what the implementation is
     exact: bool | None = None
@@ -106,22 +82,44 @@ class Record:
     elapsed_s: float | None = None
     worker_pid: int | None = None
 
+    def __init__(self, impl: str, status: str, case: dict[str, Any] | None = None, **values: Any) -> None:
+        self.impl, self.status = impl, status
+        self.case = {**DEFAULTS, "seed": 0, **(case or {})}
+        for key in [k for k in values if k in CASE_KEYS or k == "seed"]:
+            self.case[key] = values.pop(key)
+        for f in fields(self):
+            if f.name in ("impl", "status", "case"):
+                continue
+            if f.name in values:
+                setattr(self, f.name, values.pop(f.name))
+            else:
+                factory = f.default_factory
+                setattr(self, f.name, factory() if callable(factory) else f.default)
+        if values:
+            raise TypeError(f"Record: unknown fields {sorted(values)}")
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Record:
+        """A record read back (fields it does not know — from another version — are dropped)."""
+        known = {k: v for k, v in row.items() if k in RECORD_FIELDS}
+        return cls(**known)
+
     def key(self) -> tuple[Any, ...]:
-        return record_key(asdict(self))
+        return record_key(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The flat form written to ``results.jsonl``: identity, case fields, measurements."""
+        out = asdict(self)
+        case = out.pop("case")
+        head = {k: out.pop(k) for k in ("impl", "status", "reason", "step")}
+        return {**head, **case, **out}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), allow_nan=True, separators=(",", ":"))
+        return json.dumps(self.as_dict(), allow_nan=True, separators=(",", ":"))
 
 
-RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record))
-
-
-def record_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """The identity of a (case, implementation) pair in a record or case dict."""
-    return (row["impl"], *(row[k] for k in CASE_KEYS))
+#: The columns of a record, in the order they are written.
+RECORD_FIELDS: tuple[str, ...] = tuple(Record(impl="", status="ok").as_dict())
 
 
 class RecordWriter:

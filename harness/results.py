@@ -18,11 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.records import RECORD_FIELDS, Record, read_records, record_key
+from attnbench.case import record_key
+from attnbench.records import RECORD_FIELDS, Record, read_records
 
 EXTRA_COLUMNS: tuple[str, ...] = ("run",)
 _DEFAULTS: dict[str, Any] = {
-    name: value for name, value in Record(impl="", status="ok").__dict__.items() if name not in ("impl", "status")
+    name: value for name, value in Record(impl="", status="ok").as_dict().items() if name not in ("impl", "status")
 }
 
 

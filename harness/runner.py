@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from attnbench import steps
+from attnbench.case import CASE_KEYS, record_key
 from attnbench.devices import present_devices
 from attnbench.machine import git_commit, machine_info, versions
-from attnbench.records import CASE_KEYS, SCHEMA_VERSION, Record, RecordWriter, read_records, record_key
+from attnbench.records import SCHEMA_VERSION, Record, RecordWriter, read_records
 from attnbench.registry import Catalog
 from attnbench.status import BUDGET_FAILURES
 from attnbench.suite import Case, Suite
@@ -76,7 +77,7 @@ class Failures:
 
     @staticmethod
     def group(row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(row[k] for k in ("impl", *CASE_KEYS) if k not in ("seq_len", "kv_len"))
+        return tuple(row.get(k) for k in ("impl", *CASE_KEYS) if k not in ("seq_len", "kv_len"))
 
     def add(self, row: dict[str, Any]) -> None:
         if row["status"] in BUDGET_FAILURES:
@@ -103,7 +104,7 @@ def describe(pool: WorkerPool) -> Catalog:
 def declared_support(decl: dict[str, Any], case: Case) -> bool:
     """Whether an implementation's declaration admits a case (device, dtype, features, required
     features): plugins join the grids of a shipped suite only where they say they can run."""
-    p = case.problem
+    p = case
     uses = {
         "causal": p.causal,
         "window": p.window > 0,
@@ -242,8 +243,8 @@ class Runner:
                         record = self._run_pair(case, impl, failures, info["calibration"])
                         record.suite, record.machine = self.suite.name, self.machine["id"]
                         writer.write(record)
-                        failures.add(record.__dict__)
-                        progress.finish(case.label(), record.__dict__)
+                        failures.add(record.as_dict())
+                        progress.finish(case.label(), record.as_dict())
                     print(progress.summary(), flush=True)
             finally:
                 self.pool.close()
@@ -253,9 +254,7 @@ class Runner:
 
     def _calibrate(self, info: dict[str, Any]) -> None:
         have = {(c["device"], c["dtype"], c["requested_threads"]) for c in info["calibration"]}
-        wanted = {
-            (c.problem.device, c.problem.dtype, c.threads) for c in self.cases if c.problem.device in self.devices
-        }
+        wanted = {(c.device, c.dtype, c.threads) for c in self.cases if c.device in self.devices}
         for where, dtype, threads in sorted(wanted - have):
             try:
                 job = {"op": "calibrate", "device": where, "dtype": dtype, "threads": threads}
@@ -268,10 +267,10 @@ class Runner:
     def _run_pair(self, case: Case, name: str, failures: Failures, calibration: list[dict[str, Any]]) -> Record:
         fields = case.fields()
         budget = self.suite.budget
-        where = case.problem.device
+        where = case.device
 
         def outcome(status: str, reason: str, step: str = "") -> Record:
-            return Record(impl=name, status=status, reason=reason, step=step, **fields)
+            return Record(impl=name, status=status, reason=reason, step=step, case=fields)
 
         if where not in self.devices:
             return outcome("unavailable", f"no {where} device on this machine", steps.AVAILABILITY)
@@ -279,7 +278,7 @@ class Runner:
             return outcome("unavailable", self.unavailable[(name, where)], steps.AVAILABILITY)
         if self.suite.stop_on_failure and (why := failures.blocking({"impl": name, **fields})):
             return outcome("skipped", why)
-        key = (where, case.problem.dtype, case.threads)
+        key = (where, case.dtype, case.threads)
         cal = next((c for c in calibration if (c["device"], c["dtype"], c["requested_threads"]) == key), {})
         job = {
             "op": "case", "case": fields, "impl": name, "baseline": self.catalog.canonical(self.suite.baseline),
@@ -305,7 +304,7 @@ class Runner:
                 retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}; not timed"}
                 return self._request(retry, outcome)
             if owner == "reference" and exc.partial is not None:
-                record = Record(**exc.partial)
+                record = Record.from_dict(exc.partial)
                 record.check_note = "; ".join(
                     n for n in (record.check_note, f"accuracy not checked: the float64 reference {what}") if n
                 )
@@ -317,7 +316,7 @@ class Runner:
             return outcome("crashed", exc.reason, exc.step)
         if "fatal" in answer:
             return outcome("error", answer["fatal"], "")
-        return Record(**answer["record"])
+        return Record.from_dict(answer["record"])
 
 
 @contextlib.contextmanager

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import attnbench.suites as _shipped_suites  # the TOML files
+from attnbench.case import CASE_KEYS, SPEC
 from attnbench.devices import canonical, present_devices, usable_cores
-from attnbench.modes import MODES
 from attnbench.patterns import BlockLayout
-from attnbench.problem import DTYPES, Problem
+from attnbench.problem import Problem
 
 SUITES_DIR = Path(_shipped_suites.__file__).resolve().parent
 
@@ -37,49 +37,6 @@ def expand_device(name: str, present: list[str]) -> list[str]:
         return [d for d in present if d.startswith("cuda")]
     return [canonical(name)]
 
-
-def _device_name(value: str) -> bool:
-    if value in ("auto", "cuda:all"):
-        return True
-    try:
-        canonical(value)
-    except ValueError:
-        return False
-    return True
-
-
-# key -> (default, element type, check on each element or None, description of what is expected)
-_Check = Callable[[Any], bool] | None
-GRID_KEYS: dict[str, tuple[list[Any] | str, type, _Check, str]] = {
-    "batch": ([1], int, lambda x: x >= 1, "a list of integers >= 1"),
-    "heads": ([8], int, lambda x: x >= 1, "a list of integers >= 1"),
-    "kv_heads": ([], int, lambda x: x >= 1, "a list of integers >= 1 that divide heads (empty: same as heads)"),
-    "seq_len": ([], int, lambda x: 1 <= x <= 1 << 24, "a list of integers from 1 to 16777216"),
-    "kv_len": ([], int, lambda x: 1 <= x <= 1 << 24, "a list of integers from 1 to 16777216 (empty: same as seq_len)"),
-    "head_dim": ([64], int, lambda x: 1 <= x <= 1024, "a list of integers from 1 to 1024"),
-    "dtype": (
-        ["float32", "bfloat16"],
-        str,
-        lambda x: x in DTYPES or x == "auto",
-        f"a list of {sorted(DTYPES)} or 'auto'",
-    ),
-    "device": (
-        ["cpu"],
-        str,
-        _device_name,
-        "a list of 'cpu', 'cuda', 'cuda:N', 'cuda:all', 'mps' or 'auto'",
-    ),
-    "causal": ([False, True], bool, None, "a list of booleans"),
-    "window": ([0], int, lambda x: x >= 0, "a list of integers >= 0 (0: no window)"),
-    "layout": (
-        ["dense"],
-        str,
-        None,
-        "a list of 'dense' or block layouts such as 'bigbird:block=64,local=1,global=1,random=2,seed=0'",
-    ),
-    "mode": (["forward"], str, lambda x: x in MODES, f"a list of {list(MODES)}"),
-    "threads": ([0], int, lambda x: x >= 0, "a list of integers >= 0 (0: all cores), or 'auto'"),
-}
 
 BUDGET_KEYS: dict[str, tuple[float, str]] = {
     "timeout_s": (60.0, "seconds per (case, implementation) before the worker is killed"),
@@ -103,31 +60,8 @@ SUITE_KEYS: dict[str, tuple[Any, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Case:
-    """One point of the grid: a problem and the CPU thread count it runs with."""
-
-    problem: Problem
-    threads: int
-
-    def fields(self) -> dict[str, Any]:
-        """The case as flat record fields."""
-        out = self.problem.as_dict()
-        out["threads"] = self.threads
-        return out
-
-    def label(self) -> str:
-        p = self.problem
-        parts = [f"{p.mode} {p.dtype} {p.device}", f"B{p.batch} H{p.heads}"]
-        if p.gqa:
-            parts[-1] += f"/{p.kv_heads}"
-        parts.append(f"N{p.seq_len}" + (f"x{p.kv_len}" if p.cross else ""))
-        parts.append(f"D{p.head_dim}")
-        parts += ["causal"] if p.causal else []
-        parts += [f"W{p.window}"] if p.window else []
-        parts += [p.layout.split(":")[0]] if p.layout != "dense" else []
-        parts += [f"t{self.threads}"]
-        return " ".join(parts)
+#: A case of a suite is a :class:`~attnbench.problem.Problem` (its thread count included).
+Case = Problem
 
 
 @dataclass(frozen=True)
@@ -196,27 +130,28 @@ class Suite:
 def expand_grid(
     g: dict[str, Any], devices_present: Iterable[str] | None = None, cores: int | None = None, seed: int = 0
 ) -> list[Case]:
-    """Every combination of one grid. The sequence lengths vary fastest, ascending, so a sweep
-    grows within each group."""
+    """Every combination of one grid's axes (the case fields), with the machine words expanded
+    (``auto``, ``cuda:all``). The sequence lengths vary fastest, ascending, so a sweep grows
+    within each group."""
     present = list(devices_present) if devices_present is not None else list(present_devices())
     cores = cores or usable_cores()
-    devices = _unique(d for dev in g["device"] for d in expand_device(dev, present))
-    dtypes = _unique(t for dt in g["dtype"] for t in (["float32", "bfloat16", "float16"] if dt == "auto" else [dt]))
-    threads = _unique(t for th in g["threads"] for t in (_thread_ladder(cores) if th == "auto" else [th]))
-    kv_heads = g["kv_heads"] or [0]
-    kv_lens = sorted(g["kv_len"]) or [0]
+    words: dict[str, Callable[[Any], list[Any]]] = {
+        "device": lambda dev: expand_device(dev, present),
+        "dtype": lambda dt: ["float32", "bfloat16", "float16"] if dt == "auto" else [dt],
+        "threads": lambda th: _thread_ladder(cores) if th == "auto" else [th],
+    }
+    axes: dict[str, list[Any]] = {}
+    for key in CASE_KEYS:
+        values = g[key] or [0]  # an empty derived axis (kv_heads, kv_len): "same as"
+        values = _unique(x for v in values for x in (words[key](v) if key in words else [v]))
+        axes[key] = sorted(values) if key in ("seq_len", "kv_len") else values
+    order = [k for k in CASE_KEYS if k not in ("kv_len", "seq_len")] + ["kv_len", "seq_len"]
     out = []
-    for device, dtype, mode, nthreads, batch, heads, kvh, head_dim, causal, window, layout, kv_len, seq_len in (
-        itertools.product(
-            devices, dtypes, g["mode"], threads, g["batch"], g["heads"], kv_heads, g["head_dim"],
-            g["causal"], g["window"], g["layout"], kv_lens, sorted(g["seq_len"]),
-        )
-    ):  # fmt: skip
-        problem = Problem(
-            batch=batch, heads=heads, kv_heads=kvh, seq_len=seq_len, kv_len=kv_len, head_dim=head_dim,
-            dtype=dtype, device=device, causal=causal, window=window, layout=layout, mode=mode, seed=seed,
-        )  # fmt: skip
-        out.append(Case(problem, nthreads if problem.device == "cpu" else 0))
+    for combo in itertools.product(*(axes[k] for k in order)):
+        fields = dict(zip(order, combo, strict=True))
+        if canonical(fields["device"]) != "cpu":
+            fields["threads"] = 0  # GPU cases: the host's threads are not a parameter
+        out.append(Problem(**fields, seed=seed))
     return _unique(out)
 
 
@@ -323,10 +258,11 @@ def _grid_tables(value: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _grid(table: dict[str, Any], name: str, where: str, known: Iterable[str] | None) -> dict[str, Any]:
-    _no_unknown(table, {*GRID_KEYS, "implementations"}, where, f"{name}.")
-    grid: dict[str, Any] = {key: _grid_axis(table, key, where, name) for key in GRID_KEYS}
-    if not grid["seq_len"]:
-        raise SuiteError(f"{where}: {name}.seq_len is required: expected {GRID_KEYS['seq_len'][3]}")
+    _no_unknown(table, {*SPEC, "implementations"}, where, f"{name}.")
+    grid: dict[str, Any] = {key: _grid_axis(table, key, where, name) for key in SPEC}
+    for key, meta in SPEC.items():
+        if meta.grid is None and not grid[key]:
+            raise SuiteError(f"{where}: {name}.{key} is required: expected a list of {meta.expected}")
     _check_combinations(grid, where, name)
     grid["implementations"] = None
     if "implementations" in table:
@@ -335,30 +271,34 @@ def _grid(table: dict[str, Any], name: str, where: str, known: Iterable[str] | N
 
 
 def _grid_axis(grid: dict[str, Any], key: str, where: str, name: str = "grid") -> list[Any]:
-    default, kind, check, expected = GRID_KEYS[key]
-    value = grid.get(key, default)
-    auto_ok = key in ("device", "dtype", "threads")
-    if isinstance(value, str) and value == "auto" and auto_ok:
-        return ["auto"]
+    meta = SPEC[key]
+    expected = f"a list of {meta.expected}"
+    value = grid.get(key, [] if meta.grid is None else meta.grid)
+    if isinstance(value, str) and value in meta.auto:
+        return [value]
     if not isinstance(value, list):
-        value = [value] if isinstance(value, kind) and not isinstance(value, list) else value
+        value = [value] if isinstance(value, meta.kind) else value
     if not isinstance(value, list):
         raise SuiteError(f"{where}: {name}.{key} = {value!r}: expected {expected}")
-    if not value and key not in ("kv_heads", "kv_len", "seq_len"):
+    if not value and not meta.empty_ok and meta.grid is not None:
         raise SuiteError(f"{where}: {name}.{key} is empty: expected {expected}")
     for item in value:
-        if auto_ok and item == "auto":
+        if item in meta.auto:
             continue
-        wrong_type = not isinstance(item, kind) or (kind is int and isinstance(item, bool))
-        if wrong_type or (check is not None and not check(item)):
-            raise SuiteError(f"{where}: {name}.{key} has {item!r}: expected {expected}")
-        if key == "layout":
-            try:
-                if item != "dense":
-                    BlockLayout.parse(item)
-            except ValueError as exc:
-                raise SuiteError(f"{where}: {name}.layout: {exc}") from None
+        wrong_type = not isinstance(item, meta.kind) or (meta.kind is int and isinstance(item, bool))
+        if wrong_type or (meta.check is not None and not meta.check(item)):
+            raise SuiteError(f"{where}: {name}.{key} has {item!r}: expected {expected}{_why(key, item)}")
     return _unique(value)
+
+
+def _why(key: str, item: Any) -> str:
+    """A value's own complaint, where it has one (a block layout's bad parameter)."""
+    if key == "layout" and isinstance(item, str) and item != "dense":
+        try:
+            BlockLayout.parse(item)
+        except ValueError as exc:
+            return f" ({exc})"
+    return ""
 
 
 def _check_combinations(grid: dict[str, list[Any]], where: str, name: str) -> None:

@@ -27,21 +27,21 @@ def test_only_implementations_and_seq_len_are_required() -> None:
     assert suite.budget["timeout_s"] == 60
     cases = suite.cases(["cpu"], cores=2)
     assert len(cases) == 4  # 2 dtypes x 2 causal
-    assert {c.problem.kv_heads for c in cases} == {8}
+    assert {c.kv_heads for c in cases} == {8}
 
 
 def test_sequence_lengths_vary_fastest_and_ascending() -> None:
     text = GOOD.replace("seq_len = [128]", "seq_len = [512, 128, 256]\ncausal = [false]\ndtype = ['float32']")
     cases = parse_suite(text, "s.toml").cases(["cpu"], cores=2)
-    assert [c.problem.seq_len for c in cases] == [128, 256, 512]
+    assert [c.seq_len for c in cases] == [128, 256, 512]
 
 
 def test_auto_expands_to_what_this_machine_has() -> None:
     text = GOOD + 'device = "auto"\ndtype = "auto"\nthreads = "auto"\ncausal = [false]\n'
     cases = parse_suite(text, "hw.toml").cases(["cpu"], cores=4)
     assert {c.threads for c in cases} == {1, 2, 4}
-    assert {c.problem.dtype for c in cases} == {"float32", "bfloat16", "float16"}
-    assert {c.problem.device for c in cases} == {"cpu"}
+    assert {c.dtype for c in cases} == {"float32", "bfloat16", "float16"}
+    assert {c.device for c in cases} == {"cpu"}
 
 
 BAD_SUITES = {

@@ -101,7 +101,8 @@ def notes(data: ReportData, fits: pd.DataFrame) -> list[str]:
     """The findings worth reading before the tables: generated data, flagged slopes, failures,
     unstable timings."""
     out = [
-        f"{run.label} holds generated data ({run.info.get('source') or 'not a measurement'}): no figure of it was measured."
+        f"{run.label} holds generated data ({run.info.get('source') or 'not a measurement'}):"
+        " no figure of it was measured."
         for run in data.runs
         if run.info.get("generated")
     ]

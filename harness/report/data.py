@@ -18,26 +18,11 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from attnbench.records import CASE_KEYS
+from attnbench.case import CASE_KEYS, GROUP_KEYS, group_label, varying_label
 from attnbench.results import load_results, load_run, read_pytest_benchmark
 
-#: The fields that hold a group fixed (``kv_rel`` is "self" when kv_len == seq_len, else kv_len).
-GROUP_KEYS: tuple[str, ...] = (
-    "mode",
-    "dtype",
-    "device",
-    "batch",
-    "heads",
-    "kv_heads",
-    "head_dim",
-    "causal",
-    "window",
-    "layout",
-    "kv_rel",
-)
 #: Case fields matched across machines (thread counts differ between machines by design).
 CROSS_MACHINE_KEYS: tuple[str, ...] = tuple(k for k in CASE_KEYS if k != "threads")
-SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 
 
 @dataclass
@@ -94,7 +79,7 @@ def load_data(paths: list[Path]) -> ReportData:
             own = (records["machine"] == run.label) & (records["impl"] == name) & (records["status"] == "ok")
             records.loc[own & records["speedup"].isna(), "speedup"] = 1.0
     varying = [k for k in CASE_KEYS if k in records and records[k].astype(str).nunique() > 1]
-    records["case"] = [case_label(row, varying) for row in records_of(records)]
+    records["case"] = [varying_label(row, varying) for row in records_of(records)]
     return ReportData(runs, records, declarations, varying)
 
 
@@ -167,60 +152,6 @@ def _length_axis(out: pd.DataFrame) -> None:
 #: How each swept length is written, and named on an axis.
 AXIS_SYMBOL = {"seq_len": "N", "kv_len": "Nk"}
 AXIS_NAME = {"seq_len": "sequence length N", "kv_len": "key/value length Nk"}
-
-
-def group_label(g: dict[str, Any]) -> str:
-    """A short description of a case group, e.g. ``forward · fp32 · cpu · B1 H8 D64 · full``."""
-    heads = f"H{g['heads']}" if g["heads"] == g["kv_heads"] else f"H{g['heads']}/{g['kv_heads']}kv"
-    parts = [
-        str(g["mode"]),
-        SHORT_DTYPE.get(str(g["dtype"]), str(g["dtype"])),
-        str(g["device"]),
-        f"B{g['batch']} {heads} D{g['head_dim']}",
-        pattern_label(g),
-    ]
-    if g.get("kv_rel", "self") != "self":
-        parts.append(str(g["kv_rel"]))
-    return " · ".join(parts)
-
-
-def pattern_label(g: dict[str, Any]) -> str:
-    bits = []
-    if _truthy(g.get("causal")):
-        bits.append("causal")
-    if g.get("window"):
-        bits.append(f"window {g['window']}")
-    layout = str(g.get("layout") or "dense")
-    if layout != "dense":
-        bits.append(layout.split(":")[0])
-    return "+".join(bits) if bits else "full"
-
-
-def case_label(row: dict[str, Any], varying: list[str]) -> str:
-    """A case named by the fields that vary in this report, the sequence length always first."""
-    parts = [f"N={row['seq_len']}"]
-    names = {"batch": "B", "heads": "H", "kv_heads": "Hkv", "head_dim": "D", "kv_len": "Nk", "threads": "T"}
-    for key in varying:
-        value = row[key]
-        if key == "seq_len" or (key == "kv_len" and value == row["seq_len"]):
-            continue
-        if key == "kv_heads" and value == row["heads"]:
-            continue
-        if key in names:
-            parts.append(f"{names[key]}={value}")
-        elif key == "causal":
-            parts.append("causal" if _truthy(value) else "full")
-        elif key == "window":
-            parts.append(f"W={value}" if value else "no window")
-        elif key == "dtype":
-            parts.append(SHORT_DTYPE.get(str(value), str(value)))
-        else:
-            parts.append(str(value).split(":")[0])
-    return " ".join(parts)
-
-
-def _truthy(value: Any) -> bool:
-    return bool(value) and str(value).lower() not in ("false", "0", "none", "nan")
 
 
 def calibration_peak(run: Run, device: str, dtype: str, threads: int | None = None) -> float | None:

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attnbench.report.data import AXIS_SYMBOL, GROUP_KEYS, group_label
+from attnbench.case import GROUP_KEYS, group_label
+from attnbench.report.data import AXIS_SYMBOL
 
 MIN_POINTS = 3
 FLAG_MARGIN = 0.2

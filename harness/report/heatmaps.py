@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 
-from attnbench.records import CASE_KEYS
+from attnbench.case import CASE_KEYS
 from attnbench.report.data import ReportData, impl_order, records_of
 
 if TYPE_CHECKING:

@@ -171,7 +171,9 @@ def machines(data: ReportData) -> pd.DataFrame:
         rows.append(
             {
                 "machine": run.label,
-                "source": str(info.get("source") or ("generated, not measured" if info.get("generated") else "measured")),
+                "source": str(
+                    info.get("source") or ("generated, not measured" if info.get("generated") else "measured")
+                ),
                 "folder": str(run.path),
                 "hostname": mach.get("hostname", ""),
                 "os": mach.get("os", ""),
