@@ -54,6 +54,15 @@ class Device:
     def synchronize(self) -> None:
         """Wait until queued work on this device is done (nothing to wait for on the CPU)."""
 
+    def activate(self) -> None:
+        """Make this the device that work without an explicit device goes to (a GPU's index)."""
+
+    def describe(self) -> str:
+        """What this device is, for records: the CPU's model, a GPU's name."""
+        from attnbench.machine import cpu_model
+
+        return cpu_model()
+
     def set_threads(self, threads: int) -> int:
         """Use ``threads`` CPU threads (0: every usable core) for the work queued from this
         process; returns the number really used."""
@@ -85,6 +94,12 @@ class CUDA(Device):
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.torch)
 
+    def activate(self) -> None:
+        torch.cuda.set_device(self.index or 0)  # events, streams and caches follow the current device
+
+    def describe(self) -> str:
+        return str(torch.cuda.get_device_name(self.index or 0))
+
     def set_threads(self, threads: int) -> int:
         return 0  # GPU cases: the host's threads are not a parameter
 
@@ -112,6 +127,9 @@ class MPS(Device):
 
     def synchronize(self) -> None:
         torch.mps.synchronize()
+
+    def describe(self) -> str:
+        return "Apple GPU (MPS)"
 
     def set_threads(self, threads: int) -> int:
         return 0

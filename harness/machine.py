@@ -30,12 +30,13 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def gpu_info() -> dict[str, str | None]:
-    """GPU name, driver and CUDA version, or None for each where there is no CUDA device."""
+def gpu_info() -> dict[str, Any]:
+    """The first GPU's name and every GPU's, the driver and the CUDA version (None or empty
+    where there is no CUDA device)."""
     import torch
 
     if not torch.cuda.is_available():
-        return {"gpu": None, "driver": None, "cuda": None}
+        return {"gpu": None, "gpus": [], "driver": None, "cuda": None}
     driver = None
     try:
         out = subprocess.run(
@@ -45,7 +46,8 @@ def gpu_info() -> dict[str, str | None]:
         driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"gpu": torch.cuda.get_device_name(0), "driver": driver, "cuda": torch.version.cuda}
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"gpu": names[0], "gpus": names, "driver": driver, "cuda": torch.version.cuda}
 
 
 def machine_info() -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class CaseRun:
         self.report = report
         self.record = Record(impl=job["impl"], status="ok", case=job["case"])
         self.record.worker_pid = os.getpid()
+        self.record.host = socket.gethostname()
 
     def enter(self, step: str) -> None:
         self.record.step = step
@@ -92,6 +94,9 @@ class CaseRun:
         started = time.perf_counter()
         self.record.threads_used = self.device.set_threads(int(self.job["case"]["threads"]))
         healthy = True
+        if self.device.present():
+            self.device.activate()
+            self.record.device_name = self.device.describe()
         try:
             impl = self.declared()
             base_call, inputs = self.baseline()

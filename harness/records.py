@@ -33,6 +33,8 @@ class Record:
     step: str = ""  # the step it ended in (attnbench.steps): "done", or where it failed
     case: dict[str, Any] = field(default_factory=dict)
     threads_used: int | None = None  # CPU threads the case really ran with
+    device_name: str = ""  # what ran it: the CPU's model or the GPU's name
+    host: str = ""  # the machine (node) that ran it
     # what the implementation is
     exact: bool | None = None
     # timing

@@ -25,7 +25,7 @@ from typing import Any
 
 from attnbench import steps
 from attnbench.case import CASE_KEYS, record_key
-from attnbench.devices import present_devices
+from attnbench.devices import device, present_devices
 from attnbench.machine import git_commit, machine_info, versions
 from attnbench.records import SCHEMA_VERSION, Record, RecordWriter, read_records
 from attnbench.registry import Catalog
@@ -115,7 +115,7 @@ def declared_support(decl: dict[str, Any], case: Case) -> bool:
     }
     features, requires = set(decl.get("features") or []), set(decl.get("requires") or [])
     return (
-        p.device.split(":")[0] in (decl.get("devices") or [])
+        device(p.device).kind in (decl.get("devices") or [])
         and p.dtype in (decl.get("dtypes") or [])
         and all(name in features for name, used in uses.items() if used)
         and all(uses.get(name) for name in requires)

@@ -18,7 +18,7 @@ from typing import Any
 
 import attnbench.suites as _shipped_suites  # the TOML files
 from attnbench.case import CASE_KEYS, SPEC
-from attnbench.devices import canonical, present_devices, usable_cores
+from attnbench.devices import canonical, device, present_devices, usable_cores
 from attnbench.patterns import BlockLayout
 from attnbench.problem import Problem
 
@@ -34,7 +34,7 @@ def expand_device(name: str, present: list[str]) -> list[str]:
     if name == "auto":
         return present
     if name == "cuda:all":
-        return [d for d in present if d.startswith("cuda")]
+        return [d for d in present if device(d).kind == "cuda"]
     return [canonical(name)]
 
 

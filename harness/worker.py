@@ -60,7 +60,9 @@ def calibrate(job: dict[str, Any]) -> dict[str, Any]:
     from attnbench.calibrate import calibrate_gemm, calibrate_stream
     from attnbench.devices import device
 
-    threads = device(job["device"]).set_threads(int(job.get("threads") or 0))
+    where = device(job["device"])
+    where.activate()
+    threads = where.set_threads(int(job.get("threads") or 0))
     entry: dict[str, Any] = {"device": job["device"], "dtype": job["dtype"], "threads": threads}
     entry.update(calibrate_gemm(job["device"], job["dtype"]))
     entry.update(calibrate_stream(job["device"]))

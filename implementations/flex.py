@@ -36,6 +36,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from attnbench import Availability, Growth, Implementation, Problem, register
+from attnbench.devices import device
 from attnbench.patterns import Pattern
 
 Tensor = torch.Tensor
@@ -152,7 +153,7 @@ class FlexAttention(Implementation):
         reason = super().supports(problem)
         if reason is not None:
             return reason
-        if problem.needs_grad and problem.device.split(":")[0] == "cpu":
+        if problem.needs_grad and not device(problem.device).is_gpu:
             return "FlexAttention does not support backward on CPU (PyTorch raises NotImplementedError)"
         return None
 

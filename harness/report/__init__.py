@@ -17,9 +17,11 @@ import pandas as pd
 
 from attnbench.report import tables
 from attnbench.report.data import ReportData, baseline_name, load_data, records_of, suite_of
+from attnbench.report.figure import Plot
 from attnbench.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
+from attnbench.report.heatmaps import draw_heatmaps
 from attnbench.report.html import render
-from attnbench.report.plots import Painter, Plot
+from attnbench.report.plots import Painter
 from attnbench.status import STATUSES, Status, status_css
 
 __all__ = ["STATUS_MEANING", "write_report"]
@@ -93,7 +95,7 @@ def draw(data: ReportData, folder: Path, baseline: str) -> dict[str, list[Plot]]
     painter = Painter(data, folder, baseline)
     plots = {metric: painter.by_length(metric) for metric in ("time", "memory", "throughput", "speedup")}
     plots["pareto"] = painter.pareto()
-    plots["heatmaps"] = painter.heatmaps()
+    plots["heatmaps"] = draw_heatmaps(painter)
     return plots
 
 

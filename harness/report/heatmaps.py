@@ -8,9 +8,7 @@ colour is GFLOP/s (ok records only); a cell that did not run ok is grey and name
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -18,16 +16,14 @@ from matplotlib.colors import Normalize
 
 from attnbench.case import CASE_KEYS
 from attnbench.report.data import ReportData, impl_order, records_of
-
-if TYPE_CHECKING:
-    from attnbench.report.plots import Painter, Plot
+from attnbench.report.figure import Canvas, Plot, plt, safe
 
 MAX_PER_KIND = 2
 COVERAGE = 0.75  # the share of a heads × head-dim product a 2-D grid must fill
 LABELS = {"heads": "heads (H)", "head_dim": "head dim (D)"}
 
 
-def draw_heatmaps(painter: Painter) -> list[Plot]:
+def draw_heatmaps(painter: Canvas) -> list[Plot]:
     plots: list[Plot] = []
     covered: set[int] = set()
     for j, (title, grid) in enumerate(sweeps(painter.data, ("heads", "head_dim"))[:MAX_PER_KIND]):
@@ -79,15 +75,13 @@ def _cells(
 
 
 def _paint(ax: Axes, z: np.ndarray, text: list[list[str]], norm: Normalize, fontsize: float) -> object:
-    from attnbench.report.plots import _safe
-
     ax.set_facecolor("0.85")
     img = ax.imshow(np.ma.masked_invalid(z), cmap="viridis", norm=norm, aspect="auto")
     mid = (norm.vmin + norm.vmax) / 2 if norm.vmin is not None and norm.vmax is not None else 0.0
     for r, line in enumerate(text):
         for c, label in enumerate(line):
             dark = np.isfinite(z[r, c]) and z[r, c] < mid
-            ax.text(c, r, _safe(label), ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
+            ax.text(c, r, safe(label), ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
     return img
 
 
@@ -96,10 +90,8 @@ def _norm(z: np.ndarray) -> Normalize:
     return Normalize(float(finite.min()), float(finite.max())) if finite.size else Normalize(0.0, 1.0)
 
 
-def _by_impl(painter: Painter, grid: pd.DataFrame, param: str, title: str, name: str) -> Plot:
+def _by_impl(painter: Canvas, grid: pd.DataFrame, param: str, title: str, name: str) -> Plot:
     """Implementations × one swept parameter."""
-    from attnbench.report.plots import _safe
-
     swept = grid.groupby("impl")[param].nunique()
     if (swept >= 2).any():  # leave out implementations that ran at one value only
         grid = grid[grid["impl"].isin(swept[swept >= 2].index)]
@@ -110,16 +102,14 @@ def _by_impl(painter: Painter, grid: pd.DataFrame, param: str, title: str, name:
     img = _paint(ax, z, text, _norm(z), 8)
     fig.colorbar(img, ax=ax, label="GFLOP/s")  # type: ignore[arg-type]
     ax.set_xticks(range(len(values)), [str(v) for v in values])
-    ax.set_yticks(range(len(impls)), [_safe(str(i)) for i in impls])
+    ax.set_yticks(range(len(impls)), [safe(str(i)) for i in impls])
     ax.set_xlabel(LABELS[param])
-    ax.set_title(_safe(title), fontsize=10)
+    ax.set_title(safe(title), fontsize=10)
     return painter.save(fig, name, title)
 
 
-def _small_multiples(painter: Painter, grid: pd.DataFrame, title: str, name: str) -> Plot:
+def _small_multiples(painter: Canvas, grid: pd.DataFrame, title: str, name: str) -> Plot:
     """One heads × head-dim grid per implementation that ran ok somewhere in it, one colour scale."""
-    from attnbench.report.plots import _safe
-
     ran = grid[grid["status"] == "ok"]["impl"].unique()
     impls = [i for i in impl_order(grid, painter.baseline) if i in set(ran)]
     heads: list[object] = sorted(grid["heads"].unique())
@@ -141,12 +131,12 @@ def _small_multiples(painter: Painter, grid: pd.DataFrame, title: str, name: str
         img = _paint(ax, z, text, norm, 7)
         ax.set_xticks(range(len(dims)), [str(d) for d in dims], fontsize=8)
         ax.set_yticks(range(len(heads)), [str(h) for h in heads], fontsize=8)
-        ax.set_title(_safe(impl), fontsize=9)
+        ax.set_title(safe(impl), fontsize=9)
         ax.set_xlabel(LABELS["head_dim"], fontsize=8)
         ax.set_ylabel(LABELS["heads"], fontsize=8)
     for ax in axes.ravel()[len(impls) :]:
         ax.set_visible(False)
     if img is not None:
         fig.colorbar(img, ax=axes, label="GFLOP/s", shrink=0.8)  # type: ignore[arg-type]
-    fig.suptitle(_safe(title), fontsize=10)
+    fig.suptitle(safe(title), fontsize=10)
     return painter.save(fig, name, title)

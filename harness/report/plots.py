@@ -8,61 +8,22 @@ in its legend entry.
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from attnbench.report.data import AXIS_NAME, ReportData, calibration_peak, group_order, impl_order, records_of
+from attnbench.report.data import AXIS_NAME, calibration_peak, group_order, records_of
+from attnbench.report.figure import LINESTYLES, Canvas, Plot, plt, safe
 from attnbench.status import BUDGET_FAILURES
 
-LINESTYLES = ["-", "--", ":", "-."]
 
-
-@dataclass(frozen=True)
-class Plot:
-    """A chart written to ``plots/NAME.png`` and ``.svg``, with its PNG as base64 for the HTML."""
-
-    name: str
-    title: str
-    png: Path
-    svg: Path
-    png_b64: str
-
-
-class Painter:
-    """Draws charts for one report: holds the colour of each implementation and the output folder."""
-
-    def __init__(self, data: ReportData, folder: Path, baseline: str = "") -> None:
-        self.data = data
-        self.folder = folder
-        self.baseline = baseline
-        folder.mkdir(parents=True, exist_ok=True)
-        cmap = plt.get_cmap("tab10" if data.records["impl"].nunique() <= 10 else "tab20")
-        self.colors = {name: cmap(i % cmap.N) for i, name in enumerate(impl_order(data.records, baseline))}
-        self.hosts = list(dict.fromkeys(data.records["host"])) if len(data.records) else []
-
-    # -- output -----------------------------------------------------------------------------
-    def save(self, fig: Figure, name: str, title: str) -> Plot:
-        png, svg = self.folder / f"{name}.png", self.folder / f"{name}.svg"
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-        png.write_bytes(buf.getvalue())
-        fig.savefig(svg, format="svg", metadata={"Date": None})
-        plt.close(fig)
-        return Plot(name, title, png, svg, base64.b64encode(buf.getvalue()).decode("ascii"))
+class Painter(Canvas):
+    """Draws the line, Pareto and bar charts of one report."""
 
     # -- lines against the sequence length ------------------------------------------------------
     def by_length(self, metric: str) -> list[Plot]:
@@ -80,7 +41,7 @@ class Painter:
             if spec.reference_line is not None:
                 spec.reference_line(self, ax, sub)
             _axes(ax, spec, sorted(sub["x"].unique()), AXIS_NAME[str(sub["axis"].iloc[0])])
-            ax.set_title(_safe(f"{spec.title} — {group}"), fontsize=10)
+            ax.set_title(safe(f"{spec.title} — {group}"), fontsize=10)
             fig.legend(fontsize=8, loc="outside right upper", frameon=False)
             plots.append(self.save(fig, f"{metric}_{len(plots)}", f"{spec.title}: {group}"))
         return plots
@@ -99,7 +60,7 @@ class Painter:
             "linestyle": style,
             "marker": "o",
             "ms": 4,
-            "label": _safe(label),
+            "label": safe(label),
             "lw": 2.2 if impl == self.baseline else 1.5,
         }
         if spec.column == "time_ms" and line["time_q1_ms"].notna().all():
@@ -140,7 +101,7 @@ class Painter:
             if peak:
                 index = self.hosts.index(host) if host in self.hosts else 0
                 label = f"matmul peak {peak:.0f}" + (f" ({host})" if len(self.hosts) > 1 else "")
-                ax.axhline(peak, color="0.4", lw=1, ls=LINESTYLES[index % len(LINESTYLES)], label=_safe(label))
+                ax.axhline(peak, color="0.4", lw=1, ls=LINESTYLES[index % len(LINESTYLES)], label=safe(label))
                 found.append(peak)
         if len(found) == 1:
             top = found[0]
@@ -150,7 +111,7 @@ class Painter:
             right.set_ylabel("fraction of the matmul peak")
 
     def unity_line(self, ax: Axes, sub: pd.DataFrame) -> None:
-        ax.axhline(1.0, color="0.4", lw=1, ls="--", label=_safe(f"= {self.baseline or 'baseline'}"))
+        ax.axhline(1.0, color="0.4", lw=1, ls="--", label=safe(f"= {self.baseline or 'baseline'}"))
 
     # -- speed against error ------------------------------------------------------------------
     def pareto(self) -> list[Plot]:
@@ -175,7 +136,7 @@ class Painter:
                     row["distance"], row["time_ms"], color=self.colors.get(row["impl"]), marker=marker, s=50, zorder=3
                 )
                 ax.annotate(
-                    _safe(str(row["impl"])),
+                    safe(str(row["impl"])),
                     (row["distance"], row["time_ms"]),
                     fontsize=8,
                     xytext=(5, 4),
@@ -193,16 +154,11 @@ class Painter:
             ax.set_ylabel("median time (ms)")
             ax.grid(True, which="major", alpha=0.3)
             ax.set_title(
-                _safe(f"Speed against error at {length} — {group}" + (f" · {host}" if len(self.hosts) > 1 else "")),
+                safe(f"Speed against error at {length} — {group}" + (f" · {host}" if len(self.hosts) > 1 else "")),
                 fontsize=10,
             )
             plots.append(self.save(fig, f"pareto_{len(plots)}", f"Speed against error, {length}: {group}"))
         return plots
-
-    def heatmaps(self) -> list[Plot]:
-        from attnbench.report.heatmaps import draw_heatmaps
-
-        return draw_heatmaps(self)
 
 
 def pareto_front(xs: list[float], ys: list[float]) -> list[tuple[float, float]]:
@@ -252,8 +208,3 @@ def _axes(ax: Axes, spec: Metric, sizes: list[int], xlabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(spec.ylabel)
     ax.grid(True, which="major", alpha=0.3)
-
-
-def _safe(text: str) -> str:
-    """Text for matplotlib: a ``$`` would start mathtext (and can fail to parse)."""
-    return text.replace("$", r"\$")
