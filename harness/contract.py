@@ -30,13 +30,16 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from attnbench.devices import device
+from attnbench.kvcache import KVCache
 from attnbench.problem import Problem
 from attnbench.work import Work, io_bytes, softmax_work
 
 Tensor = torch.Tensor
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-Feature = Literal["causal", "window", "layout", "gqa", "cross", "backward"]
-ALL_FEATURES: frozenset[str] = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+Feature = Literal["causal", "window", "layout", "gqa", "cross", "backward", "decode"]
+#: ``decode``: it reads a KV cache itself (``prepare_decode``); without it, decode cases run
+#: through the dense-cache adapter.
+ALL_FEATURES: frozenset[str] = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
 Computes = Literal["full", "causal", "window", "block-sparse", "kernelized"]
 
 
@@ -162,6 +165,16 @@ class Implementation:
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         """Compute attention for ``problem``: ``q`` ``[B, H, Nq, D]``, ``k``/``v`` ``[B, Hkv, Nk, D]``."""
         raise NotImplementedError(f"{type(self).__name__} overrides neither attention() nor prepare()")
+
+    def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """One decode step against ``cache`` (:mod:`attnbench.kvcache`), set up outside the timing:
+        the returned ``step(q, k_new, v_new)`` appends the new tokens' keys and values
+        (``cache.append``) and returns ``[B, H, S, D]``. An implementation that reads the cache
+        itself declares the ``decode`` feature and overrides this; the default is the dense-cache
+        adapter, which gathers each sequence's tokens and calls :meth:`prepare`'s function."""
+        from attnbench.modes.decode import dense_cache_adapter
+
+        return dense_cache_adapter(self, problem, cache)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
         """What this implementation should compute, in float64, for the query ``rows`` given

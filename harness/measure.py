@@ -32,14 +32,15 @@ import torch
 from attnbench import steps
 from attnbench.calibrate import GemmProbe, StreamProbe
 from attnbench.case import CASE_KEYS
-from attnbench.contract import AttentionFn, Implementation
+from attnbench.contract import Implementation
 from attnbench.devices import device
 from attnbench.memory import MemoryUnavailable
+from attnbench.modes.decode import ADAPTER
 from attnbench.problem import Problem
 from attnbench.records import Record
 from attnbench.registry import BrokenPlugin, Registry
 from attnbench.timing import measure
-from attnbench.verify import Outputs, check_rows, judge, run_implementation
+from attnbench.verify import Outputs, check_rows
 from attnbench.work import dense_flops
 
 Tensor = torch.Tensor
@@ -138,9 +139,9 @@ class CaseRun:
             )
         return impl
 
-    def baseline(self) -> tuple[Callable[[], object] | None, tuple[Tensor, Tensor, Tensor]]:
+    def baseline(self) -> tuple[Callable[[], object] | None, Any]:
         """The inputs, and the baseline's timed call (None, with a note, when there is none)."""
-        inputs = self.problem.make_inputs()  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
+        inputs = self.problem.kind.make_inputs(self.problem)  # q, k, v (or a decode step's inputs)
         name = self.job.get("baseline") or ""
         if self.job.get("baseline_note"):
             self.record.baseline_note = self.job["baseline_note"]
@@ -157,7 +158,8 @@ class CaseRun:
             reason = base.supports(self.problem)
             if reason:
                 raise RuntimeError(f"does not support this case: {reason}")
-            call = self.problem.kind.timed_call(base.prepare(self.problem), self.problem, inputs)
+            kind = self.problem.kind
+            call = kind.timed_call(kind.prepare(base, self.problem, inputs), self.problem, inputs)
             call()  # warm-up: fails here, not inside the timing loop
             self.baseline_first_ms = self.device.clock().time(call)
             self.baseline_spent_s = time.perf_counter() - started
@@ -170,16 +172,16 @@ class CaseRun:
         if not self.device.is_gpu:
             self.set_cap(int(self.budget["memory_gib"] * 2**30))
 
-    def measure(
-        self, impl: Implementation, base_call: Callable[[], object] | None, inputs: tuple[Tensor, Tensor, Tensor]
-    ) -> None:
+    def measure(self, impl: Implementation, base_call: Callable[[], object] | None, inputs: Any) -> None:
         problem, record = self.problem, self.record
         self.cap()
         self.enter(steps.PREPARE)
-        fn, record.setup_s = _prepare(impl, problem)
+        fn, record.setup_s = _prepare(impl, problem, inputs)
+        if problem.mode == "decode" and "decode" not in impl.features:
+            record.adapter = ADAPTER
         self.enter(steps.CHECK)
         rows = check_rows(problem, int(self.budget["accuracy_rows"]))
-        got = run_implementation(fn, problem, inputs, rows, problem.kind.gradients)
+        got = problem.kind.run_check(fn, problem, inputs, rows)
         self.device.synchronize()
         self.enter(steps.TIMING)
         call = problem.kind.timed_call(fn, problem, inputs)
@@ -262,6 +264,8 @@ class CaseRun:
             record.peak_gflops = _largest(peaks)
             if record.peak_gflops:
                 record.peak_fraction = record.gflops / record.peak_gflops
+        if problem.mode == "decode":
+            record.tokens_per_s = problem.batch * problem.seq_len / seconds
         if done.bytes is not None:
             record.gbps = done.bytes / seconds / 1e9
             peaks = [cal.get("gbps")] + ([self.probe_rate / 1e9] if memory_bound and self.probe_rate else [])
@@ -269,12 +273,10 @@ class CaseRun:
             if record.peak_gbps:
                 record.bandwidth_fraction = record.gbps / record.peak_gbps
 
-    def reference(
-        self, impl: Implementation, inputs: tuple[Tensor, Tensor, Tensor], got: Outputs, rows: Tensor
-    ) -> None:
+    def reference(self, impl: Implementation, inputs: Any, got: Outputs, rows: Tensor) -> None:
         record = self.record
         try:
-            result = judge(impl, self.problem, inputs, got, rows)
+            result = self.problem.kind.judge(impl, self.problem, inputs, got, rows)
         except Exception as exc:
             record.check_note = _join(
                 record.check_note, f"accuracy not checked: the reference step failed: {_short(exc)}"
@@ -293,9 +295,9 @@ class CaseRun:
             record.speedup = None  # a wrong answer's time is no evidence of speed
 
 
-def _prepare(impl: Implementation, problem: Problem) -> tuple[AttentionFn, float]:
+def _prepare(impl: Implementation, problem: Problem, inputs: Any) -> tuple[Callable[..., Tensor], float]:
     start = time.perf_counter()
-    fn = impl.prepare(problem)
+    fn = problem.kind.prepare(impl, problem, inputs)
     measured = time.perf_counter() - start
     return fn, float(getattr(fn, "setup_s", measured))
 

@@ -15,6 +15,7 @@ import torch
 
 from attnbench.casefields import CaseField, at_least, between, case_field, one_of
 from attnbench.devices import canonical
+from attnbench.kvcache import parse_cache, parse_lengths
 from attnbench.modes import MODES, Mode, mode
 from attnbench.patterns import Pattern
 
@@ -48,6 +49,22 @@ def _device_ok(value: str) -> bool:
 def _layout_ok(value: str) -> bool:
     try:
         Pattern.make(False, 0, value)
+    except ValueError:
+        return False
+    return True
+
+
+def _cache_ok(value: str) -> bool:
+    try:
+        parse_cache(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _lengths_ok(value: str) -> bool:
+    try:
+        parse_lengths(value)
     except ValueError:
         return False
     return True
@@ -133,6 +150,20 @@ class Problem:
             group=False, auto=("auto",),
         ),
     )  # fmt: skip
+    cache: str = case_field(
+        "contiguous",
+        CaseField(
+            str, ["contiguous"], "'contiguous' or 'paged:P' (pages of P tokens), for decode", _cache_ok,
+            lambda v, c: None if v == "contiguous" else str(v), 50,
+        ),
+    )  # fmt: skip
+    kv_lengths: str = case_field(
+        "uniform",
+        CaseField(
+            str, ["uniform"], "'uniform', 'ragged' or 'ragged:F' (lengths from F·kv_len up), for decode",
+            _lengths_ok, lambda v, c: None if v == "uniform" else str(v), 51,
+        ),
+    )  # fmt: skip
     #: Seeds the inputs and :meth:`generator` (random features, random layouts of a plugin).
     seed: int = 0
     pattern: Pattern = field(init=False, repr=False, compare=False)
@@ -152,6 +183,15 @@ class Problem:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; expected one of {list(MODES)}")
         object.__setattr__(self, "device", canonical(self.device))
+        parse_cache(self.cache)
+        parse_lengths(self.kv_lengths)
+        if self.mode == "decode":
+            if self.seq_len > self.kv_len:
+                raise ValueError(f"decode: {self.seq_len} new tokens (seq_len) exceed the cache (kv_len {self.kv_len})")
+            if self.layout != "dense":
+                raise ValueError("decode: block layouts are not defined against a KV cache; use layout 'dense'")
+        elif (self.cache, self.kv_lengths) != ("contiguous", "uniform"):
+            raise ValueError("cache and kv_lengths describe a KV cache: they apply to mode 'decode' only")
         torch_dtype(self.dtype)
         pattern = Pattern.make(self.causal, self.window, self.layout)
         object.__setattr__(self, "layout", pattern.layout_name)

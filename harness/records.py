@@ -46,6 +46,8 @@ class Record:
     inner: int | None = None  # calls per sample
     unstable: bool | None = None
     setup_s: float | None = None  # set-up outside the timing (e.g. compilation)
+    adapter: str = ""  # how it was called when it does not read the case's inputs itself (decode)
+    tokens_per_s: float | None = None  # decode: new tokens per second (batch × seq_len per step)
     # the within-run baseline, interleaved with this implementation
     baseline: str = ""
     baseline_time_ms: float | None = None

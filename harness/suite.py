@@ -206,6 +206,11 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
     impls = _implementations(impls, where, known_impls, "suite.implementations")
     grids = [_grid(table, f"grid{'' if len(tables) == 1 else f'[{i}]'}", where, known_impls)
              for tables in [_grid_tables(raw.get("grid", {}), where)] for i, table in enumerate(tables)]  # fmt: skip
+    for i, grid in enumerate(grids):
+        try:
+            expand_grid(grid)
+        except ValueError as exc:  # a combination that is no case (decode with a layout, a cache outside decode)
+            raise SuiteError(f"{where}: grid{'' if len(grids) == 1 else f'[{i}]'}: {exc}") from None
     budget = {key: _budget_value(budget_t, key, where) for key in BUDGET_KEYS}
     baseline = _typed(suite_t, "baseline", str, where, "suite.")
     if known_impls is not None and baseline and baseline not in set(known_impls):

@@ -32,14 +32,14 @@ class Work:
 
 def softmax_flops(problem: Problem) -> float:
     """FLOPs of the pairs the problem's pattern computes, for the problem's mode."""
-    pairs = problem.pattern.pairs(problem.seq_len, problem.kv_len)
-    return 4.0 * problem.batch * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
+    pairs = problem.kind.pairs(problem)  # over the batch
+    return 4.0 * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
 
 
 def dense_flops(problem: Problem) -> float:
     """FLOPs of the same shapes computed densely (every pair), for comparison."""
-    pairs = problem.seq_len * problem.kv_len
-    return 4.0 * problem.batch * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
+    pairs = problem.kind.dense_pairs(problem)
+    return 4.0 * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
 
 
 def io_bytes(problem: Problem) -> float:

@@ -21,6 +21,11 @@ shapes (``dynamic=False``: a new shape compiles anew). ``torch.compile`` keeps i
 its limit of 8 recompilations, per code object and silently falls back to the unfused eager
 path beyond it; each cache entry therefore compiles its own copy of the code. FlexAttention's
 backward runs on CUDA only (PyTorch 2.13 raises NotImplementedError on the CPU).
+
+Decoding (``prepare_decode``) reads the cache itself: a contiguous cache with a block mask of
+each sequence's valid tokens, a paged pool (``[1, Hkv, tokens, D]``, broadcast over the batch)
+with a mask that maps each pool token back to its sequence and position through the inverse of
+the block table — the approach of PyTorch's own paged FlexAttention.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.devices import device
+from attnbench.kvcache import KVCache
 from attnbench.patterns import Pattern
 
 Tensor = torch.Tensor
@@ -68,6 +74,31 @@ def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device)
         return keep
 
     return mask_mod
+
+
+def decode_mask_mod(problem: Problem, cache: KVCache) -> MaskMod:
+    """``mask_mod(b, h, q_idx, kv_idx)`` over the cache's token axis for a decode step: the
+    token's logical position (through the inverse block table of a paged pool) within the query's
+    ``[lo, hi)`` range of its sequence."""
+    lo, hi = cache.ranges(problem.pattern)  # [B, S]
+    if not cache.paged:
+
+        def contiguous(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return (kv_idx >= lo[b, q_idx]) & (kv_idx < hi[b, q_idx])
+
+        return contiguous
+    assert cache.block_table is not None
+    page, pool_pages = cache.page, cache.k.shape[2] // cache.page
+    logical = torch.full((cache.batch, pool_pages), -1, dtype=torch.int64, device=lo.device)  # [B, pool pages]
+    pages = cache.block_table.shape[1]
+    logical.scatter_(1, cache.block_table, torch.arange(pages, device=lo.device).expand(cache.batch, -1))
+
+    def paged(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        owner = logical[b, kv_idx // page]
+        position = owner * page + kv_idx % page
+        return (owner >= 0) & (position >= lo[b, q_idx]) & (position < hi[b, q_idx])
+
+    return paged
 
 
 def _flex_call(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask | None, scale: float, gqa: bool) -> Tensor:
@@ -139,7 +170,7 @@ class FlexAttention(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
     growth = Growth(2.0, 1.0)  # time N² dense; less where the block mask skips tiles
 
     def __init__(self) -> None:
@@ -172,3 +203,24 @@ class FlexAttention(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
+
+    def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """A decode step on the cache itself: a block mask keeps each sequence's valid tokens (a
+        paged pool is addressed through the inverse of its block table), compiled once."""
+        started = time.perf_counter()
+        mask_mod = decode_mask_mod(problem, cache)
+        tokens = cache.k.shape[2]
+        block_mask = create_block_mask(mask_mod, cache.batch, None, problem.seq_len, tokens, device=problem.device)
+        call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa)
+        q0 = torch.zeros(
+            cache.batch, problem.heads, problem.seq_len, problem.head_dim, dtype=cache.k.dtype, device=cache.k.device
+        )
+        with torch.no_grad():
+            call(q0, cache.k, cache.v)  # compile now, outside the timing
+        self.last_setup_s = time.perf_counter() - started
+
+        def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+            cache.append(k_new, v_new)
+            return call(q, cache.k, cache.v)  # [B, H, S, D]
+
+        return step

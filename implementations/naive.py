@@ -35,10 +35,13 @@ softmax runs in float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
+from attnbench.kvcache import KVCache
 
 Tensor = torch.Tensor
 
@@ -47,7 +50,8 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor 
     """``softmax(q kᵀ · scale, masked) v`` with the full score matrix.
 
     ``q`` is ``[B, H, Nq, D]``, ``k``/``v`` are ``[B, Hkv, Nk, D]``, ``mask`` is ``[Nq, Nk]``
-    bool (True where a pair is computed) or None for full attention.
+    bool (True where a pair is computed; ``[B, 1, 1, Nq, Nk]`` for a mask per batch entry) or
+    None for full attention.
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -79,7 +83,7 @@ class Naive(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
     growth = Growth(2.0, 2.0)
 
     def prepare(self, problem: Problem) -> AttentionFn:
@@ -95,3 +99,19 @@ class Naive(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
+
+    def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """A decode step: the formula over the cache up to the longest sequence, each sequence's
+        invalid tail masked (a paged cache gathered first)."""
+        from attnbench.implementations.sdpa import decode_keys
+
+        keys, mask = decode_keys(problem, cache)  # mask [B, 1, S, Lmax] -> per batch [B, 1, 1, S, Lmax]
+        scale = problem.scale
+        per_batch = None if mask is None else mask[:, :, None]
+
+        def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+            cache.append(k_new, v_new)
+            k, v = keys()  # [B, Hkv, Lmax, D]
+            return naive_attention(q, k, v, scale, per_batch)  # [B, H, S, D]
+
+        return step

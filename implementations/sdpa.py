@@ -20,11 +20,16 @@ What a backend accepts depends on the device, dtype, head dim, mask and gradient
 availability and per-case support are decided by a tiny probe call of the same kind, cached;
 the error PyTorch raises (and the warnings it gives about rejected kernels) is the reason.
 Entering ``sdpa_kernel`` costs about 10 µs per call on the CPU, counted in the pinned variants.
+
+Decoding (``prepare_decode``): SDPA reads a dense ``[B, Hkv, L, D]`` cache with a boolean mask
+for each sequence's valid tokens and ``enable_gqa=True`` (K and V are never repeated); a paged
+cache is gathered into that form inside the step.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from typing import ClassVar
@@ -36,6 +41,7 @@ from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
+from attnbench.kvcache import KVCache
 
 Tensor = torch.Tensor
 Mask = Tensor | CausalBias | None
@@ -107,7 +113,7 @@ class _SDPA(Implementation):
     exact = True
     computes = ("full", "causal", "window", "block-sparse")
     dtypes = ALL_DTYPES
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
     growth = Growth(2.0, 1.0)
 
     def _probe_dtype(self, device: str) -> str:
@@ -155,6 +161,41 @@ class _SDPA(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
+
+    def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """A decode step: the cache up to the longest sequence, a mask for each sequence's valid
+        tokens (and causal among the new ones); a paged cache is first gathered into that dense
+        form, inside the step — SDPA cannot read pages, so that copy is part of its cost."""
+        keys, mask = decode_keys(problem, cache)
+        scale, gqa, backend = problem.scale, problem.gqa, self.backend
+
+        def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+            cache.append(k_new, v_new)
+            k, v = keys()  # [B, Hkv, Lmax, D]
+            with _selected(backend):
+                return _call(q, k, v, mask, False, scale, gqa)  # [B, H, S, D]
+
+        return step
+
+
+def decode_keys(problem: Problem, cache: KVCache) -> tuple[Callable[[], tuple[Tensor, Tensor]], Tensor | None]:
+    """``(keys, mask)`` for a decode step: ``keys()`` returns the cache's keys and values up to the
+    longest sequence as ``[B, Hkv, Lmax, D]`` (views of a contiguous cache, a gathered copy of a
+    paged one), and ``mask`` ``[B, 1, S, Lmax]`` keeps each sequence's valid pairs (None when every
+    pair is valid)."""
+    longest = int(cache.attended.max())
+    mask = cache.mask(problem.pattern, longest)  # [B, 1, S, Lmax]
+    needed = None if bool(mask.all()) else mask
+    if not cache.paged:
+        return (lambda: (cache.k[:, :, :longest], cache.v[:, :, :longest])), needed
+    index, _ = cache.padded_index()  # [B, Lmax] token-axis index (padding masked)
+
+    def gathered() -> tuple[Tensor, Tensor]:
+        k = cache.k[0][:, index].transpose(0, 1)  # [Hkv, B, Lmax, D] -> [B, Hkv, Lmax, D]
+        v = cache.v[0][:, index].transpose(0, 1)
+        return k, v
+
+    return gathered, needed
 
 
 @register("sdpa")

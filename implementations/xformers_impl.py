@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
+from attnbench.kvcache import KVCache
 
 Tensor = torch.Tensor
 
@@ -89,6 +91,42 @@ def attention_bias(problem: Problem) -> Any:
     return None
 
 
+def decode_bias(problem: Problem, cache: KVCache) -> Any:
+    """The padded-keys bias of a decode step: ``B`` blocks of ``S`` queries against each
+    sequence's attended tokens, causal among the new ones (bottom-right), windowed if asked."""
+    bias = _xformers_ops().fmha.attn_bias
+    s, b = problem.seq_len, cache.batch
+    lengths = [int(n) for n in cache.attended]
+    device = cache.k.device
+    if cache.paged:
+        if problem.window or not problem.causal:
+            raise ValueError("xformers' paged biases are causal without a window")
+        assert cache.block_table is not None
+        return bias.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
+            q_seqlen=[s] * b, kv_seqlen=lengths, block_tables=cache.block_table.to(torch.int32),
+            page_size=cache.page, device=device,
+        )  # fmt: skip
+    padding = cache.k.shape[2]
+    if problem.window:
+        if not problem.causal:
+            raise ValueError("xformers' padded-keys window is causal")
+        plain = bias.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
+            q_seqlen=[s] * b, kv_padding=padding, kv_seqlen=lengths, device=device
+        )
+        local = bias.BlockDiagonalCausalLocalAttentionPaddedKeysMask
+        return local(q_seqinfo=plain.q_seqinfo, k_seqinfo=plain.k_seqinfo, _window_size=problem.window)
+    kind = bias.BlockDiagonalCausalWithOffsetPaddedKeysMask if problem.causal else bias.BlockDiagonalPaddedKeysMask
+    return kind.from_seqlens(q_seqlen=[s] * b, kv_padding=padding, kv_seqlen=lengths, device=device)
+
+
+def decode_keys(t: Tensor, cache: KVCache, groups: int) -> Tensor:
+    """The cache's keys or values as xFormers reads them: ``[1, tokens, Hkv, G, D]``, broadcast over
+    the ``G`` query heads of each group (a contiguous cache's blocks one after another)."""
+    hkv, d = t.shape[1], t.shape[-1]
+    tokens = t.transpose(1, 2).reshape(1, -1, hkv, d)  # [1, B·capacity or pool tokens, Hkv, D]
+    return tokens[:, :, :, None].expand(-1, -1, -1, groups, -1)
+
+
 def _to_xformers(q: Tensor, k: Tensor, v: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
     """``[B, H, N, D]`` to ``[B, N, H, D]``, or to ``[B, N, Hkv, G, D]`` for grouped heads."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, N, H, D], k/v [B, Nk, Hkv, D]
@@ -113,7 +151,7 @@ class XFormers(Implementation):
     computes = ("full", "causal", "window")
     devices = ("cuda",)
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "gqa", "cross", "backward"})
+    features = frozenset({"causal", "window", "gqa", "cross", "backward", "decode"})
     growth = Growth(2.0, 1.0)
 
     def available(self) -> Availability:
@@ -127,6 +165,10 @@ class XFormers(Implementation):
             return reason
         if problem.gqa and problem.needs_grad:
             return "xformers supports grouped-query attention (5-D inputs) for the forward pass only"
+        if problem.mode == "decode" and problem.cache != "contiguous" and (problem.window or not problem.causal):
+            return "xformers' paged padded-keys bias is causal and has no window"
+        if problem.mode == "decode" and problem.window and not problem.causal:
+            return "xformers' padded-keys window is causal"
         return None
 
     def prepare(self, problem: Problem) -> AttentionFn:
@@ -143,3 +185,22 @@ class XFormers(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
+
+    def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """A decode step with xFormers' padded-keys biases: the batch's new tokens as one
+        sequence of blocks ``[1, B·S, Hkv, G, D]`` against the cache as ``B`` blocks padded to its
+        capacity (or, paged, the pool with the block table). xFormers wants tokens before heads,
+        so the cache (``[B, Hkv, capacity, D]``) is transposed into that layout inside the step."""
+        xops = _xformers_ops()
+        bias = decode_bias(problem, cache)
+        groups, scale = problem.heads // problem.kv_heads, problem.scale
+        b, s = cache.batch, problem.seq_len
+
+        def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+            cache.append(k_new, v_new)
+            xq = q.transpose(1, 2).reshape(1, b * s, problem.kv_heads, groups, problem.head_dim)  # [1, B·S, Hkv, G, D]
+            xk, xv = (decode_keys(t, cache, groups) for t in (cache.k, cache.v))  # [1, tokens, Hkv, G, D]
+            out = xops.memory_efficient_attention(xq, xk, xv, attn_bias=bias, scale=scale)  # [1, B·S, Hkv, G, D]
+            return out.reshape(b, s, problem.heads, problem.head_dim).transpose(1, 2)  # [B, H, S, D]
+
+        return step

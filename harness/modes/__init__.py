@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from attnbench.modes.backward import Backward
 from attnbench.modes.base import Call, Inputs, Mode
+from attnbench.modes.decode import Decode
 from attnbench.modes.forward import Forward
 from attnbench.modes.forward_backward import ForwardBackward
 
 #: Every mode by name, in the order suites list them.
-MODES: dict[str, Mode] = {m.name: m for m in (Forward(), Backward(), ForwardBackward())}
+MODES: dict[str, Mode] = {m.name: m for m in (Forward(), Backward(), ForwardBackward(), Decode())}
 
 
 def mode(name: str) -> Mode:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 if TYPE_CHECKING:
+    from attnbench.contract import Implementation
     from attnbench.problem import Problem
+    from attnbench.verify import CheckResult, Outputs
 
 Tensor = torch.Tensor
 Call = Callable[[], object]
@@ -33,9 +35,38 @@ class Mode:
     #: matmul peak); its machine probe is then a memory sweep, not a matrix product.
     memory_bound: ClassVar[bool] = False
 
-    def timed_call(self, fn: AttentionFn, problem: Problem, inputs: Inputs) -> Call:
+    def make_inputs(self, problem: Problem) -> Any:
+        """The seeded inputs of one call (``q, k, v`` unless the mode says otherwise)."""
+        return problem.make_inputs()
+
+    def prepare(self, impl: Implementation, problem: Problem, inputs: Any) -> Callable[..., torch.Tensor]:
+        """The implementation's set-up for this mode, outside the timing."""
+        return impl.prepare(problem)
+
+    def timed_call(self, fn: Callable[..., torch.Tensor], problem: Problem, inputs: Any) -> Call:
         """The zero-argument call the timing loop repeats (set-up done here, outside it)."""
         raise NotImplementedError
+
+    def pairs(self, problem: Problem) -> int:
+        """(query, key) pairs one call computes, over the whole batch."""
+        return problem.batch * problem.pattern.pairs(problem.seq_len, problem.kv_len)
+
+    def dense_pairs(self, problem: Problem) -> int:
+        return problem.batch * problem.seq_len * problem.kv_len
+
+    def run_check(self, fn: Callable[..., torch.Tensor], problem: Problem, inputs: Any, rows: torch.Tensor) -> Outputs:
+        """The implementation's half of the accuracy check (:mod:`attnbench.verify`)."""
+        from attnbench.verify import run_implementation
+
+        return run_implementation(fn, problem, inputs, rows, self.gradients)
+
+    def judge(
+        self, impl: Implementation, problem: Problem, inputs: Any, got: Outputs, rows: torch.Tensor
+    ) -> CheckResult:
+        """The harness's half of the accuracy check (:mod:`attnbench.verify`)."""
+        from attnbench.verify import judge
+
+        return judge(impl, problem, inputs, got, rows)
 
     def io_bytes(self, problem: Problem) -> float:
         """The bytes one call must move at least: each input read once, each output written once."""

@@ -8,6 +8,7 @@ in its legend entry.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ class Painter(Canvas):
         ok = self.data.ok.dropna(subset=[spec.column])
         for group in group_order(ok):
             sub = ok[ok["group"] == group]
-            if sub["x"].nunique() < 2:
+            if sub["x"].nunique() < 2 or (spec.applies is not None and not spec.applies(sub)):
                 continue
             fig, ax = plt.subplots(figsize=(8.4, 4.2), layout="constrained")
             for (impl, host), line in sub.groupby(["impl", "host"], sort=False):
@@ -41,7 +42,7 @@ class Painter(Canvas):
             if spec.reference_line is not None:
                 spec.reference_line(self, ax, sub)
             _axes(ax, spec, sorted(sub["x"].unique()), AXIS_NAME[str(sub["axis"].iloc[0])])
-            ax.set_title(safe(f"{spec.title} — {group}"), fontsize=10)
+            ax.set_title(safe(textwrap.fill(f"{spec.title} — {group}", 90)), fontsize=10)
             fig.legend(fontsize=8, loc="outside right upper", frameon=False)
             plots.append(self.save(fig, f"{metric}_{len(plots)}", f"{spec.title}: {group}"))
         return plots
@@ -109,6 +110,18 @@ class Painter(Canvas):
                 "right", functions=(lambda g: np.asarray(g) / top, lambda f: np.asarray(f) * top)
             )
             right.set_ylabel("fraction of the matmul peak")
+
+    def bandwidth_line(self, ax: Axes, sub: pd.DataFrame) -> None:
+        """The memory-bandwidth ceiling each record was set against (a triad over as many bytes
+        as the case moves, timed beside it): the roofline of a memory-bound case."""
+        for i, (host, mine) in enumerate(sub.groupby("host", sort=False)):
+            ceiling = mine.groupby("x")["peak_gbps"].median().dropna()
+            if len(ceiling):
+                label = "bandwidth ceiling (triad beside each case)" + (f" ({host})" if len(self.hosts) > 1 else "")
+                ax.plot(
+                    ceiling.index.astype(float), ceiling.to_numpy(dtype=float), color="0.4", lw=1.2,
+                    ls=LINESTYLES[i % len(LINESTYLES)], label=safe(label),
+                )  # fmt: skip
 
     def unity_line(self, ax: Axes, sub: pd.DataFrame) -> None:
         ax.axhline(1.0, color="0.4", lw=1, ls="--", label=safe(f"= {self.baseline or 'baseline'}"))
@@ -178,6 +191,7 @@ class Metric:
     values: Callable[[pd.DataFrame], np.ndarray]
     log_y: bool = True
     reference_line: Callable[[Painter, Axes, pd.DataFrame], None] | None = None
+    applies: Callable[[pd.DataFrame], bool] | None = None  # the groups it is drawn for (None: all)
 
 
 def _col(name: str, scale: float = 1.0) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -189,6 +203,15 @@ METRICS: dict[str, Metric] = {
     "memory": Metric("peak_mem_bytes", "Peak memory", "peak extra memory (MiB)", _col("peak_mem_bytes", 2.0**-20)),
     "throughput": Metric("gflops", "Throughput", "GFLOP/s", _col("gflops"), False, Painter.peak_line),
     "speedup": Metric("speedup", "Speedup", "speedup vs baseline (×)", _col("speedup"), True, Painter.unity_line),
+    "bandwidth": Metric(
+        "gbps",
+        "Achieved bandwidth",
+        "GB/s (bytes moved / time)",
+        _col("gbps"),
+        False,
+        Painter.bandwidth_line,
+        lambda sub: bool((sub["mode"] == "decode").all()),
+    ),
 }
 
 
