@@ -37,6 +37,7 @@ from attnbench.case import CASE_KEYS, group_label, record_key
 from attnbench.report.data import records_of
 from attnbench.report.html import render
 from attnbench.results import load_results
+from attnbench.status import FAILURES
 
 ALPHA_STRICT = 0.002  # asv's threshold
 ALPHA_LOOSE = 0.01
@@ -113,8 +114,7 @@ class CompareResult:
     @property
     def broken(self) -> list[dict[str, str]]:
         """Pairs that were ok in BASE and fail in NEW (error, crash, timeout, oom, inaccurate)."""
-        failing = {"inaccurate", "error", "timeout", "crashed", "oom"}
-        return [s for s in self.status_changed if s["before"] == "ok" and s["after"] in failing]
+        return [s for s in self.status_changed if s["before"] == "ok" and s["after"] in FAILURES]
 
 
 def case_name(row: dict[str, Any]) -> str:

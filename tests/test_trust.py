@@ -164,3 +164,14 @@ def test_threads_come_from_the_cpus_this_process_may_use() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["1", "1"]
     assert usable_cores() == len(os.sched_getaffinity(0))
+
+
+def test_a_plugin_whose_supports_segfaults_is_recorded_crashed_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """availability and supports() are asked of a worker: the crash ends that pair, not the run."""
+    both = '["supports_segfaults", "fast_sdpa"]'
+    suite = BASELINE_SUITE.format(baseline="", timeout=30).replace('["fast_sdpa"]', both)
+    records = run_suite(tmp_path, suite)
+    mine = [r for r in records if r["impl"] == "supports_segfaults"]
+    assert [r["status"] for r in mine] == ["crashed", "skipped"]
+    assert mine[0]["step"] == "supports" and "SIGSEGV" in mine[0]["reason"]
+    assert [r["status"] for r in records if r["impl"] == "fast_sdpa"] == ["ok", "ok"]

@@ -64,3 +64,17 @@ class ReferenceCrashes(_Approximation):
     def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
         ctypes.string_at(0)  # SIGSEGV
         return q
+
+
+@register("supports_segfaults")
+class SupportsSegfaults(Implementation):
+    """Its supports() kills the process that asks: that must be a worker, never the runner."""
+
+    devices = ("cpu",)
+
+    def supports(self, problem: Problem) -> str | None:
+        ctypes.string_at(0)  # SIGSEGV
+        return None
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return q
