@@ -289,3 +289,36 @@ def test_generated_data_is_labelled_as_generated(tmp_path: Path) -> None:
     assert not recorded.get("generated")
     page = write_report([RECORDED / "every_status"], tmp_path / "recorded").read_text(encoding="utf-8")
     assert "holds generated data" not in page
+
+
+def test_summary_on_a_busy_machine_ranks_by_time_relative_to_the_interleaved_baseline(tmp_path: Path) -> None:
+    """The case the summary used to get wrong: the baseline (sdpa) took 11.3 ms beside one
+    implementation and 212 ms beside another, because the machine's load changed. Ranking by each
+    one's own median named the wrong one fastest; relative to the baseline timed beside it, the
+    ranking does not depend on when each ran."""
+    from attnbench.records import Record, RecordWriter
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"suite": {"name": "busy", "baseline": "sdpa"}, "generated": True}))
+    case = {"seq_len": 1024, "heads": 8, "head_dim": 64, "causal": True}
+    #            impl, its median, the baseline's median beside it
+    timed = [("sdpa", 97.0, None), ("sdpa_flash", 194.0, 212.0), ("flex", 27.5, 28.6), ("chunked", 15.0, 11.3)]
+    with RecordWriter(folder / "results.jsonl") as writer:
+        for impl, ms, base in timed:
+            writer.write(
+                Record(
+                    impl, "ok", case=case, exact=True, time_ms=ms, samples_ms=[ms] * 5, baseline="sdpa",
+                    baseline_time_ms=base, baseline_samples_ms=[] if base is None else [base] * 5,
+                    speedup=None if base is None else base / ms,
+                )  # fmt: skip
+            )
+    write_report([folder], tmp_path / "report")
+    (row,) = pd.read_csv(tmp_path / "report" / "tables" / "summary.csv").to_dict("records")
+    relative = {impl: ms / (base or 97.0) for impl, ms, base in timed}
+    assert row["fastest"] == min(relative, key=relative.__getitem__) == "sdpa_flash"
+    assert row["ranked_by"] == "time relative to the interleaved baseline"
+    assert row["baseline_spread"] > 1.0  # the baseline's medians: 11.3 to 212 ms
+    assert row["time_ms"] == pytest.approx(194.0 / 212.0 * row["baseline_ms"])
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "baseline varied" in page

@@ -85,6 +85,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "across": {"columns": list(across.columns), "rows": records_of(across)} if len(across) else None,
         "files": [p.relative_to(target).as_posix() for p in csvs],
         "has_approx": bool(frames["summary"]["approximation"].notna().any()),
+        "has_special": bool(frames["summary"]["special_fastest"].notna().any()),
         "several_hosts": data.records["host"].nunique() > 1 if len(data.records) else False,
     }
 

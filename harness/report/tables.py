@@ -60,19 +60,26 @@ ACCURACY_COLUMNS = [
 ]
 
 
-def summary(data: ReportData) -> pd.DataFrame:
-    """Per host and case: the fastest exact implementation that ran ok, its time and speedup, the
-    next fastest, the exact one with the lowest memory, and the fastest approximation (which
-    computes something else, so it is named apart, with its distance from full attention).
+#: Baseline medians across one case's pairs that differ by more than this are reported.
+BASELINE_SPREAD = 0.10
 
-    "Fastest" is ranked by the speedup against the interleaved baseline where every candidate has
-    one (robust to a machine that was busier during some measurements than others), else by the
-    median time; ``ranked_by`` says which."""
+
+def summary(data: ReportData) -> pd.DataFrame:
+    """Per host and case: the fastest exact implementation, the fastest implementation
+    specialised for the case's pattern (one that computes only windows or block layouts), the
+    fastest approximation (with its distance from softmax attention and uniform attention's), the
+    exact implementation with the lowest memory.
+
+    "Fastest" holds on a busy machine: each implementation was timed interleaved with the
+    baseline, so its time relative to that baseline does not depend on when it ran; that ratio
+    times the baseline's median over the whole case (``comparable_ms``) ranks them. Where the
+    baseline's own medians across the case's pairs differ by more than 10%, the row says so
+    (``baseline_spread``): the machine's load changed while the case ran."""
     rows: list[dict[str, Any]] = []
     rank = {g: i for i, g in enumerate(group_order(data.records))}
     keyed = data.records.assign(_rank=data.records["group"].map(rank))
     for (host, _, group, _x), sub in keyed.groupby(["host", "_rank", "group", "x"], sort=True):
-        good = sub[sub["status"] == "ok"]
+        good = comparable(sub[sub["status"] == "ok"])
         exact = good[good["exact"] != False]  # noqa: E712 (None: not declared, counted as exact)
         row: dict[str, Any] = {
             "host": host,
@@ -81,75 +88,87 @@ def summary(data: ReportData) -> pd.DataFrame:
             "case": sub["case"].iloc[0],
             "ran": len(good),
             "tried": len(sub),
+            "baseline_ms": good.attrs.get("baseline_ms"),
+            "baseline_spread": good.attrs.get("baseline_spread"),
+            "ranked_by": good.attrs.get("ranked_by", "time"),
         }
-        ranked, by = ranking(exact)
-        if len(ranked):
-            best = ranked.iloc[0]
-            row.update(
-                fastest=best["impl"],
-                time_ms=best["time_ms"],
-                speedup=best["speedup"],
-                ranked_by=by,
-                baseline=best["baseline"],
-                baseline_time_ms=best["baseline_time_ms"],
-                runner_up=_runner_up(ranked, by),
-            )
+        is_special = exact["impl"].map(lambda n: specialised(data, str(n))).astype(bool)
+        general, special = exact[~is_special], exact[is_special]
+        for prefix, frame in (("", general), ("special_", special)):
+            ranked = frame.sort_values("comparable_ms", kind="stable")
+            if len(ranked):
+                best = ranked.iloc[0]
+                row[f"{prefix}fastest"] = best["impl"]
+                row[f"{prefix}time_ms"] = best["comparable_ms"]
+                row[f"{prefix}speedup"] = best["speedup"]
+                row[f"{prefix}runner_up"] = _runner_up(ranked)
+        if len(general) and len(special):
+            row["special_vs_fastest"] = float(row["time_ms"]) / float(row["special_time_ms"])
         mem = exact.dropna(subset=["peak_mem_bytes"])
         if len(mem):
             low = extreme(mem, "peak_mem_bytes")
             row.update(lowest_memory=low["impl"], memory_bytes=low["peak_mem_bytes"])
-        approx, _ = ranking(good[good["exact"] == False])  # noqa: E712
+        approx = good[good["exact"] == False].sort_values("comparable_ms", kind="stable")  # noqa: E712
         if len(approx):
             fast = approx.iloc[0]
             row.update(
                 approximation=fast["impl"],
-                approx_time_ms=fast["time_ms"],
+                approx_time_ms=fast["comparable_ms"],
                 approx_speedup=fast["speedup"],
                 approx_distance=fast["full_rel_err"],
                 uniform_distance=fast["uniform_rel_err"],
             )
         rows.append(row)
-    columns = [
-        "host",
-        "group",
-        "length",
-        "case",
-        "ran",
-        "tried",
-        "fastest",
-        "time_ms",
-        "speedup",
-        "ranked_by",
-        "baseline",
-        "baseline_time_ms",
-        "runner_up",
-        "lowest_memory",
-        "memory_bytes",
-        "approximation",
-        "approx_time_ms",
-        "approx_speedup",
-        "approx_distance",
-        "uniform_distance",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def ranking(candidates: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Timed candidates fastest first: by speedup when all have one, else by median time."""
-    timed = candidates.dropna(subset=["time_ms"])
-    if len(timed) and timed["speedup"].notna().all():
-        return timed.sort_values("speedup", ascending=False, kind="stable"), "speedup"
-    return timed.sort_values("time_ms", kind="stable"), "time"
+SUMMARY_COLUMNS = [
+    "host", "group", "length", "case", "ran", "tried", "ranked_by", "baseline_ms", "baseline_spread",
+    "fastest", "time_ms", "speedup", "runner_up",
+    "special_fastest", "special_time_ms", "special_speedup", "special_runner_up", "special_vs_fastest",
+    "lowest_memory", "memory_bytes",
+    "approximation", "approx_time_ms", "approx_speedup", "approx_distance", "uniform_distance",
+]  # fmt: skip
 
 
-def _runner_up(ranked: pd.DataFrame, by: str) -> str:
+def comparable(good: pd.DataFrame) -> pd.DataFrame:
+    """``good`` with ``comparable_ms``: each time relative to the baseline it was interleaved
+    with, times the baseline's median over these pairs (the median time where there is no
+    interleaved baseline); ``attrs`` say how it was ranked and how much the baseline varied."""
+    out = good.copy()
+    if not len(out):
+        out["comparable_ms"] = pd.Series(dtype=float)
+        return out
+    base = out["baseline_time_ms"].astype(float)
+    own = out["time_ms"].astype(float)
+    is_base = out["speedup"].astype(float) == 1.0
+    base = base.where(base.notna() | ~is_base, own)  # the baseline's own record: its own time
+    if len(out) and base.notna().all():
+        reference = float(base.median())
+        out["comparable_ms"] = own / base * reference
+        out.attrs["ranked_by"] = "time relative to the interleaved baseline"
+        out.attrs["baseline_ms"] = reference
+        spread = (float(base.max()) - float(base.min())) / reference if reference > 0 else 0.0
+        out.attrs["baseline_spread"] = spread if spread > BASELINE_SPREAD else None
+        out.attrs["baseline_range"] = (float(base.min()), float(base.max()))
+    else:
+        out["comparable_ms"] = own
+        out.attrs["ranked_by"] = "median time"
+    return out
+
+
+def specialised(data: ReportData, name: str) -> bool:
+    """An implementation that computes only windows or block layouts (it declares no full
+    attention): the specialist a windowed or block-sparse case is built for."""
+    computes = set((data.declarations.get(name) or {}).get("computes") or [])
+    return bool(computes) and "full" not in computes and computes <= {"window", "block-sparse", "causal"}
+
+
+def _runner_up(ranked: pd.DataFrame) -> str:
     if len(ranked) < 2:
         return ""
     best, second = ranked.iloc[0], ranked.iloc[1]
-    if by == "speedup":
-        factor = float(best["speedup"]) / float(second["speedup"])
-    else:
-        factor = float(second["time_ms"]) / float(best["time_ms"])
+    factor = float(second["comparable_ms"]) / float(best["comparable_ms"])
     return f"{second['impl']} ({factor:.2f}× slower)"
 
 
