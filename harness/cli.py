@@ -168,15 +168,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from attnbench.compare import run_compare
+    from attnbench.compare import CompareError, run_compare
 
     for d in (args.base, args.new):
         if not Path(d).exists():
             return _fail(f"no such result folder: {d}")
     if args.threshold < 0:
         return _fail("--threshold must be a percentage >= 0")
-    return run_compare(Path(args.base), Path(args.new), args.threshold, args.fail_on_regression,
-                       Path(args.out) if args.out else None)  # fmt: skip
+    try:
+        return run_compare(Path(args.base), Path(args.new), args.threshold, args.fail_on_regression,
+                           Path(args.out) if args.out else None)  # fmt: skip
+    except CompareError as exc:
+        return _fail(str(exc))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,8 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("base", metavar="BASE")
     p.add_argument("new", metavar="NEW")
     p.add_argument("--threshold", type=float, default=10.0, metavar="PCT", help="slowdown that counts (default 10)")
-    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 on a significant regression")
-    p.add_argument("--out", metavar="OUT", help="where to write compare.md/html (default: NEW)")
+    p.add_argument(
+        "--fail-on-regression", action="store_true",
+        help="exit 1 on a significant slowdown, a pair that left ok, or one that vanished",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", metavar="OUT", help="where to write compare.md/html (default: a folder of its own in results/)"
+    )
     p.set_defaults(func=cmd_compare)
     return parser
 

@@ -6,10 +6,12 @@ noise is not called a change. A pair is *slower* when
 
 1. the ratio exceeds ``1 + threshold`` (default 10%), and
 2. the test is significant at ``alpha``, and
-3. where both runs carry the within-run baseline's interleaved samples, the same holds for the
-   time relative to that baseline: per-sample ratios ``impl / baseline`` (paired in the order they
-   were taken) compared the same way. A machine that was simply busier slows the baseline too;
-   the relative comparison then says "same" and the pair is not called a regression.
+3. the same holds for the time relative to a reference timed *within* each run, beside the pair:
+   the machine probe (a fixed matrix product, or a memory sweep, interleaved with every case —
+   the baseline's own pairs included), else the baseline's interleaved samples. Per-sample ratios
+   ``impl / reference`` are compared the same way. A machine that was simply busier slows the
+   reference too; the relative comparison then says "same" and the pair is not called a
+   regression.
 
 *Faster* is the mirror image (ratio below ``1 / (1 + threshold)``).
 
@@ -19,14 +21,16 @@ against 7. :func:`choose_alpha` takes asv's 0.002 where that floor allows it (7 
 or more), else 0.01 (5 a side or more); below that no test can be significant, and a change
 beyond the threshold is reported as *uncertain*, never as a regression.
 
-A regression of the baseline itself cannot be told apart from a busier machine by the relative
-test: it reads as every other implementation getting faster relative to it (and stays "same").
+**Breakage.** A pair that was ok in BASE and is anything else in NEW (a failure, but also
+``unavailable``, ``unsupported`` or ``skipped``), or that is missing from NEW, is reported; with
+``--fail-on-regression`` either fails the comparison like a significant slowdown.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +40,7 @@ from scipy import stats
 from attnbench.case import CASE_KEYS, group_label, record_key
 from attnbench.report.data import records_of
 from attnbench.report.html import render
-from attnbench.results import load_results
-from attnbench.status import FAILURES
+from attnbench.results import load_results, load_run
 
 ALPHA_STRICT = 0.002  # asv's threshold
 ALPHA_LOOSE = 0.01
@@ -111,10 +114,26 @@ class CompareResult:
     def regressions(self) -> list[PairComparison]:
         return self.verdict("slower")
 
+    suites: tuple[str, str] = ("", "")
+    warnings: list[str] = field(default_factory=list)
+
     @property
     def broken(self) -> list[dict[str, str]]:
-        """Pairs that were ok in BASE and fail in NEW (error, crash, timeout, oom, inaccurate)."""
-        return [s for s in self.status_changed if s["before"] == "ok" and s["after"] in FAILURES]
+        """Pairs that were ok in BASE and are anything else in NEW (a failure, unavailable,
+        unsupported, skipped)."""
+        return [s for s in self.status_changed if s["before"] == "ok"]
+
+    @property
+    def vanished(self) -> list[dict[str, str]]:
+        """Pairs that were ok in BASE and have no record in NEW."""
+        return [s for s in self.only_base if s["status"] == "ok"]
+
+    def failed(self) -> list[str]:
+        """Why ``--fail-on-regression`` fails, one line each (empty: it passes)."""
+        lines = [f"slower: {p.impl} [{p.case}] ×{p.ratio:.2f}" for p in self.regressions]
+        lines += [f"{s['before']} -> {s['after']}: {s['impl']} [{s['case']}]" for s in self.broken]
+        lines += [f"vanished: {s['impl']} [{s['case']}] (ok in BASE, no record in NEW)" for s in self.vanished]
+        return lines
 
 
 def case_name(row: dict[str, Any]) -> str:
@@ -124,11 +143,28 @@ def case_name(row: dict[str, Any]) -> str:
     return f"{group_label(g)} · N={row['seq_len']}{threads}"
 
 
+class CompareError(Exception):
+    """Nothing to compare: a folder with no records, or one that cannot be read."""
+
+
 def _by_key(path: Path) -> tuple[dict[tuple[Any, ...], dict[str, Any]], str]:
-    frame = load_results(path)
+    try:
+        frame = load_results(path)
+    except (OSError, ValueError) as exc:
+        raise CompareError(f"{path}: {exc}") from None
     rows = records_of(frame)
+    if not rows:
+        raise CompareError(f"{path} holds no records: nothing to compare")
     machine = str(rows[0]["machine"]) if rows else path.name
     return {record_key(r): r for r in rows}, machine
+
+
+def _suite(path: Path) -> tuple[str, str]:
+    """``(name, hash)`` of the suite a run was started with (empty where unknown)."""
+    suite: dict[str, Any] = (load_run(path).get("suite") or {}) if path.is_dir() or path.suffix == ".jsonl" else {}
+    inner = suite.get("suite")
+    name = suite.get("name") or (inner.get("name") if isinstance(inner, dict) else "")
+    return str(name or ""), str(suite.get("hash") or "")
 
 
 def _samples(row: dict[str, Any], name: str) -> list[float]:
@@ -138,9 +174,19 @@ def _samples(row: dict[str, Any], name: str) -> list[float]:
     return []
 
 
-def _relative(row: dict[str, Any]) -> list[float]:
-    """Per-sample ratios impl / baseline; paired when both lists have one sample per round."""
-    own, base = _samples(row, "samples_ms"), _samples(row, "baseline_samples_ms")
+def reference_of(row: dict[str, Any]) -> str:
+    """What a record's within-run reference is: its machine probe, else its interleaved baseline."""
+    if _samples(row, "probe_ms") and row.get("probe"):
+        return f"probe {row['probe']}"
+    if _samples(row, "baseline_samples_ms") and row.get("baseline"):
+        return f"baseline {row['baseline']}"
+    return ""
+
+
+def _relative(row: dict[str, Any], reference: str) -> list[float]:
+    """Per-sample ratios impl / reference; paired when both lists have one sample per round."""
+    column = "probe_ms" if reference.startswith("probe ") else "baseline_samples_ms"
+    own, base = _samples(row, "samples_ms"), _samples(row, column)
     if not own or not base:
         return []
     if len(own) == len(base):
@@ -170,7 +216,10 @@ def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold_pct: float
     alpha = choose_alpha(len(a), len(b))
     p = mann_whitney(a, b) if alpha is not None else None
     verdict = _judge(ratio, p, alpha, limit)
-    ra, rb = _relative(base), _relative(new)
+    reference = reference_of(base)
+    if reference != reference_of(new):
+        reference = ""  # the runs were not referenced alike: no relative test
+    ra, rb = (_relative(base, reference), _relative(new, reference)) if reference else ([], [])
     rel_ratio = rel_p = None
     note = ""
     if alpha is None and verdict == "uncertain":
@@ -183,12 +232,12 @@ def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold_pct: float
         if verdict in ("slower", "faster") and rel_verdict != verdict:
             base_drift = ratio / rel_ratio if rel_ratio > 0 else math.nan
             note = (
-                f"the baseline moved too (×{base_drift:.2f}); relative to it ×{rel_ratio:.2f}, {rel_verdict}: "
-                "the machine, not the implementation"
+                f"the {reference} moved too (×{base_drift:.2f}); relative to it ×{rel_ratio:.2f}, {rel_verdict}:"
+                " the machine, not the implementation"
             )
             verdict = "same"
         elif verdict == "same" and rel_verdict in ("slower", "faster"):
-            note = f"relative to the baseline ×{rel_ratio:.2f} ({rel_verdict}), but the absolute time did not move"
+            note = f"relative to the {reference} ×{rel_ratio:.2f} ({rel_verdict}), but the absolute time did not move"
     return PairComparison(
         str(new["impl"]),
         case_name(new),
@@ -212,6 +261,15 @@ def compare_runs(base: Path, new: Path, threshold_pct: float = 10.0, out: Path |
     base_rows, base_machine = _by_key(Path(base))
     new_rows, new_machine = _by_key(Path(new))
     result = CompareResult(Path(base), Path(new), threshold_pct, machines=(base_machine, new_machine))
+    (base_suite, base_hash), (new_suite, new_hash) = _suite(Path(base)), _suite(Path(new))
+    result.suites = (base_suite, new_suite)
+    if base_suite != new_suite or (base_hash and new_hash and base_hash != new_hash):
+        what = (
+            f"{base_suite or '?'} and {new_suite or '?'}"
+            if base_suite != new_suite
+            else f"two versions of {base_suite}"
+        )
+        result.warnings.append(f"the runs are of different suites ({what}): only the pairs they share are compared")
     for key, b in base_rows.items():
         n = new_rows.get(key)
         if n is None:
@@ -263,22 +321,41 @@ def summary_lines(result: CompareResult) -> list[str]:
     ]
     if result.machines[0] != result.machines[1]:
         lines.append(f"  note: different machines ({result.machines[0]} vs {result.machines[1]})")
+    lines += [f"  warning: {w}" for w in result.warnings]
     for p in result.verdict("slower") + result.verdict("faster"):
         rel = "" if p.rel_ratio is None else f"; vs baseline x{p.rel_ratio:.2f}"
         lines.append(f"  {p.verdict:7s} {p.impl} [{p.case}]: x{p.ratio:.2f} (p={p.p_value:.2g}{rel})")
     for s in result.status_changed:
         lines.append(f"  status  {s['impl']} [{s['case']}]: {s['before']} -> {s['after']}")
+    for s in result.vanished:
+        lines.append(f"  gone    {s['impl']} [{s['case']}]: ok in BASE, no record in NEW")
     return lines
 
 
+def default_out(base: Path, new: Path) -> Path:
+    """A folder of its own for a comparison's files, beside the runs, never inside them."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"compare_{base.name}_vs_{new.name}_{stamp}"
+
+
 def run_compare(base: Path, new: Path, threshold_pct: float, fail_on_regression: bool, out: Path | None) -> int:
-    """Compare, print a summary, write compare.md/.html (into ``out``, default NEW's folder); the
-    exit code is 1 when ``fail_on_regression`` and any pair is significantly slower, or went
-    from ok to a failure."""
-    new_path = Path(new)
-    target = Path(out) if out is not None else (new_path if new_path.is_dir() else new_path.parent)
-    result = compare_runs(Path(base), new_path, threshold_pct, target)
+    """Compare, print a summary, write compare.md/.html into ``out`` (default: a folder of its
+    own); the exit code is 1 when ``fail_on_regression`` and a pair is significantly slower, left
+    ``ok`` for any other status, or vanished. Raises :class:`CompareError` when there is nothing
+    to compare."""
+    target = Path(out) if out is not None else default_out(Path(base), Path(new))
+    for run in (Path(base), Path(new)):
+        folder = run if run.is_dir() else run.parent
+        if target.resolve() == folder.resolve():
+            raise CompareError(f"--out {target} is one of the runs compared: choose a folder of its own")
+    result = compare_runs(Path(base), Path(new), threshold_pct, target)
     for line in summary_lines(result):
         print(line)
     print(f"  wrote {target / 'compare.md'} and {target / 'compare.html'}")
-    return 1 if fail_on_regression and (result.regressions or result.broken) else 0
+    failed = result.failed()
+    if fail_on_regression and failed:
+        print(f"compare: --fail-on-regression: {len(failed)} pair(s) regressed")
+        for line in failed:
+            print(f"  {line}")
+        return 1
+    return 0

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import attnbench
 
 from attnbench.compare import (
     ALPHA_LOOSE,
     ALPHA_STRICT,
+    CompareError,
     choose_alpha,
     compare_runs,
     p_floor,
@@ -37,6 +39,8 @@ def write_run(
     with_baseline: bool = True,
     extra: list[Record] | None = None,
     skip: tuple[str, ...] = (),
+    probe_scale: float | None = None,
+    suite: str = "",
 ) -> Path:
     """A result folder: sdpa (the baseline) and chunked at N=1024 and 2048, samples drawn fresh (seeded)."""
     rng = np.random.default_rng(seed)
@@ -62,12 +66,17 @@ def write_run(
                 baseline="sdpa",
                 baseline_samples_ms=baseline,
                 machine="box-cpu",
+                probe="" if probe_scale is None else "matmul float32 n=512",
+                probe_ms=[] if probe_scale is None else draw(rng, 1.5 * probe_scale, n),
             )
         )
     records += extra or []
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.jsonl").write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
-    (folder / "run.json").write_text(json.dumps({"schema_version": 1, "machine": {"id": "box-cpu"}}), encoding="utf-8")
+    info = {"schema_version": 1, "machine": {"id": "box-cpu"}, "generated": True}
+    if suite:
+        info["suite"] = {"name": suite, "hash": suite}
+    (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
     return folder
 
 
@@ -135,7 +144,7 @@ def test_busier_machine_is_not_a_regression(tmp_path: Path, capsys: pytest.Captu
     assert chunked and all(p.ratio > 1.2 for p in chunked)  # the absolute times did move
     assert all(p.p_value is not None and p.p_value < ALPHA_STRICT for p in chunked)  # ...significantly
     assert not result.regressions
-    assert all("baseline moved too" in p.note for p in chunked)
+    assert all("baseline sdpa moved too" in p.note for p in chunked)
     assert run_compare(base, new, 10.0, fail_on_regression=True, out=tmp_path / "out") == 0
     assert "0 slower" in capsys.readouterr().out
 
@@ -207,12 +216,56 @@ def test_recorded_compare_pair() -> None:
     assert {d["impl"] for d in result.only_new} == {"new_impl", "naive"}  # naive at N=8192: oom, new case
 
 
-def test_run_compare_writes_into_new_by_default(tmp_path: Path) -> None:
+def test_run_compare_writes_into_a_folder_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = write_run(tmp_path / "base", seed=1)
     new = scaled_copy(base, tmp_path / "new", 1.3)
+    before = {p.name for p in new.iterdir()}
+    monkeypatch.chdir(tmp_path)
     assert run_compare(base, new, 10.0, fail_on_regression=True, out=None) == 1
-    assert (new / "compare.md").is_file() and (new / "compare.html").is_file()
-    assert "slower" in (new / "compare.md").read_text(encoding="utf-8")
+    assert {p.name for p in new.iterdir()} == before  # nothing written into the runs it reads
+    (folder,) = (tmp_path / "results").glob("compare_base_vs_new_*")
+    assert "slower" in (folder / "compare.md").read_text(encoding="utf-8")
+    with pytest.raises(CompareError, match="one of the runs"):
+        run_compare(base, new, 10.0, fail_on_regression=True, out=new)
+
+
+def test_the_machine_probe_is_a_reference_for_the_baseline_too(tmp_path: Path) -> None:
+    """The baseline has no baseline of its own; the probe timed beside it tells a busier machine
+    (everything and the probe 30% slower: no regression) from a slower baseline (3×: one)."""
+    base = write_run(tmp_path / "base", seed=1, probe_scale=1.0)
+    busier = write_run(tmp_path / "busier", seed=2, impl_scale=1.3, base_scale=1.3, probe_scale=1.3)
+    result = compare_runs(base, busier)
+    assert not result.regressions
+    assert all("probe" in p.note for p in result.pairs if p.ratio > 1.2)
+    slower = write_run(tmp_path / "slower", seed=3, base_scale=3.0, probe_scale=1.0)
+    assert {p.impl for p in compare_runs(base, slower).regressions} == {"sdpa"}
+
+
+def test_a_pair_that_leaves_ok_for_any_status_or_vanishes_fails_the_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = Record(impl="extra", status="ok", seq_len=512, kv_len=512, samples_ms=[1.0] * 10, time_ms=1.0)
+    base = write_run(tmp_path / "base", seed=1, extra=[ran])
+    for status in ("unavailable", "skipped", "unsupported"):
+        after = Record(impl="extra", status=status, reason="why", seq_len=512, kv_len=512)
+        new = write_run(tmp_path / status, seed=1, extra=[after])
+        assert run_compare(base, new, 10.0, True, tmp_path / "out") == 1
+        assert f"ok -> {status}: extra" in capsys.readouterr().out
+    gone = write_run(tmp_path / "gone", seed=1)
+    assert run_compare(base, gone, 10.0, True, tmp_path / "out") == 1
+    assert "vanished: extra" in capsys.readouterr().out
+    assert run_compare(base, gone, 10.0, False, tmp_path / "out") == 0
+
+
+def test_different_suites_warn_and_nothing_to_compare_is_an_error(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", seed=1, suite="quick")
+    other = write_run(tmp_path / "other", seed=1, suite="smoke")
+    assert any("different suites" in w for w in compare_runs(base, other).warnings)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.jsonl").write_text("")
+    proc = attnbench("compare", str(base), str(empty), "--out", str(tmp_path / "c"))
+    assert proc.returncode == 2 and "nothing to compare" in proc.stderr
 
 
 def test_a_pair_that_breaks_fails_the_gate(tmp_path: Path) -> None:

@@ -308,8 +308,15 @@ def test_summary_on_a_busy_machine_ranks_by_time_relative_to_the_interleaved_bas
         for impl, ms, base in timed:
             writer.write(
                 Record(
-                    impl, "ok", case=case, exact=True, time_ms=ms, samples_ms=[ms] * 5, baseline="sdpa",
-                    baseline_time_ms=base, baseline_samples_ms=[] if base is None else [base] * 5,
+                    impl,
+                    "ok",
+                    case=case,
+                    exact=True,
+                    time_ms=ms,
+                    samples_ms=[ms] * 5,
+                    baseline="sdpa",
+                    baseline_time_ms=base,
+                    baseline_samples_ms=[] if base is None else [base] * 5,
                     speedup=None if base is None else base / ms,
                 )  # fmt: skip
             )
