@@ -318,7 +318,7 @@ def test_summary_on_a_busy_machine_ranks_by_time_relative_to_the_interleaved_bas
                     baseline_time_ms=base,
                     baseline_samples_ms=[] if base is None else [base] * 5,
                     speedup=None if base is None else base / ms,
-                )  # fmt: skip
+                )
             )
     write_report([folder], tmp_path / "report")
     (row,) = pd.read_csv(tmp_path / "report" / "tables" / "summary.csv").to_dict("records")
