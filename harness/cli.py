@@ -160,10 +160,19 @@ def _report(dirs: list[Path], out: Path | None, quiet: bool) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from attnbench.results import load_results
+
     dirs = [Path(d) for d in args.dirs]
     missing = [str(d) for d in dirs if not d.exists()]
     if missing:
         return _fail(f"no such result folder: {', '.join(missing)}")
+    for d in dirs:
+        try:
+            empty = not len(load_results(d))
+        except (OSError, ValueError) as exc:
+            return _fail(f"{d} cannot be read: {exc}")
+        if empty:
+            return _fail(f"{d} holds no results (no records in results.jsonl): nothing to report")
     return _report(dirs, Path(args.out) if args.out else None, quiet=False)
 
 

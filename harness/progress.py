@@ -9,10 +9,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 from attnbench.status import Status
 
 STATUS_STYLE = {s.value: s.info.terminal for s in Status}
+
+
+def _column(width: int) -> Column:
+    return Column(no_wrap=True, overflow="ellipsis", max_width=max(4, width), min_width=min(4, width))
 
 
 class SweepProgress:
@@ -27,11 +32,17 @@ class SweepProgress:
         self.started = time.monotonic()
         self._progress: Progress | None = None
         if self.live:
+            # The bar, the counts and the times keep their room at any width; the pair in flight
+            # and the counts by status are cut short (with an ellipsis) to fit what is left.
+            width = self.console.width
+            narrow = width < 100
+            fixed = (12 if narrow else 30) + 2 * len(str(total)) + 1 + 8 + 5 + 8 + 6  # bar, M/N, times, gaps
+            spare = max(10, width - fixed)
             self._progress = Progress(
-                TextColumn("[bold]{task.fields[current]}"),
-                BarColumn(),
+                TextColumn("[bold]{task.fields[current]}", table_column=_column(spare * 3 // 5)),
+                BarColumn(bar_width=12 if narrow else 30),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[counts]}"),
+                TextColumn("{task.fields[counts]}", table_column=_column(spare - spare * 3 // 5)),
                 TimeElapsedColumn(),
                 TextColumn("left"),
                 TimeRemainingColumn(),

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from attnbench.report.data import load_data
-from attnbench.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table
+from attnbench.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table, verdict
 
 DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 SIZES = [256, 512, 1024, 2048, 4096, 8192]
@@ -85,6 +85,25 @@ def test_scaling_table_on_recorded_sweep() -> None:
     assert full.loc["local_window", "time_flag"] and full.loc["local_window", "memory_flag"]
     # naive stopped at oom: fitted over the four sizes that ran
     assert full.loc["naive", "sizes"] == "N 512–4096 (4 sizes)"
-    # slow_loop ran at two sizes only: no row
-    assert "slow_loop" not in full.index
+    # slow_loop ran at two sizes only: a row that says so, with no slope and no ✓
+    assert full.loc["slow_loop", "time_verdict"] == "too few sizes" and pd.isna(full.loc["slow_loop", "time_slope"])
+    assert full.loc["sdpa", "time_verdict"] == "meets claim"
+    assert full.loc["local_window", "time_verdict"] == "above claim"
     assert isinstance(table, pd.DataFrame)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "times", "claim", "expected"),
+    [
+        ([512, 1024, 2048], [1.0, 4.0, 16.0], 2.0, "meets claim"),
+        ([512, 1024], [1.0, 4.0], 2.0, "too few sizes"),
+        ([512, 1024, 2048], [1.0, 9.0, 16.0], 2.0, "too noisy"),  # slope 2.0, interval ±10
+        ([512, 1024, 2048], [1.0, 8.0, 64.0], 2.0, "above claim"),
+        ([512, 1024, 2048], [1.0, 4.0, 16.0], None, "no claim"),
+    ],
+)
+def test_a_slope_meets_its_claim_only_with_three_sizes_and_a_narrow_interval(
+    sizes: list[int], times: list[float], claim: float | None, expected: str
+) -> None:
+    """The old table showed ✓ beside "1.20 ± 13.56"."""
+    assert verdict(fit_slope(sizes, times), claim, len(sizes)) == expected

@@ -329,3 +329,13 @@ def test_summary_on_a_busy_machine_ranks_by_time_relative_to_the_interleaved_bas
     assert row["time_ms"] == pytest.approx(194.0 / 212.0 * row["baseline_ms"])
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert "baseline varied" in page
+
+
+def test_report_on_a_folder_with_no_results_exits_2(tmp_path: Path) -> None:
+    from cli_helpers import attnbench
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = attnbench("report", str(empty))
+    assert proc.returncode == 2 and "holds no results" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (empty / "report.html").exists()

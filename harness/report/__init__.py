@@ -92,9 +92,10 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
 
 def draw(data: ReportData, folder: Path, baseline: str) -> dict[str, list[Plot]]:
     if not len(data.records):
-        return {k: [] for k in ("time", "memory", "throughput", "speedup", "bandwidth", "pareto", "heatmaps")}
+        return {k: [] for k in ("time", "memory", "throughput", "speedup", "bandwidth", "bars", "pareto", "heatmaps")}
     painter = Painter(data, folder, baseline)
     plots = {metric: painter.by_length(metric) for metric in ("time", "memory", "throughput", "speedup", "bandwidth")}
+    plots["bars"] = painter.bars()
     plots["pareto"] = painter.pareto()
     plots["heatmaps"] = draw_heatmaps(painter)
     return plots

@@ -84,9 +84,28 @@ def flagged(fit: Fit | None, claim: float | None, margin: float = FLAG_MARGIN) -
     return fit is not None and claim is not None and fit.slope > claim + margin
 
 
+#: A slope meets its claim only when its 95% interval is narrower than ± this.
+PRECISION = 0.2
+
+
+def verdict(fit: Fit | None, claim: float | None, sizes: int) -> str:
+    """What a fit says of a claim: ``meets claim`` only with at least three sizes and a 95%
+    interval narrower than ±0.2 that is not above the claim; ``above claim`` when the slope is more
+    than 0.2 above it; ``too few sizes``, ``too noisy`` or ``no claim`` otherwise."""
+    if sizes < MIN_POINTS or fit is None:
+        return "too few sizes"
+    if claim is None:
+        return "no claim"
+    if flagged(fit, claim):
+        return "above claim"
+    if (fit.ci_high - fit.ci_low) / 2 >= PRECISION:
+        return "too noisy"
+    return "meets claim"
+
+
 def scaling_table(records: pd.DataFrame, declarations: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per (host, implementation, case group) with ≥3 ok sizes: time and memory slopes,
-    their CIs, the claims and the flags."""
+    """One row per (host, implementation, case group) with two or more ok sizes: time and memory
+    slopes (from three sizes on), their CIs, the claims, the flags and each fit's verdict."""
     ok = records[records["status"] == "ok"]
     rows: list[dict[str, Any]] = []
     for (machine, impl, *group), sub in ok.groupby(["host", "impl", *GROUP_KEYS], sort=True, dropna=False):
@@ -99,25 +118,27 @@ def scaling_table(records: pd.DataFrame, declarations: dict[str, dict[str, Any]]
         sizes = sub["x"].astype(float)
         axis = str(sub["axis"].iloc[0])
         row["sizes"] = _sizes(sub["x"], AXIS_SYMBOL.get(axis, "N"))
-        any_fit = False
+        distinct = sub["x"].nunique()
         for what, column in (("time", "time_ms"), ("memory", "peak_mem_bytes")):
             fit = fit_slope(list(sizes), list(sub[column].astype(float)))
             claim = decl.get(f"{what}_growth") if axis == "seq_len" else None  # claims are for Nq = Nk = N
             claim = None if claim is None else float(claim)
-            any_fit |= fit is not None
             row[f"{what}_slope"] = None if fit is None else round(fit.slope, 3)
             row[f"{what}_ci_low"] = None if fit is None else round(fit.ci_low, 3)
             row[f"{what}_ci_high"] = None if fit is None else round(fit.ci_high, 3)
             row[f"{what}_fit"] = "" if fit is None else fit.describe()
             row[f"{what}_claim"] = claim
             row[f"{what}_flag"] = flagged(fit, claim)
-        if any_fit:
+            row[f"{what}_verdict"] = verdict(fit, claim, distinct)
+        if distinct >= 2:
             rows.append(row)
     return pd.DataFrame(rows, columns=_COLUMNS)
 
 
 _COLUMNS = ["machine", "impl", "group", "sizes"] + [
-    f"{what}_{part}" for what in ("time", "memory") for part in ("slope", "ci_low", "ci_high", "fit", "claim", "flag")
+    f"{what}_{part}"
+    for what in ("time", "memory")
+    for part in ("slope", "ci_low", "ci_high", "fit", "claim", "flag", "verdict")
 ]
 
 

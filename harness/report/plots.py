@@ -126,6 +126,36 @@ class Painter(Canvas):
     def unity_line(self, ax: Axes, sub: pd.DataFrame) -> None:
         ax.axhline(1.0, color="0.4", lw=1, ls="--", label=safe(f"= {self.baseline or 'baseline'}"))
 
+    # -- groups measured at one size -------------------------------------------------------------
+    def bars(self) -> list[Plot]:
+        """One chart per case group measured at a single length: time and peak memory per
+        implementation as bars (the same colours as every other chart)."""
+        from attnbench.report.tables import comparable
+
+        plots: list[Plot] = []
+        ok = self.data.ok
+        for (host, group), sub in ok.groupby(["host", "group"], sort=False):
+            if sub["x"].nunique() != 1:
+                continue
+            at = comparable(sub).sort_values("comparable_ms", kind="stable")
+            names = [str(n) for n in at["impl"]]
+            colours = [self.colors.get(n, "0.5") for n in names]
+            fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 0.9 + 0.32 * len(names)), layout="constrained")
+            left.barh(names, at["comparable_ms"].astype(float), color=colours)
+            left.set_xlabel("time (ms, relative to the baseline beside it)")
+            mem = at["peak_mem_bytes"].astype(float) / 2**20
+            right.barh(names, mem.fillna(0.0), color=colours)
+            right.set_xlabel("peak extra memory (MiB)")
+            right.set_yticklabels([])
+            for ax in (left, right):
+                ax.invert_yaxis()
+                ax.grid(True, axis="x", alpha=0.3)
+            where = f" · {host}" if len(self.hosts) > 1 else ""
+            title = f"{group} · {at['length'].iloc[0]}{where}"
+            fig.suptitle(safe(textwrap.fill(title, 100)), fontsize=10)
+            plots.append(self.save(fig, f"bars_{len(plots)}", f"Time and memory at one size: {title}"))
+        return plots
+
     # -- speed against error ------------------------------------------------------------------
     def pareto(self) -> list[Plot]:
         """Per group with an approximation that ran: time against distance from full attention, at
