@@ -100,10 +100,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if counts["inaccurate"] or counts["error"] else 0
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    from attnbench.models import ModelConfigError, load_config, presets, shapes_of, suite_text
+
+    if args.list_models:
+        for name, path in presets().items():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            print(f"{name:<14} {config.get('_name', '')}: {config.get('_source', '')}")
+        return 0
+    if not args.model:
+        return _fail("give --model CONFIG (a config.json or a preset: see --list-models)")
+    try:
+        name, config = load_config(args.model)
+        text = suite_text(shapes_of(name, config))
+        parse_suite(text, f"--model {args.model}")  # what it writes must be a valid suite
+    except (ModelConfigError, SuiteError) as exc:
+        return _fail(str(exc))
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"suite: {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _suite_for(args: argparse.Namespace) -> Suite:
-    """The suite named on the command line, or (resuming without one) the suite of the folder."""
+    """The suite named on the command line (or made from ``--model``), or (resuming without one)
+    the suite of the folder."""
     from attnbench.runner import read_run_json
 
+    if getattr(args, "model", None):
+        from attnbench.models import load_config, shapes_of, suite_text
+
+        name, config = load_config(args.model)
+        return parse_suite(suite_text(shapes_of(name, config)), f"model {args.model}")
     if args.suite is None and args.resume and args.out:
         given = read_run_json(Path(args.out))["suite"]
         if not isinstance(given.get("text"), str):
@@ -113,11 +143,14 @@ def _suite_for(args: argparse.Namespace) -> Suite:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from attnbench.models import ModelConfigError
     from attnbench.runner import RunError, Runner, describe
     from attnbench.workers import WorkerPool
 
     if args.resume and not args.out:
         return _fail("--resume needs --out DIR: the folder of the run to finish")
+    if args.model and args.suite:
+        return _fail("give a suite or --model, not both")
     pool: WorkerPool | None = None
     try:
         plugins = [str(Path(p).resolve()) for p in args.plugin]
@@ -132,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner = Runner(suite, catalog, Path(args.out) if args.out else None, plugins=plugins, only=only,
                         resume=args.resume, pool=pool)  # fmt: skip
         out = runner.run()
-    except (SuiteError, RegistryError, RunError) as exc:
+    except (SuiteError, RegistryError, RunError, ModelConfigError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         print("attnbench: interrupted; finished records are kept — finish with --resume", file=sys.stderr)
@@ -216,7 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAMES", help="comma-separated implementations to run")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--model", metavar="CONFIG", help="run the suite made from a model's config.json or preset")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("suite", help="write a suite from a model's shapes")
+    p.add_argument("--model", metavar="CONFIG", help="a Hugging Face-style config.json, or a preset name")
+    p.add_argument("--out", metavar="FILE", help="write the suite here (default: print it)")
+    p.add_argument("--list-models", action="store_true", help="list the shipped model presets")
+    p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser("report", help="write report.md, report.html, tables and plots from result folders")
     p.add_argument("dirs", nargs="+", metavar="DIR")

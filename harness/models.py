@@ -1,0 +1,200 @@
+"""Suites from a model's own shapes: ``attnbench suite --model CONFIG``.
+
+"Which attention for my model" starts from the model's attention shapes: its query heads, its
+key/value heads, its head dimension, its sliding window and its context length. They are read from
+a Hugging Face-style ``config.json`` (or a preset shipped in ``suites/models/``, each citing
+the ``config.json`` its numbers come from), under the names the common model families use:
+
+* heads: ``num_attention_heads``, ``n_head``, ``num_heads``;
+* key/value heads: ``num_key_value_heads``, ``num_kv_heads``, ``n_kv_heads`` (default: the
+  heads; ``multi_query: true`` means one);
+* head dim: ``head_dim``, else ``hidden_size`` / ``n_embd`` / ``d_model`` over the heads;
+* window: ``sliding_window`` (ignored when ``use_sliding_window`` is false or it covers the
+  context);
+* context: ``max_position_embeddings``, ``n_positions``, ``max_seq_len``, ``seq_length``; an
+  image model's tokens from ``image_size`` and ``patch_size`` (patches and a class token).
+
+Encoder families (BERT, RoBERTa, ViT, …) attend both ways and do not decode. The suite has one
+grid each for prefill at lengths doubling up to the context, decode against caches of lengths
+doubling up to the context (batch 1 and 8, uniform and ragged) and training (forward+backward),
+each with the model's window where it has one — both with and without it for models that
+alternate windowed and global layers (``"_attnbench": {"alternating_window": true}``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import attnbench.suites as _shipped
+
+MODELS_DIR = Path(_shipped.__file__).resolve().parent / "models"
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "vit", "deit", "beit")
+
+
+class ModelConfigError(ValueError):
+    """A config that cannot describe a model's attention, naming the key."""
+
+
+@dataclass(frozen=True)
+class ModelShapes:
+    """A model's attention shapes, as a suite needs them."""
+
+    name: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    context: int
+    window: int = 0
+    alternating_window: bool = False
+    causal: bool = True
+    decodes: bool = True
+    dtype: str = "bfloat16"
+    source: str = ""
+    lengths: list[int] = field(default_factory=list)  # fixed lengths (an image model's tokens)
+
+
+def presets() -> dict[str, Path]:
+    """The shipped model presets by name."""
+    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.json"))}
+
+
+def load_config(spec: str) -> tuple[str, dict[str, Any]]:
+    """``(name, config)`` from a preset name or a ``config.json`` path."""
+    path = Path(spec)
+    if not path.is_file():
+        known = presets()
+        if spec not in known:
+            raise ModelConfigError(f"--model {spec!r}: no such config file or preset (presets: {', '.join(known)})")
+        path = known[spec]
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelConfigError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelConfigError(f"{path}: a config is a JSON object of keys, not {type(config).__name__}")
+    name = str(config.get("_name") or (path.parent.name if path.name == "config.json" else path.stem))
+    return name, config
+
+
+def _int(config: dict[str, Any], keys: tuple[str, ...], where: str, required: bool = True) -> int | None:
+    for key in keys:
+        if key in config and config[key] is not None:
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ModelConfigError(f"{where}: {key} = {value!r}: expected a positive integer")
+            return value
+    if required:
+        raise ModelConfigError(f"{where}: no {keys[0]} (nor {', '.join(keys[1:])}): the model's attention needs it")
+    return None
+
+
+def shapes_of(name: str, config: dict[str, Any]) -> ModelShapes:
+    """The attention shapes a config describes (see the module for the keys read)."""
+    where = f"--model {name}"
+    heads = _int(config, ("num_attention_heads", "n_head", "num_heads"), where)
+    assert heads is not None
+    kv = (
+        1
+        if config.get("multi_query") is True
+        else _int(config, ("num_key_value_heads", "num_kv_heads", "n_kv_heads"), where, False)
+    )
+    kv_heads = kv or heads
+    if heads % kv_heads:
+        raise ModelConfigError(
+            f"{where}: num_key_value_heads = {kv_heads} does not divide num_attention_heads = {heads}"
+        )
+    head_dim = _int(config, ("head_dim",), where, False)
+    if head_dim is None:
+        hidden = _int(config, ("hidden_size", "n_embd", "d_model"), where, False)
+        if hidden is None:
+            raise ModelConfigError(f"{where}: no head_dim, and no hidden_size (nor n_embd, d_model) to derive it from")
+        if hidden % heads:
+            raise ModelConfigError(
+                f"{where}: hidden_size = {hidden} is not a multiple of num_attention_heads = {heads}"
+            )
+        head_dim = hidden // heads
+    options = config.get("_attnbench") or {}
+    lengths: list[int] = list(options.get("lengths") or [])
+    image, patch = config.get("image_size"), config.get("patch_size")
+    if not lengths and isinstance(image, int) and isinstance(patch, int) and patch > 0:
+        lengths = [(image // patch) ** 2 + 1]  # the patches and a class token
+    context = _int(config, ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"), where, not lengths)
+    context = context or max(lengths)
+    window = _int(config, ("sliding_window",), where, False) or 0
+    if config.get("use_sliding_window") is False or window >= context:
+        window = 0
+    encoder = str(config.get("model_type", "")).lower() in ENCODERS or config.get("is_decoder") is False
+    dtype = str(config.get("torch_dtype") or "bfloat16")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ModelConfigError(f"{where}: torch_dtype = {dtype!r}: expected float32, bfloat16 or float16")
+    return ModelShapes(
+        name=name, heads=heads, kv_heads=kv_heads, head_dim=head_dim, context=context, window=window,
+        alternating_window=bool(options.get("alternating_window")) and window > 0, causal=not encoder,
+        decodes=not encoder, dtype=dtype, source=str(config.get("_source") or ""), lengths=lengths,
+    )  # fmt: skip
+
+
+def doubling(low: int, high: int) -> list[int]:
+    """Powers of two from ``low`` up to ``high``, and ``high`` itself."""
+    out, n = [], low
+    while n < high:
+        out.append(n)
+        n *= 2
+    return [*out, high]
+
+
+def suite_text(shapes: ModelShapes) -> str:
+    """A suite TOML for the model: prefill, decode and training grids (see the module)."""
+    slug = "".join(c if c.isalnum() else "-" for c in shapes.name.lower()).strip("-")
+    windows = [0, shapes.window] if shapes.alternating_window else [shapes.window]
+    prefill = shapes.lengths or doubling(min(512, shapes.context), shapes.context)
+    train = shapes.lengths or doubling(min(512, shapes.context), min(shapes.context, 4096))
+    common = (
+        f"heads = [{shapes.heads}]\nkv_heads = [{shapes.kv_heads}]\nhead_dim = [{shapes.head_dim}]\n"
+        f'dtype = ["{shapes.dtype}"]\ncausal = [{str(shapes.causal).lower()}]\nwindow = {windows}\n'
+    )
+    lines = [
+        f"# The attention shapes of {shapes.name}" + (f", from {shapes.source}" if shapes.source else "") + ".",
+        "# Written by `attnbench suite --model`; edit freely.",
+        "[suite]",
+        f'name = "model-{slug}"',
+        f'description = "{shapes.name}: {shapes.heads} heads over {shapes.kv_heads} KV heads, head dim'
+        f" {shapes.head_dim}, context {shapes.context}" + (f", window {shapes.window}" if shapes.window else "") + '"',
+        'implementations = "all"',
+        'baseline = "sdpa"',
+        "",
+        "# Prefill: the whole prompt at once.",
+        "[[grid]]",
+        'mode = ["forward"]',
+        f"seq_len = {prefill}",
+        common,
+    ]
+    if shapes.decodes:
+        caches = [n for n in doubling(min(1024, shapes.context), shapes.context)]
+        lines += [
+            "# Decode: one new token against the KV cache.",
+            "[[grid]]",
+            'mode = ["decode"]',
+            "batch = [1, 8]",
+            "seq_len = [1]",
+            f"kv_len = {caches}",
+            'kv_lengths = ["uniform", "ragged"]',
+            common,
+        ]
+    lines += [
+        "# Training: forward and backward.",
+        "[[grid]]",
+        'mode = ["forward_backward"]',
+        f"seq_len = {train}",
+        common,
+        "[budget]",
+        "timeout_s = 60",
+        "memory_gib = 8",
+        "min_time_s = 0.1",
+        "max_time_s = 1.0",
+        "",
+    ]
+    return "\n".join(lines)
