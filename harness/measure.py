@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from attnbench import steps
+from attnbench import fidelity, steps
 from attnbench.calibrate import GemmProbe, StreamProbe
 from attnbench.case import CASE_KEYS
 from attnbench.contract import Implementation
@@ -200,6 +200,7 @@ class CaseRun:
         self.report({"partial": record.as_dict()})
         self.enter(steps.REFERENCE)
         self.reference(impl, inputs, got, rows)
+        self.fidelity(fn, inputs, got, rows)
 
     def time(self, call: Callable[[], object], base_call: Callable[[], object] | None) -> None:
         record, budget = self.record, self.budget
@@ -293,6 +294,26 @@ class CaseRun:
         if not result.ok:
             record.status, record.reason = "inaccurate", result.failures()
             record.speedup = None  # a wrong answer's time is no evidence of speed
+
+
+    def fidelity(self, fn: Callable[..., Tensor], inputs: Any, got: Outputs, rows: Tensor) -> None:
+        """On a probe: the share of the planted targets the output recovers, and (short cases)
+        the effective attention matrix, against unrestricted softmax attention."""
+        record, problem = self.record, self.problem
+        if problem.probe == "random" or problem.mode == "decode":
+            return
+        q, k, v = inputs
+        try:
+            found = fidelity.measure(got.out, q, k, v, problem, rows)
+            if found is not None:
+                record.probe_mass, record.recovered = found.probe_mass, found.recovered
+                record.uniform_recovered, record.probe_rel_err = found.uniform_recovered, found.probe_rel_err
+                record.retrieval_curve = found.curve
+            if fidelity.wants_map(problem):
+                record.attention_map = fidelity.encode(fidelity.effective_map(fn, q, k, v))
+                record.softmax_map = fidelity.encode(fidelity.softmax_map(q, k, problem))
+        except Exception as exc:
+            record.check_note = _join(record.check_note, f"fidelity not measured: {_short(exc)}")
 
 
 def _prepare(impl: Implementation, problem: Problem, inputs: Any) -> tuple[Callable[..., Tensor], float]:

@@ -18,6 +18,7 @@ from attnbench.devices import canonical
 from attnbench.kvcache import parse_cache, parse_lengths
 from attnbench.modes import MODES, Mode, mode
 from attnbench.patterns import Pattern
+from attnbench.probes import Targets, parse_probe, probe_inputs, targets
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -65,6 +66,14 @@ def _cache_ok(value: str) -> bool:
 def _lengths_ok(value: str) -> bool:
     try:
         parse_lengths(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _probe_ok(value: str) -> bool:
+    try:
+        parse_probe(value)
     except ValueError:
         return False
     return True
@@ -164,6 +173,13 @@ class Problem:
             _lengths_ok, lambda v, c: None if v == "uniform" else str(v), 51,
         ),
     )  # fmt: skip
+    probe: str = case_field(
+        "random",
+        CaseField(
+            str, ["random"], "'random' or a probe: retrieval, previous_token, first_token, recency, induction,"
+            " global, toy (optionally ':mass=M')", _probe_ok, lambda v, c: None if v == "random" else str(v), 52,
+        ),
+    )  # fmt: skip
     #: Seeds the inputs and :meth:`generator` (random features, random layouts of a plugin).
     seed: int = 0
     pattern: Pattern = field(init=False, repr=False, compare=False)
@@ -190,7 +206,10 @@ class Problem:
                 raise ValueError(f"decode: {self.seq_len} new tokens (seq_len) exceed the cache (kv_len {self.kv_len})")
             if self.layout != "dense":
                 raise ValueError("decode: block layouts are not defined against a KV cache; use layout 'dense'")
-        elif (self.cache, self.kv_lengths) != ("contiguous", "uniform"):
+        parse_probe(self.probe)
+        if self.probe != "random" and self.mode == "decode":
+            raise ValueError("probes plant structure in a whole sequence's queries and keys: not in decode mode")
+        if self.mode != "decode" and (self.cache, self.kv_lengths) != ("contiguous", "uniform"):
             raise ValueError("cache and kv_lengths describe a KV cache: they apply to mode 'decode' only")
         torch_dtype(self.dtype)
         pattern = Pattern.make(self.causal, self.window, self.layout)
@@ -256,12 +275,33 @@ class Problem:
         generated in float32 on the CPU so that every device and dtype sees the same values, then
         moved and cast."""
         gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
-        k = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
-        v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
+        if self.probe != "random":  # planted structure (attnbench.probes)
+            kind, mass = parse_probe(self.probe)
+            q, k, v, _ = probe_inputs(
+                kind, mass, self.batch, self.heads, self.kv_heads, self.seq_len, self.kv_len, self.head_dim,
+                self.full_visible(), self.seed if seed is None else seed, self.causal,
+            )  # fmt: skip
+        else:
+            q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
+            k = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
+            v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
         target_dtype = dtype or self.torch_dtype
         target_device = device or self.device
         return tuple(t.to(device=target_device, dtype=target_dtype) for t in (q, k, v))  # type: ignore[return-value]
+
+    def full(self) -> Problem:
+        """The same case with no window and no block layout: the unrestricted softmax attention
+        that probes are planted for and that fidelity is measured against."""
+        return self.with_(window=0, layout="dense")
+
+    def full_visible(self) -> torch.Tensor:
+        """``[Nq]``: how many keys each query sees under unrestricted (causal or full) attention."""
+        lo, hi = self.full().pattern.row_ranges(self.seq_len, self.kv_len)
+        return hi - lo
+
+    def targets(self) -> Targets:
+        """The planted targets of this case's probe (none for ``random``)."""
+        return targets(parse_probe(self.probe)[0], self.seq_len, self.kv_len, self.seed, self.causal)
 
     def input_bytes(self) -> int:
         """Bytes held by ``q, k, v`` (and, with gradients, their gradients and the output's)."""

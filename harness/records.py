@@ -80,6 +80,14 @@ class Record:
     full_rel_err: float | None = None
     uniform_rel_err: float | None = None  # uniform attention (the mean of V) against full softmax attention
     own_reference_differs: bool | None = None  # exact, but its own reference() is another function
+    # fidelity on a probe (attnbench.fidelity): where it attends, against unrestricted softmax attention
+    probe_mass: float | None = None  # softmax attention's share on the planted targets
+    recovered: float | None = None  # the share of it the output recovers (1: as softmax; 0: chance)
+    uniform_recovered: float | None = None  # uniform attention's, the floor
+    probe_rel_err: float | None = None  # distance from unrestricted softmax attention on the probe
+    retrieval_curve: list[list[float]] = field(default_factory=list)  # [[d_lo, d_hi, recovered, rows]]
+    attention_map: str = ""  # the recovered attention matrix (head 0), float16 base64, short cases
+    softmax_map: str = ""  # unrestricted softmax attention's, on the same inputs
     # bookkeeping
     suite: str = ""
     machine: str = ""

@@ -97,6 +97,21 @@ def _statistics(q: Tensor, k: Tensor, problem: Problem, rows: Tensor) -> tuple[T
     return qg, allowed, torch.nan_to_num(m, neginf=0.0), total
 
 
+def weights_on(q: Tensor, k: Tensor, problem: Problem, rows: Tensor, keys: Tensor) -> Tensor:
+    """``[B, H, R, T]``: softmax attention's weight on the given ``keys`` ``[R, T]`` of each sampled
+    row (float64; 0 where a key index is -1 or the pattern hides the pair)."""
+    _, allowed, m, total = _statistics(q, k, problem, rows)
+    lse = _ungroup(m + torch.log(total.clamp(min=1e-300)), problem)[..., 0]  # [B, H, R]
+    index = keys.clamp(min=0)  # [R, T]
+    g = problem.heads // problem.kv_heads
+    picked = k.detach()[:, :, index.to(k.device)].to("cpu", torch.float64)  # [B, Hkv, R, T, D]
+    picked = picked.repeat_interleave(g, dim=1)  # [B, H, R, T, D]
+    q64 = q.detach()[:, :, rows.to(q.device)].to("cpu", torch.float64)  # [B, H, R, D]
+    s = (picked @ q64[..., None])[..., 0] * problem.scale  # [B, H, R, T]
+    seen = (keys >= 0) & torch.gather(allowed, 1, index)  # [R, T]
+    return torch.exp(s - lse[..., None]) * seen
+
+
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
     """``softmax(q kᵀ · scale + mask) v`` in float64 on the CPU for ``problem``'s pattern.
 
