@@ -176,8 +176,8 @@ def _samples(row: dict[str, Any], name: str) -> list[float]:
 
 def reference_of(row: dict[str, Any]) -> str:
     """What a record's within-run reference is: its machine probe, else its interleaved baseline."""
-    if _samples(row, "probe_ms") and row.get("probe"):
-        return f"probe {row['probe']}"
+    if _samples(row, "machine_probe_ms") and row.get("machine_probe"):
+        return f"probe {row['machine_probe']}"
     if _samples(row, "baseline_samples_ms") and row.get("baseline"):
         return f"baseline {row['baseline']}"
     return ""
@@ -185,7 +185,7 @@ def reference_of(row: dict[str, Any]) -> str:
 
 def _relative(row: dict[str, Any], reference: str) -> list[float]:
     """Per-sample ratios impl / reference; paired when both lists have one sample per round."""
-    column = "probe_ms" if reference.startswith("probe ") else "baseline_samples_ms"
+    column = "machine_probe_ms" if reference.startswith("probe ") else "baseline_samples_ms"
     own, base = _samples(row, "samples_ms"), _samples(row, column)
     if not own or not base:
         return []

@@ -232,7 +232,7 @@ class CaseRun:
             record.baseline_time_ms = timing.baseline.median
             record.speedup = record.baseline_time_ms / median
         if probe is not None and timing.probe is not None:
-            record.probe, record.probe_ms = probe[0], timing.probe.ms
+            record.machine_probe, record.machine_probe_ms = probe[0], timing.probe.ms
             self.probe_rate = probe[2] / (min(timing.probe.ms) / 1e3)
 
     def probe(self) -> tuple[str, Callable[[], object], float] | None:
@@ -294,7 +294,6 @@ class CaseRun:
         if not result.ok:
             record.status, record.reason = "inaccurate", result.failures()
             record.speedup = None  # a wrong answer's time is no evidence of speed
-
 
     def fidelity(self, fn: Callable[..., Tensor], inputs: Any, got: Outputs, rows: Tensor) -> None:
         """On a probe: the share of the planted targets the output recovers, and (short cases)

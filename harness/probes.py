@@ -104,17 +104,18 @@ def targets(kind: str, nq: int, nk: int, seed: int, causal: bool = True) -> Targ
         index = torch.where(fixed <= p[:, None], fixed, -1)  # only keys a causal row could see
         return Targets(index, torch.ones(index.shape), (p[:, None] - fixed).clamp(min=0).min(dim=1).values)
     if kind == "induction":
-        tokens = induction_tokens(nk, seed)  # [Nk]
+        tokens = induction_tokens(nk, seed).tolist()  # [Nk]
+        where: dict[int, list[int]] = {}
+        for j, tok in enumerate(tokens):
+            where.setdefault(tok, []).append(j)  # each token's positions, ascending
         index = torch.full((nq, 64), -1, dtype=torch.int64)
         distance = torch.full((nq,), -1, dtype=torch.int64)
-        for row in range(nq):
-            pos = int(p[row])
-            seen = tokens[:pos] if causal else tokens[:-1]  # non-causal: every occurrence, its own included
-            earlier = (seen == tokens[pos]).nonzero().flatten() + 1  # the keys just after them
-            earlier = earlier[earlier <= (pos if causal else nk - 1)][-64:]
-            if len(earlier):
-                index[row, : len(earlier)] = earlier
-                distance[row] = pos - int(earlier[-1])
+        for row, pos in enumerate(p.tolist()):
+            seen = [j for j in where[tokens[pos]] if (j < pos if causal else j < nk - 1)]
+            after = [j + 1 for j in seen][-64:]  # the keys just after earlier (or, non-causal, all) occurrences
+            if after:
+                index[row, : len(after)] = torch.tensor(after)
+                distance[row] = min(abs(pos - a) for a in after)
         return Targets(index, torch.ones(index.shape), distance)
     if kind == "toy":
         index = torch.where(p >= 1, p - 1, -1)
@@ -129,20 +130,19 @@ def induction_tokens(n: int, seed: int) -> Tensor:
     return torch.randint(0, max(2, n // 8), (n,), generator=gen)
 
 
-def gains(share: Tensor, visible: Tensor, mass: float, head_dim: int) -> Tensor:
+def gains(share: Tensor, present: Tensor, visible: Tensor, mass: float, head_dim: int) -> Tensor:
     """``[Nq]``: the query gain ``λ`` that puts ``mass`` of a row's softmax weight on its targets.
 
-    ``share`` ``[Nq, T]`` is each target's score per unit of gain (0 pads): a query
+    ``share`` ``[Nq, T]`` is each target's score per unit of gain (``present`` marks real targets): a query
     ``λ · normalise(Σ_t w_t ĉ_t)`` gives target ``t`` the score ``λ w_t / ||w||`` when the codes
     are nearly orthogonal (``λ`` for every target that carries the query's own code), and each of
     the other visible keys ``λ z / √D`` with ``z ~ N(0, 1)``, whose ``e^s`` averages ``e^{λ²/2D}``.
     The share on the targets, ``Σ_t e^{s_t} / (Σ_t e^{s_t} + (n - T) e^{λ²/2D})``, rises with
     ``λ`` until the background catches up; it is solved by bisection below that turning point."""
-    present = share > 0  # [Nq, T]
     count = present.sum(dim=1)  # [Nq]
     others = (visible - count).clamp(min=0).double()  # [Nq]
     pad = torch.where(present, 0.0, float("-inf")).double()
-    high_share = share.double().max(dim=1).values.clamp(min=1e-6)  # [Nq]
+    high_share = share.double().masked_fill(~present, 0).max(dim=1).values.clamp(min=1e-6)  # [Nq]
 
     def planted(lam: Tensor) -> Tensor:  # [Nq]
         top = torch.logsumexp(lam[:, None] * share.double() + pad, dim=1)
@@ -184,11 +184,15 @@ def probe_inputs(
     else:
         picked = codes[:, :, index]  # [B, Hkv, Nq, T, D]
         direction = (picked * weight[None, None, :, :, None]).sum(dim=3)  # [B, Hkv, Nq, D]
-    direction = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    if kind == "induction":
-        share = (plan.index >= 0).float()  # every target carries the query's code: it scores λ
-    else:
-        share = weight / weight.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    lam = gains(share, visible, mass, head_dim)  # [Nq]
-    q = (direction * lam[None, None, :, None]).repeat_interleave(heads // kv_heads, dim=1)  # [B, H, Nq, D]
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # [B, Hkv, Nq, D]
+    present = (plan.index >= 0).expand(batch, kv_heads, -1, -1)  # [B, Hkv, Nq, T]
+    if kind == "induction":  # every target is the query's own code: it scores the full gain
+        share = present.float()
+    else:  # each target's score per unit of gain, cross terms between target codes included
+        share = (codes[:, :, index] @ direction[..., None])[..., 0] / math.sqrt(head_dim)  # [B, Hkv, Nq, T]
+    lam = gains(
+        share.reshape(-1, share.shape[-1]), present.reshape(-1, share.shape[-1]),
+        visible.repeat(batch * kv_heads), mass, head_dim,
+    ).view(batch, kv_heads, nq)  # fmt: skip  # [B, Hkv, Nq]
+    q = (direction * lam[..., None]).repeat_interleave(heads // kv_heads, dim=1)  # [B, H, Nq, D]
     return q, codes, v, plan

@@ -55,8 +55,8 @@ class Record:
     speedup: float | None = None  # baseline time / this time (> 1: faster than the baseline)
     baseline_note: str = ""  # why there is no baseline time (unavailable, failed, over its budget)
     # the machine probe timed beside it (a fixed matrix product, or a memory sweep)
-    probe: str = ""
-    probe_ms: list[float] = field(default_factory=list)
+    machine_probe: str = ""
+    machine_probe_ms: list[float] = field(default_factory=list)
     # memory
     peak_mem_bytes: int | None = None
     # work

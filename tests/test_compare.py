@@ -66,8 +66,8 @@ def write_run(
                 baseline="sdpa",
                 baseline_samples_ms=baseline,
                 machine="box-cpu",
-                probe="" if probe_scale is None else "matmul float32 n=512",
-                probe_ms=[] if probe_scale is None else draw(rng, 1.5 * probe_scale, n),
+                machine_probe="" if probe_scale is None else "matmul float32 n=512",
+                machine_probe_ms=[] if probe_scale is None else draw(rng, 1.5 * probe_scale, n),
             )
         )
     records += extra or []

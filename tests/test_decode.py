@@ -220,7 +220,7 @@ def test_a_decode_run_records_bandwidth_and_tokens(tmp_path: Path) -> None:
     records = read_records(out / "results.jsonl")
     assert len(records) == 4 * 4 and all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
     for r in records:
-        assert r["mode"] == "decode" and r["probe"].startswith("triad")
+        assert r["mode"] == "decode" and r["machine_probe"].startswith("triad")
         assert 0 < r["bandwidth_fraction"] <= 1.0, (r["impl"], r["gbps"], r["peak_gbps"])
         assert r["tokens_per_s"] == pytest.approx(2 / (r["time_ms"] / 1e3))
         assert r["checks"] == ["output"]

@@ -226,3 +226,16 @@ def test_records_load_straight_into_pandas(tmp_path: Path) -> None:
     assert list(frame["impl"]) == ["a", "b"]
     assert frame.loc[0, "time_ms"] == 1.5
     assert os.path.getsize(path) > 0
+
+
+def test_no_record_field_shadows_a_case_field() -> None:
+    """A record is written flat, its case's fields beside its measurements: one name for two
+    things would lose one of them (the machine probe's label once overwrote the input probe)."""
+    from dataclasses import fields as dataclass_fields
+
+    from attnbench.case import CASE_KEYS
+
+    measured = {f.name for f in dataclass_fields(Record)} - {"case"}
+    assert not set(CASE_KEYS) & measured
+    row = Record("x", "ok", probe="retrieval", machine_probe="matmul").as_dict()
+    assert row["probe"] == "retrieval" and row["machine_probe"] == "matmul"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.report import tables
+from attnbench.report import fidelity, tables
 from attnbench.report.data import ReportData, baseline_name, load_data, records_of, suite_of
 from attnbench.report.figure import Plot
 from attnbench.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
@@ -56,6 +56,9 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "scaling": fits,
         "records": tables.records_csv(data),
     }
+    fidelity_table = fidelity.table(data)
+    if len(fidelity_table):
+        frames["fidelity"] = fidelity_table
     across = tables.cross_machine(data)
     if len(across):
         frames["machines_compared"] = across
@@ -86,18 +89,26 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "files": [p.relative_to(target).as_posix() for p in csvs],
         "has_approx": bool(frames["summary"]["approximation"].notna().any()),
         "has_special": bool(frames["summary"]["special_fastest"].notna().any()),
+        "fidelity": {
+            "columns": list(fidelity_table.columns) if len(fidelity_table) else [],
+            "rows": _rows(fidelity_table),
+            "words": fidelity.in_words(data),
+        },
         "several_hosts": data.records["host"].nunique() > 1 if len(data.records) else False,
     }
 
 
 def draw(data: ReportData, folder: Path, baseline: str) -> dict[str, list[Plot]]:
     if not len(data.records):
-        return {k: [] for k in ("time", "memory", "throughput", "speedup", "bandwidth", "bars", "pareto", "heatmaps")}
+        empty = ("time", "memory", "throughput", "speedup", "bandwidth", "bars", "pareto", "heatmaps")
+        return {k: [] for k in (*empty, "curves", "maps", "toy", "fidelity_pareto")}
     painter = Painter(data, folder, baseline)
     plots = {metric: painter.by_length(metric) for metric in ("time", "memory", "throughput", "speedup", "bandwidth")}
     plots["bars"] = painter.bars()
     plots["pareto"] = painter.pareto()
     plots["heatmaps"] = draw_heatmaps(painter)
+    drawn = fidelity.draw(painter)
+    plots.update(curves=drawn["curves"], maps=drawn["maps"], toy=drawn["toy"], fidelity_pareto=drawn["pareto"])
     return plots
 
 
