@@ -43,7 +43,7 @@ def test_probe_fields_parse_and_reject() -> None:
 def test_softmax_attention_on_a_probe_puts_the_planted_share_on_its_targets(probe: str, causal: bool) -> None:
     for mass in (0.9, 0.6):
         problem = Problem(batch=1, heads=2, seq_len=1024, head_dim=64, causal=causal, probe=f"{probe}:mass={mass}")
-        q, k, v = problem.make_inputs()
+        q, k, _ = problem.make_inputs()
         plan = problem.targets()
         rows = plan.rows()
         s = (q[0, 0].double() @ k[0, 0].double().T) * problem.scale  # [N, N]
