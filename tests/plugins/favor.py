@@ -24,12 +24,22 @@ import torch
 from attnbench import Problem, register
 
 Tensor = torch.Tensor
-FEATURES = 128
+FEATURES = 256
 
 
 def directions(problem: Problem, m: int = FEATURES) -> Tensor:
-    """``[m, D]`` Gaussian directions drawn from the case's seed (the same in setup and reference)."""
-    return torch.randn(m, problem.head_dim, generator=problem.generator(salt=7), dtype=torch.float64)
+    """``[m, D]`` orthogonal random features (Performer's): blocks of ``D`` orthonormal rows from
+    the QR decomposition of Gaussian matrices, each row rescaled to a Gaussian vector's length —
+    drawn from the case's seed, so set-up and reference draw the same ones."""
+    gen = problem.generator(salt=7)
+    d = problem.head_dim
+    blocks = []
+    for _ in range(-(-m // d)):
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+        blocks.append(q.T)  # [D, D] orthonormal rows
+    rows = torch.cat(blocks)[:m]  # [m, D]
+    lengths = torch.randn(m, d, generator=gen, dtype=torch.float64).norm(dim=1, keepdim=True)
+    return rows * lengths
 
 
 def favor_features(x: Tensor, omega: Tensor, scale: float) -> Tensor:
@@ -85,3 +95,11 @@ def flops(problem: Problem) -> float:
 def favor_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, problem: Problem) -> Tensor:
     """FAVOR+ random-feature attention (non-causal), features drawn outside the timing."""
     return setup(problem)(q, k, v, causal=causal, scale=scale)
+
+
+# The same function without ``setup=``: it draws its features inside every timed call — the
+# price ``setup=`` removes (compare the two in one run: benchmarks/setup_outside_timing.toml).
+register(
+    "favor_inline", exact=False, approximates="softmax attention", features=(), dtypes=("float32",),
+    reference=reference, flops=flops, tolerance=1e-4,
+)(favor_attention)  # fmt: skip
