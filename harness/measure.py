@@ -233,6 +233,7 @@ class CaseRun:
             record.speedup = record.baseline_time_ms / median
         if probe is not None and timing.probe is not None:
             record.machine_probe, record.machine_probe_ms = probe[0], timing.probe.ms
+            record.machine_probe_work = probe[2]
             self.probe_rate = probe[2] / (min(timing.probe.ms) / 1e3)
 
     def probe(self) -> tuple[str, Callable[[], object], float] | None:

@@ -57,6 +57,7 @@ class Record:
     # the machine probe timed beside it (a fixed matrix product, or a memory sweep)
     machine_probe: str = ""
     machine_probe_ms: list[float] = field(default_factory=list)
+    machine_probe_work: float | None = None  # FLOPs (matmul) or bytes (triad) of one probe call
     # memory
     peak_mem_bytes: int | None = None
     # work

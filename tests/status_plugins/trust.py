@@ -78,3 +78,15 @@ class SupportsSegfaults(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return q
+
+
+@register("slowable_sdpa", description="SDPA, made slower by ATTNBENCH_TEST_SLOWDOWN (a factor) for the compare tests")
+def slowable_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    import os
+
+    start = time.perf_counter()
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    factor = float(os.environ.get("ATTNBENCH_TEST_SLOWDOWN", "1"))
+    if factor > 1:
+        time.sleep((factor - 1) * (time.perf_counter() - start))
+    return out
