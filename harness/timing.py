@@ -13,7 +13,8 @@ implementation's samples decide when to stop: at least ``min_repeats`` samples a
 ``max_time_s`` of its own time is spent. ``min_repeats`` is a minimum: the loop goes on past
 ``max_time_s`` to reach it (the worker's timeout still bounds it). The baseline stops being
 sampled once its own time reaches ``baseline_budget_s``, so a slow baseline costs the
-implementation nothing; the probe likewise stops at ``probe_budget_s``.
+implementation nothing; the probe likewise stops at ``probe_budget_s`` (after one sample at least:
+a record always carries the probe it was set against).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def measure(
         wanted = base is not None and (len(base.ms) < min_repeats or base.spent_s < max_time_s)
         if baseline is not None and base is not None and wanted and base.fits(baseline_budget_s):
             base.take(clock, baseline)
-        if probe is not None and machine is not None and machine.fits(probe_budget_s):
+        if probe is not None and machine is not None and (not machine.ms or machine.fits(probe_budget_s)):
             machine.take(clock, probe)
         spent = impl.spent_s
         if len(impl.ms) < max(1, min_repeats):

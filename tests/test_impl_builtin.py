@@ -237,7 +237,7 @@ def test_declarations(name: str) -> None:
     assert impl.description and "\n" not in impl.description
     assert impl.approximates == ("" if exact else "softmax attention")
     assert impl.available().ok
-    assert impl.features <= {"causal", "window", "layout", "gqa", "cross", "backward"}
+    assert impl.features <= {"causal", "window", "layout", "gqa", "cross", "backward", "decode"}
 
 
 @pytest.mark.parametrize(

@@ -143,7 +143,8 @@ def test_tolerance_is_the_approximations_own() -> None:
 def test_flops_declared_by_a_function_are_its_own() -> None:
     impl = registry_with("favor.py").get("favor")
     problem = Problem(batch=1, heads=2, seq_len=200, head_dim=32)
-    assert impl.work(problem).flops == 2 * 4 * 400 * 128 * 32
+    features = sys.modules[impl.fn.__module__].FEATURES  # the plugin's own feature count
+    assert impl.work(problem).flops == 2 * 4 * 400 * features * 32
     assert load_registry().get("linear").work(problem).flops != load_registry().get("sdpa").work(problem).flops
 
 

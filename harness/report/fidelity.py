@@ -80,6 +80,8 @@ def table(data: ReportData) -> pd.DataFrame:
 def in_words(data: ReportData) -> list[str]:
     """For each implementation on the retrieval probe: how far it retrieves at each length."""
     rec = probed(data)
+    if not len(rec):
+        return []
     rec = rec[rec["kind"] == "retrieval"]
     lines = []
     for (host, who), sub in rec.groupby(["host", "who"], sort=False):
