@@ -10,7 +10,8 @@ folder was started with.
 
 Where the pairs run is an executor's concern (:mod:`attnbench.executors`): by default every
 device of this machine, one worker per device (:class:`~attnbench.executors.local.LocalExecutor`),
-or Ray tasks across a cluster. Whichever runs them, the runner alone writes the records.
+or Ray tasks across a cluster. Whichever runs them, the runner alone writes the records. A
+``shard`` (:mod:`attnbench.shards`) restricts the sweep to one part of the suite's pairs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attnbench import steps
+from attnbench import shards, steps
 from attnbench.case import CASE_KEYS, record_key
 from attnbench.devices import device
 from attnbench.executors import Sweep
@@ -148,6 +149,7 @@ class Runner:
         progress: bool = True,
         pool: WorkerPool | None = None,
         executor: Executor | None = None,
+        shard: shards.Shard | None = None,
     ) -> None:
         self.suite = suite
         self.catalog = catalog
@@ -165,6 +167,12 @@ class Runner:
         admits = {n: functools.partial(declared_support, catalog.get(n)) for n in self.extra}
         pairs = suite.pairs(catalog.known(), self.devices, extra=self.extra, admits=admits)
         self.pairs = [(c, catalog.canonical(i)) for c, i in pairs if catalog.canonical(i) in self.impls]
+        if shard is None and resume:  # a shard's folder resumes as that shard
+            shard = shards.Shard.from_dict(self._folder_info().get("shard"))
+        self.shard = shard
+        self.plan = shards.plan(self.pairs, self.shard.count, suite.budget) if self.shard else None
+        if self.shard:
+            self.pairs = self.shard.select(self.pairs, suite.budget)
         self.cases = list(dict.fromkeys(case for case, _ in self.pairs))
         self.unavailable: dict[tuple[str, str], str] = {}
 
@@ -200,6 +208,12 @@ class Runner:
                     f" ({info['suite'].get('path')}), not {self.suite.name!r} as given; resume it without"
                     " naming a suite, or choose another --out"
                 )
+            if shards.Shard.from_dict(info.get("shard")) != self.shard:
+                held = shards.Shard.from_dict(info.get("shard"))
+                raise RunError(
+                    f"--resume: {self.out_dir} holds {f'shard {held}' if held else 'the whole suite'}, not"
+                    f" {f'shard {self.shard}' if self.shard else 'the whole suite'}; resume it without --shard"
+                )
             info.setdefault("resumed", []).append(now())
             info["ended"] = None
             return info
@@ -225,6 +239,8 @@ class Runner:
             "implementations": [self.catalog.get(n) for n in self.impls],
             "aliases": self.catalog.aliases,
             "executor": self.executor.describe(),
+            "shard": self.shard.as_dict() if self.shard else None,
+            **({"plan": self.plan} if self.plan is not None else {}),
         }
 
     def _write_info(self, info: dict[str, Any]) -> None:
