@@ -143,6 +143,7 @@ def _suite_for(args: argparse.Namespace) -> Suite:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from attnbench import executors
     from attnbench.models import ModelConfigError
     from attnbench.runner import RunError, Runner, describe
     from attnbench.shards import parse_shard
@@ -153,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.model and args.suite:
         return _fail("give a suite or --model, not both")
     pool: WorkerPool | None = None
+    executor: executors.Executor | None = None
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as exc:
@@ -163,14 +165,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not Path(path).is_file():
                 raise RegistryError(f"plugin file {given!r} does not exist")
         suite = _suite_for(args)
+        executor = executors.create(args.executor, address=args.address)
         pool = WorkerPool(plugins)
         catalog = describe(pool)
         suite = parse_suite(suite.text, suite.path, catalog.known())  # the names, now that they are known
         only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
         runner = Runner(suite, catalog, Path(args.out) if args.out else None, plugins=plugins, only=only,
-                        resume=args.resume, pool=pool, shard=shard)  # fmt: skip
+                        resume=args.resume, pool=pool, executor=executor, shard=shard)  # fmt: skip
         out = runner.run()
-    except (SuiteError, RegistryError, RunError, ModelConfigError) as exc:
+    except (SuiteError, RegistryError, RunError, ModelConfigError, executors.ExecutorError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         print("attnbench: interrupted; finished records are kept — finish with --resume", file=sys.stderr)
@@ -178,6 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if pool is not None:
             pool.close()
+        if executor is not None:
+            executor.close()
     print(f"results: {out}")
     if not args.no_report:
         _report([out], None, quiet=False)
@@ -273,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--model", metavar="CONFIG", help="run the suite made from a model's config.json or preset")
     p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the suite (join: merge)")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], default="local",
+        help="local: every device of this machine (default); ray: each pair a Ray task on a cluster",
+    )  # fmt: skip
+    p.add_argument("--address", metavar="ADDR", help="the Ray cluster to use with --executor ray (e.g. auto)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("suite", help="write a suite from a model's shapes")

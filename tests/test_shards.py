@@ -24,36 +24,7 @@ from attnbench.suite import parse_suite
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "status_plugins" / "misbehaving.py"
 
-# Four implementations on eight cases (ok, unsupported, unavailable), and one that crashes at its
-# smaller size, so that its larger size is skipped only if both sizes run in the same shard.
-TINY = """
-[suite]
-name = "tiny"
-implementations = ["naive", "sdpa", "sliding_window", "sdpa_efficient"]
-baseline = "sdpa"
-
-[[grid]]
-heads = [1]
-seq_len = [32, 64]
-head_dim = [16]
-dtype = ["float32"]
-causal = [false, true]
-
-[[grid]]
-implementations = ["bad_segfault"]
-heads = [1]
-seq_len = [32, 64]
-head_dim = [16]
-dtype = ["float32"]
-causal = [false]
-
-[budget]
-timeout_s = 60
-memory_gib = 1
-min_time_s = 0.01
-max_time_s = 0.02
-min_repeats = 3
-"""
+TINY = HERE / "status_plugins" / "tiny.toml"  # with misbehaving.py: ok, unsupported, unavailable, crashed, skipped
 BUDGET = {"timeout_s": 60.0, "min_time_s": 0.2, "max_time_s": 2.0, "min_repeats": 5}
 
 
@@ -264,18 +235,16 @@ def statuses(folder: Path) -> dict[tuple[Any, ...], str]:
 
 
 def test_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
-    (tmp_path / "tiny.toml").write_text(TINY)
     for name, extra in (("whole", []), ("s1", ["--shard", "1/2"]), ("s2", ["--shard", "2/2"])):
         proc = attnbench(
-            "run", str(tmp_path / "tiny.toml"), "--plugin", str(PLUGIN), "--out", str(tmp_path / name), "--no-report",
-            *extra,
+            "run", str(TINY), "--plugin", str(PLUGIN), "--out", str(tmp_path / name), "--no-report", *extra
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
     whole, s1, s2 = (statuses(tmp_path / name) for name in ("whole", "s1", "s2"))
     assert s1 and s2 and not set(s1) & set(s2)
     info = json.loads((tmp_path / "s2" / "run.json").read_text())
     assert info["shard"] == {"index": 2, "count": 2}
-    assert info["suite"]["hash"] == suite_hash(TINY)
+    assert info["suite"]["hash"] == suite_hash(TINY.read_text())
     assert {"ok", "unsupported", "unavailable", "crashed", "skipped"} <= set(whole.values())
 
     merged = tmp_path / "merged"

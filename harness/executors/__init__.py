@@ -6,7 +6,10 @@ remaining pair runs and hands its record back:
 
 * :class:`~attnbench.executors.local.LocalExecutor` (the default): every device of this machine
   at once, one worker pool per device, never two timed cases on one device and a CPU case
-  always alone (:mod:`attnbench.scheduler`).
+  always alone (:mod:`attnbench.scheduler`);
+* :class:`~attnbench.executors.ray_driver.RayExecutor` (``--executor ray``): each pair a Ray
+  task that reserves a whole device of some node of a cluster and runs the same isolated
+  worker there (:mod:`attnbench.executors.ray_task`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ if TYPE_CHECKING:
     from attnbench.problem import Problem
     from attnbench.records import Record
     from attnbench.runner import Failures, Runner
+
+EXECUTORS = ("local", "ray")
+
+
+class ExecutorError(Exception):
+    """An executor that cannot start (Ray not installed, no cluster at the address): one sentence."""
 
 
 @dataclass
@@ -67,3 +76,16 @@ class Executor(Protocol):
     def close(self) -> None:
         """Stop everything still running (also from a signal handler)."""
         ...
+
+
+def create(name: str, *, address: str | None = None) -> Executor | None:
+    """The executor called ``name`` (None: the runner's default, the local one)."""
+    if name == "local":
+        if address:
+            raise ExecutorError("--address is the address of a Ray cluster: give it with --executor ray")
+        return None
+    if name == "ray":
+        from attnbench.executors.ray_driver import RayExecutor
+
+        return RayExecutor(address)
+    raise ExecutorError(f"--executor {name}: expected one of {', '.join(EXECUTORS)}")
