@@ -125,8 +125,9 @@ def _merged_info(
     machines = [info.get("machine") or {} for info in infos]
     ids = list(dict.fromkeys(str(m.get("id", "")) for m in machines))
     machine = dict(machines[0])
-    if len(ids) > 1:
-        machine["id"] = f"{len(ids)} machines"
+    if len(ids) > 1:  # one label for the report, and each machine kept
+        kinds = {str(m.get("id", "")).removeprefix(f"{m.get('hostname', '')}-") for m in machines}
+        machine["id"] = f"{len(ids)} machines" + (f" ({kinds.pop()})" if len(kinds) == 1 else "")
         machine["machines"] = machines
     calibration = []
     for info in infos:

@@ -161,7 +161,7 @@ def test_merged_shards_are_one_result_folder_of_the_whole_suite(tmp_path: Path) 
     assert info["suite"]["hash"] == suite_hash(SMALL)
     assert [m["folder"] for m in info["merged_from"]] == [str(tmp_path / f"s{i}") for i in (3, 1, 2)]
     assert sum(m["records"] for m in info["merged_from"]) == 8
-    assert info["machine"]["id"] == "3 machines"
+    assert info["machine"]["id"] == "3 machines (cpu)"  # the report's label for the merged folder
     assert {c["host"] for c in info["calibration"]} == {"node1", "node2", "node3"}
     assert len(load_results(tmp_path / "merged")) == 8
 
