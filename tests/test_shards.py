@@ -15,9 +15,10 @@ from attnbench.compare import compare_runs
 from attnbench.merge import MergeError, merge
 from attnbench.problem import Problem
 from attnbench.records import Record, read_records, record_key
+from attnbench.registry import Catalog, load_registry
 from attnbench.report import write_report
 from attnbench.results import load_results
-from attnbench.runner import Failures, suite_hash
+from attnbench.runner import Failures, RunError, Runner, suite_hash
 from attnbench.shards import Shard, parse_shard, plan, predicted_seconds, split
 from attnbench.suite import parse_suite
 
@@ -261,27 +262,27 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
 def test_resume_on_a_merged_folder_runs_only_the_missing_pairs(tmp_path: Path) -> None:
     make_shard(tmp_path / "s1", SMALL, Shard(1, 2))
     out = tmp_path / "merged"
-    proc = attnbench("merge", str(tmp_path / "s1"), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+    merged = merge([tmp_path / "s1"], out)
     suite = parse_suite(SMALL, "x")
-    second = {
-        record_key({"impl": i, **c.fields()})
-        for c, i in Shard(2, 2).select(suite.pairs(["naive", "sdpa"], ["cpu"]), suite.budget)
-    }
-    missing = [line for line in proc.stdout.splitlines() if line.startswith("missing: ")]
-    assert len(missing) == len(second) and all("(shard 2/2)" in line for line in missing)
+    second = Shard(2, 2).select(suite.pairs(["naive", "sdpa"], ["cpu"]), suite.budget)
+    assert len(merged.missing) == len(second) > 0
     before = (out / "results.jsonl").read_text()
 
     proc = attnbench("run", "--resume", "--out", str(out), "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert (out / "results.jsonl").read_text().startswith(before)  # what was merged stays as it was
     added = read_records(out / "results.jsonl")[len(before.splitlines()) :]
-    assert {record_key(r) for r in added} == second
+    assert {record_key(r) for r in added} == {record_key({"impl": i, **c.fields()}) for c, i in second}
     assert len(statuses(out)) == 8
 
 
 def test_a_shard_folder_resumes_as_its_own_shard_only(tmp_path: Path) -> None:
     make_shard(tmp_path / "s1", SMALL, Shard(1, 2))
-    proc = attnbench("run", "--resume", "--out", str(tmp_path / "s1"), "--shard", "2/2", "--no-report")
-    assert proc.returncode == 2
-    assert "holds shard 1/2, not shard 2/2" in proc.stderr
+    registry = load_registry()
+    catalog = Catalog.from_description({"declarations": [registry.get(n).declaration() for n in ("naive", "sdpa")]})
+    suite = parse_suite(SMALL, "small.toml", catalog.known())
+    before = (tmp_path / "s1" / "run.json").read_text()
+    with pytest.raises(RunError, match="holds shard 1/2, not shard 2/2; resume it without --shard"):
+        Runner(suite, catalog, tmp_path / "s1", resume=True, shard=Shard(2, 2), progress=False).run()
+    assert Runner(suite, catalog, tmp_path / "s1", resume=True, progress=False).shard == Shard(1, 2)  # its own
+    assert (tmp_path / "s1" / "run.json").read_text() == before
