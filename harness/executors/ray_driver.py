@@ -26,6 +26,7 @@ runner writes each one as it arrives, so ``--resume`` works as it does locally.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections import deque
 from pathlib import Path
@@ -78,14 +79,17 @@ class RayExecutor:
         except ImportError:
             raise ExecutorError(INSTALL_HINT) from None
         self.address = address
+        self._owns_ray = not ray.is_initialized()  # a Ray this process already joined is left as it is
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}
-        if address is None:
-            options["include_dashboard"] = False
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            options["include_dashboard"] = False  # a Ray of this machine alone, started here
         try:
-            ray.init(address=address, **options)
+            if self._owns_ray:
+                ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExecutorError(f"no Ray cluster could be reached at {address or 'this machine'}: {first}") from None
+            raise ExecutorError(
+                f"no Ray cluster could be reached at {address or 'this machine'}: {_first_line(exc)}"
+            ) from None
         from attnbench.executors import ray_task
 
         self.nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -182,7 +186,7 @@ class RayExecutor:
             with contextlib.suppress(Exception):  # already finished, or Ray already gone
                 ray.cancel(ref, force=True)
         self.pending.clear()
-        if ray.is_initialized():
+        if self._owns_ray and ray.is_initialized():
             ray.shutdown()
 
 
