@@ -1,4 +1,4 @@
-"""The ``attnbench`` command: list, run, report, compare.
+"""The ``attnbench`` command: list, check, run, suite, report, merge, compare.
 
 Mistakes a user can make (a bad suite, an unknown name, a missing folder) end with exit code 2
 and one sentence on standard error, never a traceback.
@@ -143,8 +143,10 @@ def _suite_for(args: argparse.Namespace) -> Suite:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from attnbench import executors
     from attnbench.models import ModelConfigError
     from attnbench.runner import RunError, Runner, describe
+    from attnbench.shards import parse_shard
     from attnbench.workers import WorkerPool
 
     if args.resume and not args.out:
@@ -152,20 +154,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.model and args.suite:
         return _fail("give a suite or --model, not both")
     pool: WorkerPool | None = None
+    executor: executors.Executor | None = None
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as exc:
+        return _fail(str(exc))
     try:
         plugins = [str(Path(p).resolve()) for p in args.plugin]
         for given, path in zip(args.plugin, plugins, strict=True):
             if not Path(path).is_file():
                 raise RegistryError(f"plugin file {given!r} does not exist")
         suite = _suite_for(args)
+        executor = executors.create(args.executor, address=args.address)
         pool = WorkerPool(plugins)
         catalog = describe(pool)
         suite = parse_suite(suite.text, suite.path, catalog.known())  # the names, now that they are known
         only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
         runner = Runner(suite, catalog, Path(args.out) if args.out else None, plugins=plugins, only=only,
-                        resume=args.resume, pool=pool)  # fmt: skip
+                        resume=args.resume, pool=pool, executor=executor, shard=shard)  # fmt: skip
         out = runner.run()
-    except (SuiteError, RegistryError, RunError, ModelConfigError) as exc:
+    except (SuiteError, RegistryError, RunError, ModelConfigError, executors.ExecutorError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         print("attnbench: interrupted; finished records are kept — finish with --resume", file=sys.stderr)
@@ -173,6 +181,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if pool is not None:
             pool.close()
+        if executor is not None:
+            executor.close()
     print(f"results: {out}")
     if not args.no_report:
         _report([out], None, quiet=False)
@@ -207,6 +217,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         if empty:
             return _fail(f"{d} holds no results (no records in results.jsonl): nothing to report")
     return _report(dirs, Path(args.out) if args.out else None, quiet=False)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from attnbench.merge import MergeError, merge
+
+    try:
+        merged = merge([Path(d) for d in args.dirs], Path(args.out))
+    except MergeError as exc:
+        return _fail(str(exc))
+    print(f"merged {merged.records} records from {len(args.dirs)} folders into {merged.out}")
+    if not merged.planned:
+        print("the folders hold no shard plan: pairs that none of them recorded cannot be listed")
+    for name, shard in merged.missing:
+        print(f"missing: {name} (shard {shard})")
+    if merged.missing:
+        print(f"{len(merged.missing)} pairs missing; run them with: attnbench run --resume --out {merged.out}")
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -250,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--model", metavar="CONFIG", help="run the suite made from a model's config.json or preset")
+    p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the suite (join: merge)")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], default="local",
+        help="local: every device of this machine (default); ray: each pair a Ray task on a cluster",
+    )  # fmt: skip
+    p.add_argument("--address", metavar="ADDR", help="the Ray cluster to use with --executor ray (e.g. auto)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("suite", help="write a suite from a model's shapes")
@@ -262,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--out", metavar="OUT", help="where to write (default: the first DIR)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("merge", help="join the shards of one suite (run --shard I/N) into one result folder")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--out", metavar="DIR", required=True, help="the merged result folder (new)")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("compare", help="compare two runs: real regressions, not noise")
     p.add_argument("base", metavar="BASE")

@@ -94,6 +94,10 @@ class Record:
     machine: str = ""
     elapsed_s: float | None = None
     worker_pid: int | None = None
+    # where it ran, beyond host and device_name (a Ray cluster's node, the GPU of a Ray task)
+    node: str = ""  # Ray's node id ("" outside Ray)
+    gpu_index: int | None = None  # the GPU's index on its host, as Ray reserved it
+    driver: str = ""  # the GPU driver's version
 
     def __init__(self, impl: str, status: str, case: dict[str, Any] | None = None, **values: Any) -> None:
         self.impl, self.status = impl, status

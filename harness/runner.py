@@ -7,6 +7,11 @@ moment it exists. Availability, ``supports()``, declared memory and everything e
 says are asked of the worker (:mod:`attnbench.measure`). A failure in one pair never stops the
 sweep; a resumed run finishes only the pairs that have no record yet, and only for the suite the
 folder was started with.
+
+Where the pairs run is an executor's concern (:mod:`attnbench.executors`): by default every
+device of this machine, one worker per device (:class:`~attnbench.executors.local.LocalExecutor`),
+or Ray tasks across a cluster. Whichever runs them, the runner alone writes the records. A
+``shard`` (:mod:`attnbench.shards`) restricts the sweep to one part of the suite's pairs.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from attnbench import steps
+from attnbench import shards, steps
 from attnbench.case import CASE_KEYS, record_key
-from attnbench.devices import device, present_devices
+from attnbench.devices import device
+from attnbench.executors import Sweep
+from attnbench.executors.local import LocalExecutor
 from attnbench.machine import git_commit, machine_info, versions
 from attnbench.records import SCHEMA_VERSION, Record, RecordWriter, read_records
 from attnbench.registry import Catalog
@@ -33,7 +40,12 @@ from attnbench.status import BUDGET_FAILURES
 from attnbench.suite import Case, Suite
 from attnbench.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
 
+if TYPE_CHECKING:
+    from attnbench.executors import Executor
+
 RESULTS_DIR = Path("results")  # relative to where attnbench runs
+#: What a case job takes from the calibration of its device, dtype and threads.
+CALIBRATION_KEYS = ("gflops", "probe_dtype", "probe_n", "gbps")
 
 
 class RunError(Exception):
@@ -136,6 +148,8 @@ class Runner:
         resume: bool = False,
         progress: bool = True,
         pool: WorkerPool | None = None,
+        executor: Executor | None = None,
+        shard: shards.Shard | None = None,
     ) -> None:
         self.suite = suite
         self.catalog = catalog
@@ -145,13 +159,20 @@ class Runner:
         self.resume = resume
         self.show_progress = progress
         self.pool = pool or WorkerPool(self.plugins)
-        self.devices = list(present_devices())
+        self.executor = executor or LocalExecutor(self.plugins, self.pool)
+        self.devices = list(self.executor.devices())
         brought = [n for n, d in catalog.declarations.items() if d.get("source") != "built-in"]
         self.extra = brought if suite.shipped else []  # plugins join the grids of attnbench's own suites
         self.impls = self._select(only)
         admits = {n: functools.partial(declared_support, catalog.get(n)) for n in self.extra}
         pairs = suite.pairs(catalog.known(), self.devices, extra=self.extra, admits=admits)
         self.pairs = [(c, catalog.canonical(i)) for c, i in pairs if catalog.canonical(i) in self.impls]
+        if shard is None and resume:  # a shard's folder resumes as that shard
+            shard = shards.Shard.from_dict(self._folder_info().get("shard"))
+        self.shard = shard
+        self.plan = shards.plan(self.pairs, self.shard.count, suite.budget) if self.shard else None
+        if self.shard:
+            self.pairs = self.shard.select(self.pairs, suite.budget)
         self.cases = list(dict.fromkeys(case for case, _ in self.pairs))
         self.unavailable: dict[tuple[str, str], str] = {}
 
@@ -173,16 +194,25 @@ class Runner:
 
     # -- the run folder ----------------------------------------------------------------------
 
+    def _folder_info(self) -> dict[str, Any]:
+        return read_run_json(self.out_dir)
+
     def _prepare_folder(self) -> dict[str, Any]:
         results = self.out_dir / "results.jsonl"
         if self.resume:
-            info = read_run_json(self.out_dir)
+            info = self._folder_info()
             given = info["suite"].get("text")
             if given is not None and suite_hash(given) != suite_hash(self.suite.text):
                 raise RunError(
                     f"--resume: {self.out_dir} was started with suite {info['suite'].get('name')!r}"
                     f" ({info['suite'].get('path')}), not {self.suite.name!r} as given; resume it without"
                     " naming a suite, or choose another --out"
+                )
+            if shards.Shard.from_dict(info.get("shard")) != self.shard:
+                held = shards.Shard.from_dict(info.get("shard"))
+                raise RunError(
+                    f"--resume: {self.out_dir} holds {f'shard {held}' if held else 'the whole suite'}, not"
+                    f" {f'shard {self.shard}' if self.shard else 'the whole suite'}; resume it without --shard"
                 )
             info.setdefault("resumed", []).append(now())
             info["ended"] = None
@@ -208,6 +238,9 @@ class Runner:
             "calibration": [],
             "implementations": [self.catalog.get(n) for n in self.impls],
             "aliases": self.catalog.aliases,
+            "executor": self.executor.describe(),
+            "shard": self.shard.as_dict() if self.shard else None,
+            **({"plan": self.plan} if self.plan is not None else {}),
         }
 
     def _write_info(self, info: dict[str, Any]) -> None:
@@ -223,50 +256,62 @@ class Runner:
 
         info = self._prepare_folder()
         self._write_info(info)
-        self.pool.set_log(self.out_dir / "workers.log")
+        self.executor.set_log(self.out_dir / "workers.log")
         existing = read_records(self.out_dir / "results.jsonl")
         done = {record_key(r) for r in existing}
         failures = Failures()
         for row in existing:
             failures.add(row)
         total = len(self.pairs)
-        with _terminate_on_signals(self.pool), RecordWriter(self.out_dir / "results.jsonl") as writer:
+        todo = [(case, impl) for case, impl in self.pairs if record_key({"impl": impl, **case.fields()}) not in done]
+        with _terminate_on_signals(self.executor), RecordWriter(self.out_dir / "results.jsonl") as writer:
             try:
-                self._calibrate(info)
+                self.executor.prepare(self, info)
                 self._write_info(info)
                 with SweepProgress(total, done=len(done) if self.show_progress else 0) as progress:
-                    for case, impl in self.pairs:
-                        fields = {"impl": impl, **case.fields()}
-                        if record_key(fields) in done:
-                            continue
-                        progress.start(case.label(), impl)
-                        record = self._run_pair(case, impl, failures, info["calibration"])
+
+                    def emit(case: Case, impl: str, record: Record) -> None:
                         record.suite, record.machine = self.suite.name, self.machine["id"]
                         writer.write(record)
                         failures.add(record.as_dict())
+                        if record.status == "unavailable":
+                            self.unavailable[(impl, case.device)] = record.reason
                         progress.finish(case.label(), record.as_dict())
+
+                    def started(case: Case, impl: str) -> None:
+                        progress.start(case.label(), impl)
+
+                    save = functools.partial(self._write_info, info)
+                    self.executor.sweep(Sweep(self, todo, failures, info, emit, started, save))
                     print(progress.summary(), flush=True)
             finally:
-                self.pool.close()
+                self.executor.close()
                 info["ended"] = now()
                 self._write_info(info)
         return self.out_dir
 
-    def _calibrate(self, info: dict[str, Any]) -> None:
-        have = {(c["device"], c["dtype"], c["requested_threads"]) for c in info["calibration"]}
+    def calibrate(self, info: dict[str, Any], pool_for: Callable[[str], WorkerPool] | None = None) -> None:
+        """Measure the matmul peak and bandwidth of each (device, dtype, threads) of the sweep
+        that this host has not measured yet, each on ``pool_for(device)`` (default: the pool)."""
+        host = self.machine["hostname"]
+        mine = [c for c in info["calibration"] if c.get("host", host) == host]
+        have = {(c["device"], c["dtype"], c["requested_threads"]) for c in mine}
         wanted = {(c.device, c.dtype, c.threads) for c in self.cases if c.device in self.devices}
         for where, dtype, threads in sorted(wanted - have):
             try:
                 job = {"op": "calibrate", "device": where, "dtype": dtype, "threads": threads}
-                entry = self.pool.request(job, 600)["calibration"]
+                entry = (pool_for(where) if pool_for else self.pool).request(job, 600)["calibration"]
             except (WorkerFailure, KeyError) as exc:
                 entry = {"device": where, "dtype": dtype, "threads": threads, "gflops": None, "error": str(exc)}
             entry["requested_threads"] = threads
+            entry["host"] = host
             info["calibration"].append(entry)
 
-    def _run_pair(self, case: Case, name: str, failures: Failures, calibration: list[dict[str, Any]]) -> Record:
+    def decide(self, case: Case, name: str, failures: Failures) -> Record | None:
+        """The record of a pair settled without a worker — no such device here, the
+        implementation already unavailable on it, a smaller size already over its budget — or
+        None when a worker has to run it."""
         fields = case.fields()
-        budget = self.suite.budget
         where = case.device
 
         def outcome(status: str, reason: str, step: str = "") -> Record:
@@ -278,53 +323,67 @@ class Runner:
             return outcome("unavailable", self.unavailable[(name, where)], steps.AVAILABILITY)
         if self.suite.stop_on_failure and (why := failures.blocking({"impl": name, **fields})):
             return outcome("skipped", why)
-        key = (where, case.dtype, case.threads)
-        cal = next((c for c in calibration if (c["device"], c["dtype"], c["requested_threads"]) == key), {})
-        job = {
-            "op": "case", "case": fields, "impl": name, "baseline": self.catalog.canonical(self.suite.baseline),
-            "budget": budget, "calibration": {k: cal.get(k) for k in ("gflops", "probe_dtype", "probe_n", "gbps")},
-        }  # fmt: skip
-        record = self._request(job, outcome)
-        if record.status == "unavailable":
-            self.unavailable[(name, where)] = record.reason
-        return record
+        return None
 
-    def _request(self, job: dict[str, Any], outcome: Callable[[str, str, str], Record]) -> Record:
-        """Send one job; a failure in a step the implementation does not own is not its status."""
-        budget = self.suite.budget
-        plan = Budgets(budget["timeout_s"], extra_s=budget["max_time_s"])
-        try:
-            answer = self.pool.request(job, plan)
-        except WorkerStartError as exc:
-            return outcome("error", f"the worker could not start: {exc}", steps.LOAD)
-        except WorkerFailure as exc:
-            what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
-            owner = steps.owner(exc.step)
-            if owner == "baseline":
-                retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}; not timed"}
-                return self._request(retry, outcome)
-            if owner == "reference" and exc.partial is not None:
-                record = Record.from_dict(exc.partial)
-                record.check_note = "; ".join(
-                    n for n in (record.check_note, f"accuracy not checked: the float64 reference {what}") if n
-                )
-                return record
-            if isinstance(exc, WorkerTimeout):
-                why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"
-                return outcome("timeout", why, exc.step)
-            assert isinstance(exc, WorkerDied)
-            return outcome("crashed", exc.reason, exc.step)
-        if "fatal" in answer:
-            return outcome("error", answer["fatal"], "")
-        return Record.from_dict(answer["record"])
+    def job(self, case: Case, name: str, calibration: list[dict[str, Any]]) -> dict[str, Any]:
+        """The worker's job for a pair, with this host's calibration of its device."""
+        key = (case.device, case.dtype, case.threads)
+        host = self.machine["hostname"]
+        found = [c for c in calibration if (c["device"], c["dtype"], c["requested_threads"]) == key]
+        cal = next((c for c in found if c.get("host", host) == host), found[0] if found else {})
+        return {
+            "op": "case", "case": case.fields(), "impl": name, "baseline": self.catalog.canonical(self.suite.baseline),
+            "budget": self.suite.budget, "calibration": {k: cal.get(k) for k in CALIBRATION_KEYS},
+        }  # fmt: skip
+
+    def run_pair(
+        self, case: Case, name: str, failures: Failures, calibration: list[dict[str, Any]], pool: WorkerPool
+    ) -> Record:
+        """One pair's record: settled here, or run on a worker of ``pool``."""
+        decided = self.decide(case, name, failures)
+        return decided or run_job(pool, self.job(case, name, calibration), self.suite.budget)
+
+
+def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> Record:
+    """Send one case job to ``pool`` and make its record; a failure in a step the implementation
+    does not own is not its status. Runs wherever the worker runs (here, or in a Ray task)."""
+
+    def outcome(status: str, reason: str, step: str = "") -> Record:
+        return Record(impl=job["impl"], status=status, reason=reason, step=step, case=job["case"])
+
+    plan = Budgets(budget["timeout_s"], extra_s=budget["max_time_s"])
+    try:
+        answer = pool.request(job, plan)
+    except WorkerStartError as exc:
+        return outcome("error", f"the worker could not start: {exc}", steps.LOAD)
+    except WorkerFailure as exc:
+        what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
+        owner = steps.owner(exc.step)
+        if owner == "baseline":
+            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}; not timed"}
+            return run_job(pool, retry, budget)
+        if owner == "reference" and exc.partial is not None:
+            record = Record.from_dict(exc.partial)
+            record.check_note = "; ".join(
+                n for n in (record.check_note, f"accuracy not checked: the float64 reference {what}") if n
+            )
+            return record
+        if isinstance(exc, WorkerTimeout):
+            why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"
+            return outcome("timeout", why, exc.step)
+        assert isinstance(exc, WorkerDied)
+        return outcome("crashed", exc.reason, exc.step)
+    if "fatal" in answer:
+        return outcome("error", answer["fatal"], "")
+    return Record.from_dict(answer["record"])
 
 
 @contextlib.contextmanager
-def _terminate_on_signals(pool: WorkerPool) -> Iterator[None]:
-    """On SIGTERM, kill the worker and leave through the normal exit path (records are flushed)."""
+def _terminate_on_signals(executor: Executor) -> Iterator[None]:
+    """On SIGTERM, kill the workers and leave through the normal exit path (records are flushed)."""
 
     def handler(signum: int, frame: object) -> None:
-        pool.close()
+        executor.close()
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
