@@ -51,7 +51,9 @@ are always merged in float32, and gradients summed over pieces in float32.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -633,19 +635,29 @@ def _merge(acc_out: Tensor, acc_lse: Tensor, out: Tensor, lse: Tensor) -> None:
 
 
 def forward_plan(
-    q3: Tensor, k3: Tensor, v3: Tensor, plan: Plan, scale: float, backend: str, by_head: bool
-) -> tuple[Tensor, Tensor]:
+    q3: Tensor,
+    k3: Tensor,
+    v3: Tensor,
+    plan: Plan,
+    scale: float,
+    backend: str,
+    by_head: bool,
+    need_lse: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """``q3`` ``[BH, Nq, D]``, ``k3``/``v3`` ``[BHkv, Nk, D]`` (contiguous, computing dtype) →
-    ``(out [BH, Nq, D], lse [BH, Nq] float32)``; ``out`` is float32 unless a single piece made it."""
+    ``(out [BH, Nq, D], lse [BH, Nq] float32)``; ``out`` is float32 unless a single piece made it.
+    Without ``need_lse`` (no backward pass) and without merges, no log-sum-exp is kept (None)."""
     bh, nq, d = q3.shape
     single = len(plan.pieces) == 1
-    out_acc = lse_acc = q3  # placeholders until the first piece (``plan.modes[0]`` is "base") or below
+    keep_lse = need_lse or "merge" in plan.modes
+    out_acc: Tensor | None = None
+    lse_acc: Tensor | None = None
     if plan.init or not plan.pieces:
-        out_acc = q3.new_zeros(bh, nq, d, dtype=torch.float32)
+        out_acc = fresh((bh, nq, d), torch.float32, q3.device).zero_()
         lse_acc = q3.new_full((bh, nq), NEG_INF, dtype=torch.float32)
     elif plan.modes[0] != "base":
-        out_acc = q3.new_empty(bh, nq, d, dtype=torch.float32)
-        lse_acc = q3.new_empty(bh, nq, dtype=torch.float32)
+        out_acc = fresh((bh, nq, d), torch.float32, q3.device)
+        lse_acc = q3.new_empty(bh, nq, dtype=torch.float32) if keep_lse else None
     for p, mode in zip(plan.pieces, plan.modes, strict=True):
         lay = _layout(p, by_head)
         qv, kv, vv = _rows_view(q3, p, lay), _keys_view(k3, p, lay), _keys_view(v3, p, lay, "v")
@@ -653,17 +665,47 @@ def forward_plan(
             out, lse = _fused_piece(qv, kv, vv, _per_tile(p.bias(q3.dtype), lay), p.causal, scale)
         else:
             out, lse = _matmul_piece(qv, kv, vv, _mask_for_matmul(p.keep, lay), p.causal, scale)
-        if p.empty is not None:
+        if p.empty is not None and keep_lse:
             lse = lse.masked_fill(_per_tile(p.empty, lay), NEG_INF)  # type: ignore[arg-type]
         if mode == "base":
             out_acc = _as_rows(out if single else out.float(), lay, bh, nq)
-            lse_acc = _as_rows(lse, lay, bh, nq)
+            lse_acc = _as_rows(lse, lay, bh, nq) if keep_lse else None
         elif mode == "assign":
+            assert out_acc is not None
             _rows_view(out_acc, p, lay).copy_(out)
-            _rows_view(lse_acc, p, lay).copy_(lse)
+            if lse_acc is not None:
+                _rows_view(lse_acc, p, lay).copy_(lse)
         else:
+            assert out_acc is not None and lse_acc is not None
             _merge(_rows_view(out_acc, p, lay), _rows_view(lse_acc, p, lay), out, lse)
+    assert out_acc is not None
     return out_acc, lse_acc
+
+
+#: Transparent huge pages for large fresh buffers (Linux, where the kernel's THP mode is
+#: "madvise"): a buffer of tens of MB otherwise costs one page fault per 4 KB page when first
+#: written, ~10 ms per 32 MB here — as much as copying it.
+HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbol
+        _madvise = None
+
+
+def fresh(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """``torch.empty``; a large CPU buffer is advised to use huge pages before it is touched."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if _madvise is not None and out.device.type == "cpu" and nbytes >= 8 * HUGE_PAGE:
+        start = -(-out.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+        end = (out.data_ptr() + nbytes) // HUGE_PAGE * HUGE_PAGE
+        if end > start:
+            _madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: failure changes nothing
+    return out
 
 
 def _as_rows(x: Tensor, by_head: bool, bh: int, nq: int) -> Tensor:
@@ -744,9 +786,11 @@ class TileAttention(torch.autograd.Function):
         q3 = q.to(work).reshape(b * h, nq, d).contiguous()  # [BH, Nq, D]
         k3 = k.to(work).reshape(b * hkv, nk, d).contiguous()  # [BHkv, Nk, D]
         v3 = v.to(work).reshape(b * hkv, nk, d).contiguous()
-        out3, lse3 = forward_plan(q3, k3, v3, plan, scale, backend, by_head)  # [BH, Nq, D], [BH, Nq]
+        grad = any(ctx.needs_input_grad[:3])
+        out3, lse3 = forward_plan(q3, k3, v3, plan, scale, backend, by_head, grad)  # [BH, Nq, D], [BH, Nq]
         out = out3.to(q.dtype).view(b, h, nq, d)
-        if any(ctx.needs_input_grad[:3]):
+        if grad:
+            assert lse3 is not None
             ctx.save_for_backward(q3, k3, v3, out3.to(work), lse3.masked_fill(lse3 == NEG_INF, 0.0))
             ctx.meta = (plan, scale, backend, by_head, q.shape, k.shape, q.dtype, k.dtype, v.dtype)
         return out

@@ -31,7 +31,7 @@ Tensor = torch.Tensor
 SMALL: dict[str, dict[str, int]] = {
     "naive": {},
     "chunked": {"block_q": 16, "block_k": 24},
-    "sliding_window": {"tile": 8, "step_elements": 4096},
+    "sliding_window": {"tile": 8, "edge_block": 16, "call_rows": 40},
     "block_sparse": {"step_elements": 2048},
     "linear": {"chunk": 8},
 }
