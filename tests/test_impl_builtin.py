@@ -32,7 +32,7 @@ SMALL: dict[str, dict[str, int]] = {
     "naive": {},
     "chunked": {"block_q": 16, "block_k": 24},
     "sliding_window": {"tile": 8, "edge_block": 16, "call_rows": 40},
-    "block_sparse": {"step_elements": 2048},
+    "block_sparse": {"call_rows": 40},
     "linear": {"chunk": 8},
 }
 NAMES = tuple(SMALL)
