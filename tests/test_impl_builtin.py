@@ -33,7 +33,7 @@ SMALL: dict[str, dict[str, int]] = {
     "chunked": {"block_q": 16, "block_k": 24},
     "sliding_window": {"tile": 8, "edge_block": 16, "call_rows": 40},
     "block_sparse": {"call_rows": 40},
-    "linear": {"chunk": 8},
+    "linear": {"chunk": 8, "block": 16, "pass_block": 24},
 }
 NAMES = tuple(SMALL)
 VARIANTS = [*NAMES, *(f"{name}[small]" for name in NAMES if SMALL[name])]
