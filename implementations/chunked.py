@@ -97,10 +97,12 @@ class Chunked(Implementation):
     backend: str | None = None
     #: bfloat16/float16 products in their own dtype (True) or in float32 (False); None: by capability.
     low_precision: bool | None = None
+    #: Query rows per kernel call at most (None: outputs under ``_tiles.CALL_BYTES``).
+    call_rows: int | None = None
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles (skips, joins, batches and boundary masks) once, outside the timed call."""
-        rows = _tiles.rows_per_call(problem.batch, problem.heads, problem.head_dim)
+        rows = self.call_rows or _tiles.rows_per_call(problem.batch, problem.heads, problem.head_dim)
         plan = _tiles.plan_pattern(
             problem.pattern, problem.seq_len, problem.kv_len, self.block_q, self.block_k, problem.device, rows
         )
