@@ -11,56 +11,55 @@ key position (query ``i`` sits at ``p = i + Nk - Nq``), so query ``i`` may atten
 
 The algorithm
 -------------
-For every query block, list its kept key blocks. Key blocks that the causal or window range of
-the block's rows cannot reach are dropped first (``pattern.row_ranges``): under causal the local
-block above the diagonal goes away. Query blocks are then bucketed by how many key blocks they
-keep, rounded up to a power of two, and within a bucket every list is padded to the bucket's
-largest count ``C`` with masked slots. One bucket (a step of it, to bound the working set) is a
-batched dense computation:
+Query rows are cut into the layout's row blocks. For every row block, list its kept key blocks,
+without those that the causal or window range of its rows cannot reach (``pattern.row_ranges``:
+under causal the local block above the diagonal goes away), and mark which kept tiles the
+causal/window condition cuts (those carry a mask). Then (:func:`plan_layout`):
 
-    Q blocks          [B·Hkv·n, G·block, D]       (G = H/Hkv query heads share a kv head)
-    gathered K / V    [B·Hkv·n, C·block, D]       K[key_index[n, C]] — a copy of kept blocks
-    scores            [B·Hkv·n, G·block, C·block]
-    out               softmax(scores + mask) @ gathered V
+* consecutive kept blocks of a row block are joined into one run of keys;
+* runs in the same place relative to the diagonal (the local band) or at the same keys (the
+  global columns), of the same shape and mask, in consecutive row blocks, become *one* call on
+  strided views of ``q``, ``k`` and ``v`` — the band of all rows is one view of ``k`` with
+  overlapping rows, nothing copied; a global row block (it sees every key) is a run of its own;
+* what is left — the random blocks, at different keys in every row — is *gathered*: each row
+  block's leftover key blocks are copied into ``[C·block]`` keys (``C`` the largest count, the
+  missing slots masked), one call for consecutive row blocks.
 
-The mask (built once in :meth:`BlockSparse.prepare`) hides padded slots, keys past ``Nk``,
-padded query rows, and the causal/window conditions inside a tile. The bucketing matters for the
-"global" query blocks of BigBird and Longformer, which keep every key block: padding all rows to
-their count would make the computation dense again, so they form a bucket of their own. A row
-that sees no key outputs zeros; the softmax subtracts each row's maximum in float32.
+Each call is PyTorch's fused CPU FlashAttention kernel (the kernel behind SDPA, which returns the
+log-sum-exp; ``torch.matmul`` tiles on other devices), and the calls that share query rows are
+merged with FlashAttention's rule ``L = log(e^{L_1} + e^{L_2})``,
+``o = o_1 e^{L_1 - L} + o_2 e^{L_2 - L}`` (:mod:`~attnbench.implementations._tiles`). A row that
+sees no key outputs zeros. For BigBird (``local=1, global=1, random=2``) that is four calls:
+the global row, the band, the global column, the gathered random blocks.
 
 Cost
 ----
-Time ``O(kept tiles · block² · D)``: for a layout with a fixed number of kept blocks per query
-block row (local + global + random) plus a fixed number of global rows, that is linear in ``N``
-(the padding inside a bucket costs at most 2×). Extra memory: the gathered keys and values and
-the masks, ``O(N · C · block)`` — linear in ``N`` as well. Gradients flow through autograd
-(low-precision inputs are then computed in float32 so that gradients summed over tiles do not
-round at every step).
+Time ``O(kept tiles · block² · D)`` — the kernel computes every kept tile whole, plus the masked
+slots of the gathered call (rows with fewer leftover blocks than ``C``). For a layout with a fixed
+number of kept blocks per row block and a fixed number of global rows, that is linear in ``N``:
+BigBird at N = 4K keeps 1/9 of the tiles, at 16K 1/37, against SDPA's every pair (with a dense
+boolean mask SDPA also adds and reads the ``N²`` mask). On top: the copy of the gathered keys and
+values (``C·block`` keys per row block, ``O(N·C·D)``), one merge per extra call (a few passes over
+the ``[B·H, N, D]`` output) and the copy of the output into place. Extra memory, linear in ``N``:
+the gathered keys and values, the float32 output and log-sum-exp, the masks of the gathered and
+cut tiles. The backward pass recomputes every call with the kernel's backward from the saved
+output and log-sum-exp (``O(N)`` memory), adding the gathered keys' gradients back by index.
+
+Low precision: bfloat16/float16 run in their own dtype (products with float32 accumulation)
+where the CPU has matrix units for them, and are otherwise converted to float32 once (there a
+bfloat16 product is ~100× slower than a float32 one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
+from attnbench.implementations import _tiles
 from attnbench.patterns import BlockLayout, Pattern
 
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class Step:
-    """``n`` query blocks computed together: their indices ``[n]``, their padded key-block lists
-    ``[n, C]``, and ``hidden`` ``[n, block, C·block]`` bool, True where a pair is masked."""
-
-    query_blocks: Tensor
-    key_blocks: Tensor
-    hidden: Tensor
 
 
 def slot_ranges(pattern: Pattern, layout: BlockLayout, nq: int, nk: int) -> tuple[Tensor, Tensor]:
@@ -87,98 +86,110 @@ def kept_blocks(pattern: Pattern, layout: BlockLayout, nq: int, nk: int) -> Tens
     return table & reach
 
 
-def plan_steps(
-    pattern: Pattern, nq: int, nk: int, elements_per_step: int, device: str | torch.device = "cpu"
-) -> list[Step]:
-    """Bucket the query blocks by kept count and cut each bucket into steps."""
+def plan_layout(
+    pattern: Pattern, nq: int, nk: int, device: torch.device | str = "cpu", max_rows: int | None = None
+) -> _tiles.Plan:
+    """The calls of a layout: the band and the global columns batched over row blocks on strided
+    views, long runs (global rows) whole, the other single blocks gathered; see the module
+    docstring."""
     layout = pattern.layout
     assert layout is not None
-    block = layout.block
+    block, shift, local = layout.block, layout.shift(nq, nk), layout.local
     table = kept_blocks(pattern, layout, nq, nk)  # [rows, nkb]
-    counts = table.sum(dim=1)  # [rows]
-    lo, hi = slot_ranges(pattern, layout, nq, nk)  # [rows·block]
-    steps = []
-    buckets = torch.where(counts > 0, 2 ** torch.ceil(torch.log2(counts.clamp(min=1).double())), 0).long()
-    for size in buckets.unique().tolist():
-        if size == 0:
-            continue  # query blocks that see nothing: zeros
-        members = (buckets == size).nonzero().flatten()  # [m] query block indices
-        width = int(counts[members].max())  # C: the bucket's longest list
-        per_step = max(1, elements_per_step // (block * width * block))
-        for s0 in range(0, len(members), per_step):
-            qb = members[s0 : s0 + per_step]  # [n]
-            steps.append(_step(table[qb], qb, width, block, nk, lo, hi, device))
-    return steps
+    first = (nk - nq) // block  # position block of table row 0
+    lo, hi = pattern.row_ranges(nq, nk)  # [Nq]
+    batched: list[_tiles.Tile] = []
+    singles: list[_tiles.Piece] = []
+    for r in range(table.shape[0]):
+        q0, q1 = max(0, r * block - shift), min(nq, (r + 1) * block - shift)
+        cols = table[r].nonzero().flatten().tolist()
+        if q1 <= q0 or not cols:
+            continue
+        row_lo, row_hi = lo[q0:q1, None], hi[q0:q1, None]  # [bq, 1]
+        band = range(first + r - local, first + r + local + 1)  # the local blocks of this row block
+        run: list[int] = []  # consecutive full blocks
+        for c in [*cols, -2]:  # -2: flushes the last run
+            if c >= 0:
+                k0, k1 = c * block, min(nk, (c + 1) * block)
+                keys = torch.arange(k0, k1)
+                keep = (keys >= row_lo) & (keys < row_hi)  # [bq, bk]: the causal/window cut
+                if not bool(keep.any()):
+                    continue
+                if bool(keep.all()) and (not run or run[-1] == c - 1):
+                    run.append(c)
+                    continue
+            _split_run(run, band, layout.global_, q0, q1, block, nk, batched, singles)
+            run = []
+            if c < 0:
+                break
+            if bool(keep.all()):
+                run = [c]
+            else:
+                batched.append(_tiles.Tile(q0, q1 - q0, k0, k1 - k0, keep))  # cut by causal/window
+    pieces = _tiles.group_tiles(batched, device)
+    return _tiles.make_plan(nq, nk, pieces + gather(singles, block, device), max_rows)
 
 
-def _step(
-    rows: Tensor,
-    qb: Tensor,
-    width: int,
+def _split_run(
+    run: list[int],
+    band: range,
+    global_: int,
+    q0: int,
+    q1: int,
     block: int,
     nk: int,
-    lo: Tensor,
-    hi: Tensor,
-    device: str | torch.device,
-) -> Step:
-    """One step's gather indices and mask; ``rows`` is the ``[n, nkb]`` slice of the table."""
-    order = torch.sort(rows.long(), dim=1, descending=True, stable=True).indices[:, :width]  # [n, C] kept first
-    valid = torch.gather(rows, 1, order)  # [n, C] False for padded slots
-    i = qb[:, None] * block + torch.arange(block)[None, :]  # [n, block] query slot
-    j = (order[:, :, None] * block + torch.arange(block)).flatten(1)  # [n, C·block] key index
-    slot = valid.repeat_interleave(block, dim=1)  # [n, C·block]
-    row_lo, row_hi = lo[i][:, :, None], hi[i][:, :, None]  # [n, block, 1]; empty for slots off the queries
-    keep = slot[:, None, :] & (j[:, None, :] >= row_lo) & (j[:, None, :] < row_hi)  # [n, block, C·block]
-    keep &= (j < nk)[:, None, :]
-    return Step(qb.to(device), order.to(device), (~keep).to(device))
+    batched: list[_tiles.Tile],
+    singles: list[_tiles.Piece],
+) -> None:
+    """A run of consecutive full key blocks of one row block: kept whole when long (a global
+    row), else cut into its band part and global blocks (batched over row blocks) and other
+    single blocks (gathered)."""
+    if not run:
+        return
+    start, stop = run[0], run[-1] + 1
+    if stop - start > len(band) + 4:
+        batched.append(_tiles.Tile(q0, q1 - q0, start * block, min(nk, stop * block) - start * block))
+        return
+    inner = range(max(start, band.start), min(stop, band.stop))
+    if len(inner):
+        k0, k1 = inner.start * block, min(nk, inner.stop * block)
+        batched.append(_tiles.Tile(q0, q1 - q0, k0, k1 - k0))
+    for c in run:
+        if c in inner:
+            continue
+        k0, k1 = c * block, min(nk, (c + 1) * block)
+        if c < global_:
+            batched.append(_tiles.Tile(q0, q1 - q0, k0, k1 - k0))
+        else:
+            singles.append(_tiles.Piece(1, q0, q1 - q0, q1 - q0, k0, 0, k1 - k0))
 
 
-def block_sparse_attention(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, block: int, shift: int, steps: list[Step]
-) -> Tensor:
-    """``q`` ``[B, H, Nq, D]``, ``k``/``v`` ``[B, Hkv, Nk, D]`` → ``[B, H, Nq, D]``; query ``i`` sits
-    in slot ``i + shift`` of the blocks (see :func:`slot_ranges`)."""
-    b, h, nq, d = q.shape
-    hkv, nk = k.shape[1], k.shape[2]
-    g = h // hkv
-    nqb, nkb = -(-(nq + shift) // block), -(-nk // block)
-    dtype = q.dtype
-    if dtype != torch.float32 and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        q, k, v = q.float(), k.float(), v.float()  # autograd: gradients summed over tiles in float32
-    if q.dtype == torch.float32:
-        q = q * scale  # fold the scale into q once
-    q_blocks = F.pad(q, (0, 0, shift, nqb * block - nq - shift)).reshape(b, hkv, g, nqb, block, d)  # [B,Hkv,G,nqb,bl,D]
-    k_blocks = F.pad(k, (0, 0, 0, nkb * block - nk)).reshape(b, hkv, nkb, block, d)  # [B, Hkv, nkb, bl, D]
-    v_blocks = F.pad(v, (0, 0, 0, nkb * block - nk)).reshape(b, hkv, nkb, block, d)  # [B, Hkv, nkb, bl, D]
-    outs, done = [], []
-    for step in steps:
-        n, width = step.key_blocks.shape
-        qs = q_blocks[:, :, :, step.query_blocks].transpose(2, 3).reshape(b * hkv * n, g * block, d)  # [BHn, G·bl, D]
-        ks = k_blocks[:, :, step.key_blocks].reshape(b * hkv * n, width * block, d)  # [BHn, C·bl, D]
-        vs = v_blocks[:, :, step.key_blocks].reshape(b * hkv * n, width * block, d)  # [BHn, C·bl, D]
-        s = torch.bmm(qs, ks.transpose(1, 2))  # [BHn, G·bl, C·bl]
-        if s.dtype != torch.float32:
-            s = s.float().mul_(scale)
-        s.view(b * hkv, n, g, block, width * block).masked_fill_(step.hidden[:, None], float("-inf"))
-        row_max = torch.nan_to_num(s.detach().amax(dim=-1, keepdim=True), neginf=0.0)  # [BHn, G·bl, 1]
-        p = s.sub_(row_max).exp_()  # [BHn, G·bl, C·bl]
-        total = p.sum(dim=-1, keepdim=True)  # [BHn, G·bl, 1]
-        o = torch.bmm(p.to(vs.dtype), vs).float() / total.masked_fill(total == 0, 1.0)  # [BHn, G·bl, D]
-        outs.append(o.to(dtype).view(b, hkv, n, g, block, d))
-        done.append(step.query_blocks)
-    computed = torch.cat(done) if done else torch.zeros(0, dtype=torch.long, device=q.device)  # [m]
-    missing = nqb - len(computed)  # query blocks that see no key: zeros
-    outs.append(q.new_zeros(b, hkv, missing, g, block, d, dtype=dtype))
-    order = torch.cat([computed, _complement(computed, nqb)])  # [nqb]: block of each slot
-    out = torch.cat(outs, dim=2)[:, :, torch.argsort(order)]  # [B, Hkv, nqb, G, bl, D] in block order
-    return out.transpose(2, 3).reshape(b, h, nqb * block, d)[:, :, shift : shift + nq]  # [B, H, Nq, D]
-
-
-def _complement(indices: Tensor, n: int) -> Tensor:
-    """The integers in ``[0, n)`` missing from ``indices``, ascending."""
-    present = torch.zeros(n, dtype=torch.bool, device=indices.device)
-    present[indices] = True
-    return (~present).nonzero().flatten()
+def gather(singles: list[_tiles.Piece], block: int, device: torch.device | str) -> list[_tiles.Piece]:
+    """Unmasked single-block tiles (the random blocks) gathered by query block: one piece per run
+    of consecutive query blocks, each tile's keys its blocks' keys (``C`` blocks, the largest
+    count; missing slots point at key 0 and are masked)."""
+    by_rows: dict[tuple[int, int], list[int]] = {}
+    for p in singles:
+        by_rows.setdefault((p.q0, p.lq), []).extend(range(p.k0, p.k0 + p.lk))
+    pieces: list[_tiles.Piece] = []
+    runs: list[list[tuple[int, int]]] = []
+    for q0, lq in sorted(by_rows):
+        if runs and runs[-1][-1][0] + runs[-1][-1][1] == q0 and runs[-1][-1][1] == lq:
+            runs[-1].append((q0, lq))
+        else:
+            runs.append([(q0, lq)])
+    for run in runs:
+        q0, lq = run[0]
+        width = max(len(by_rows[key]) for key in run)
+        keys = torch.zeros(len(run), width, dtype=torch.long)  # [n, C·block]
+        keep = torch.zeros(len(run), lq, width, dtype=torch.bool)  # [n, lq, C·block]
+        for i, key in enumerate(run):
+            listed = torch.tensor(by_rows[key])
+            keys[i, : len(listed)] = listed
+            keep[i, :, : len(listed)] = True
+        mask = None if bool(keep.all()) else keep.to(device)
+        pieces.append(_tiles.Piece(len(run), q0, lq, lq, 0, 0, width, False, mask, keys.to(device), None))
+    return pieces
 
 
 @register("block_sparse")
@@ -190,8 +201,12 @@ class BlockSparse(Implementation):
     dtypes = ("float32", "bfloat16", "float16")
     features = frozenset({"layout", "causal", "window", "gqa", "cross", "backward"})
     growth = Growth(1.0, 1.0)
-    #: Score elements (per batch·head) computed per step; bounds the working set.
-    step_elements: int = 1 << 19
+    #: ``"fused"`` (PyTorch's CPU FlashAttention kernel) or ``"matmul"``; None: fused on the CPU.
+    backend: str | None = None
+    #: bfloat16/float16 products in their own dtype (True) or in float32 (False); None: by capability.
+    low_precision: bool | None = None
+    #: Query rows per kernel call at most (None: outputs under ``_tiles.CALL_BYTES``).
+    call_rows: int | None = None
 
     def supports(self, problem: Problem) -> str | None:
         if problem.pattern.layout is None:
@@ -199,14 +214,15 @@ class BlockSparse(Implementation):
         return super().supports(problem)
 
     def prepare(self, problem: Problem) -> AttentionFn:
-        """Gather indices and masks of every step, built once outside the timed call."""
-        layout = problem.pattern.layout
-        assert layout is not None, "block_sparse needs a layout"
-        steps = plan_steps(problem.pattern, problem.seq_len, problem.kv_len, self.step_elements, problem.device)
-        scale, block, shift = problem.scale, layout.block, layout.shift(problem.seq_len, problem.kv_len)
+        """Plan the calls (runs, gathers, masks) once, outside the timed call."""
+        rows = self.call_rows or _tiles.rows_per_call(problem.batch, problem.heads, problem.head_dim)
+        plan = plan_layout(problem.pattern, problem.seq_len, problem.kv_len, problem.device, rows)
+        backend = _tiles.pick_backend(problem.device, self.backend)
+        work = _tiles.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
+        scale = problem.scale
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            return block_sparse_attention(q, k, v, scale, block, shift, steps)
+            return _tiles.attention(q, k, v, plan, scale, backend, work)  # [B, H, Nq, D]
 
         return run
 

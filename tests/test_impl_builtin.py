@@ -22,21 +22,34 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench import Implementation, Problem
+from attnbench.implementations import _tiles
 from attnbench.registry import load_registry
 from attnbench.verify import check
 
 Tensor = torch.Tensor
 
-#: Attribute overrides giving a variant many tiles on short sequences.
+#: Attribute overrides giving a variant many tiles (and, for the tiled ones, calls of at most 40
+#: query rows, so that pieces are split) on short sequences.
 SMALL: dict[str, dict[str, int]] = {
     "naive": {},
-    "chunked": {"block_q": 16, "block_k": 24},
-    "sliding_window": {"tile": 8, "step_elements": 4096},
-    "block_sparse": {"step_elements": 2048},
-    "linear": {"chunk": 8},
+    "chunked": {"block_q": 16, "block_k": 24, "call_rows": 40},
+    "sliding_window": {"tile": 8, "edge_block": 16, "call_rows": 40},
+    "block_sparse": {"call_rows": 40},
+    "linear": {"chunk": 8, "block": 16, "pass_block": 24},
 }
 NAMES = tuple(SMALL)
 VARIANTS = [*NAMES, *(f"{name}[small]" for name in NAMES if SMALL[name])]
+TILED = ("chunked", "sliding_window", "block_sparse")
+#: The code paths of the tiled implementations, each forced whatever this machine is: the
+#: ``torch.matmul`` back end, and low-precision products in their own dtype or in float32
+#: (by default the choice follows ``_tiles.low_precision_units``).
+PATHS: dict[str, dict[str, Any]] = {
+    "matmul": {"backend": "matmul"},
+    "lowp": {"low_precision": True},
+    "fp32": {"low_precision": False},
+    "matmul-lowp": {"backend": "matmul", "low_precision": True},
+}
+PATH_VARIANTS = [f"{name}[{path}]" for name in TILED for path in PATHS]
 #: The pattern each implementation needs at the least (merged into every shape case).
 BASE: dict[str, dict[str, Any]] = {
     "naive": {},
@@ -57,19 +70,21 @@ SHAPES: dict[str, dict[str, int]] = {
 
 
 def make(variant: str) -> Implementation:
-    """The registered instance, or for ``name[small]`` a fresh one with tiny blocks."""
-    name = variant.removesuffix("[small]")
+    """The registered instance; for ``name[small]`` a fresh one with tiny blocks, for
+    ``name[path]`` a fresh one with tiny blocks forced onto that code path (:data:`PATHS`)."""
+    name, _, tag = variant.partition("[")
     impl = load_registry().get(name)
-    if variant == name:
+    if not tag:
         return impl
-    small = type(impl)()
-    for key, value in SMALL[name].items():
-        setattr(small, key, value)
-    return small
+    tag = tag.rstrip("]")
+    fresh = type(impl)()
+    for key, value in {**SMALL[name], **PATHS.get(tag, {})}.items():
+        setattr(fresh, key, value)
+    return fresh
 
 
 def problem_for(variant: str, **fields: Any) -> Problem:
-    name = variant.removesuffix("[small]")
+    name = variant.partition("[")[0]
     return Problem(**{"heads": 2, "head_dim": 32, **BASE[name], **fields})
 
 
@@ -142,9 +157,7 @@ PATTERNS: dict[str, list[dict[str, Any]]] = {
     ],
 }
 PATTERNS["chunked"] = PATTERNS["naive"]
-PATTERN_CASES = [
-    (variant, pattern) for variant in VARIANTS for pattern in PATTERNS.get(variant.removesuffix("[small]"), [])
-]
+PATTERN_CASES = [(variant, pattern) for variant in VARIANTS for pattern in PATTERNS.get(variant.partition("[")[0], [])]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -206,7 +219,7 @@ def problems(draw: st.DrawFn, name: str) -> Problem:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_property_random_problems(variant: str) -> None:
     impl = make(variant)
-    name = variant.removesuffix("[small]")
+    name = variant.partition("[")[0]
 
     @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
     @given(problem=problems(name), grads=st.booleans())
@@ -274,7 +287,7 @@ WRONG: dict[
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_check_rejects_a_wrong_answer(variant: str) -> None:
     """The harness check used above does catch a subtly wrong pattern: these tests can fail."""
-    name = variant.removesuffix("[small]")
+    name = variant.partition("[")[0]
     impl = make(variant)
     right, change = WRONG[name]
     problem = Problem(heads=2, head_dim=32, **right)
@@ -300,9 +313,12 @@ def test_linear_is_held_to_its_own_definition() -> None:
 
 
 def _flops(impl: Implementation, problem: Problem) -> int:
+    """FLOPs counted by ``torch.utils.flop_counter``, which also sees the tiles run by PyTorch's
+    CPU FlashAttention kernel (it has no formula of its own for it: ``_tiles.FLOP_FORMULAS``
+    counts the pairs that kernel computes, whole 512-key blocks included)."""
     q, k, v = problem.make_inputs()
     fn = impl.prepare(problem)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_tiles.FLOP_FORMULAS) as counter:
         fn(q, k, v)
     return int(counter.get_total_flops())
 
@@ -384,3 +400,171 @@ def test_block_sparse_drops_kept_blocks_the_causal_mask_hides() -> None:
     problem = Problem(heads=1, head_dim=32, seq_len=4096, layout="local", causal=True)
     needed = 4 * 32 * problem.pattern.pairs(4096, 4096)
     assert _flops(make("block_sparse"), problem) <= 1.5 * needed
+
+
+# -- the tiled implementations' code paths and plans ---------------------------------------------
+
+
+PATH_CASES = [
+    (variant, dtype)
+    for variant in PATH_VARIANTS
+    for dtype in ("float32", "bfloat16", "float16")
+    if dtype != "float32" or not variant.endswith(("lowp]", "fp32]"))  # float32 has no low-precision choice
+]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", ["self", "cross-shorter-q", "cross-longer-q", "mqa-cross"])
+@pytest.mark.parametrize(("variant", "dtype"), PATH_CASES, ids=[f"{v}-{d}" for v, d in PATH_CASES])
+def test_paths(variant: str, dtype: str, shape: str, causal: bool) -> None:
+    """Each path forced (matmul back end; low-precision products in their own dtype or in
+    float32) is exact, gradients included, on any machine."""
+    problem = problem_for(variant, causal=causal, dtype=dtype, **SHAPES[shape])
+    assert_passes(make(variant), problem, grads=problem.seq_len * problem.kv_len <= 40000)
+
+
+@pytest.mark.parametrize("low_precision", [True, False])
+def test_low_precision_dispatch(monkeypatch: pytest.MonkeyPatch, low_precision: bool) -> None:
+    """bfloat16 is computed in bfloat16 exactly where the machine has units for it."""
+    monkeypatch.setattr(_tiles, "low_precision_units", lambda dtype, device: low_precision)
+    work = torch.bfloat16 if low_precision else torch.float32
+    assert _tiles.compute_dtype(torch.bfloat16, "cpu", None) == work
+    assert _tiles.compute_dtype(torch.bfloat16, "cpu", True) == torch.bfloat16
+    assert _tiles.compute_dtype(torch.bfloat16, "cpu", False) == torch.float32
+    assert _tiles.compute_dtype(torch.float32, "cpu", True) == torch.float32
+    seen: list[torch.dtype] = []
+    real = _tiles._fused_piece
+
+    def spy(q: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+        seen.append(q.dtype)
+        return real(q, *args)
+
+    monkeypatch.setattr(_tiles, "_fused_piece", spy)
+    problem = Problem(heads=2, head_dim=32, seq_len=100, causal=True, dtype="bfloat16")
+    assert_passes(make("chunked"), problem)
+    assert seen and set(seen) == {work}
+
+
+def test_has_bf16_units_matches_mkldnn() -> None:
+    assert _tiles.low_precision_units(torch.bfloat16, "cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert not _tiles.low_precision_units(torch.float32, "cpu")
+
+
+def _plan(name: str, problem: Problem) -> _tiles.Plan:
+    """The plan an implementation prepares (read from the prepared call's closure)."""
+    fn = make(name).prepare(problem)
+    cells = [c.cell_contents for c in getattr(fn, "__closure__", None) or ()]
+    plans = [c for c in cells if isinstance(c, _tiles.Plan)]
+    assert len(plans) == 1
+    return plans[0]
+
+
+def test_chunked_plans() -> None:
+    full = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096))
+    assert [(p.n, p.lq, p.lk, p.causal, p.keep is None) for p in full.pieces] == [(1, 4096, 4096, False, True)]
+    causal = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096, causal=True))
+    assert [(p.n, p.lq, p.lk, p.causal) for p in causal.pieces] == [(1, 4096, 4096, True)]  # the kernel's own causal
+    assert full.modes == causal.modes == ("base",)
+    # cross attention: the keys before the first query (a tall tile) and the causal square, merged
+    cross = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=1024, kv_len=3072, causal=True))
+    assert sorted((p.lq, p.k0, p.lk, p.causal) for p in cross.pieces) == [
+        (1024, 0, 2048, False),
+        (1024, 2048, 1024, True),
+    ]
+    window = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096, window=256, causal=True))
+    assert len(window.pieces) <= 6  # batched over query blocks, not one call per block
+    assert window.pairs() <= 4096 * (256 + 256 + 256)
+
+
+def test_sliding_window_plan() -> None:
+    problem = Problem(heads=8, head_dim=64, seq_len=4096, window=256, causal=True)
+    plan = _plan("sliding_window", problem)
+    interior = plan.pieces[0]
+    assert interior.keep is not None and interior.keep.shape[0] == 1  # one band mask shared by every tile
+    assert interior.k_step == interior.q_step == interior.lq == 32 and interior.lk == 32 + 255
+    assert sum(p.n * p.lq for p in plan.pieces) == 4096 and set(plan.modes) == {"assign"}
+    assert len(plan.pieces) <= 4
+    assert plan.pairs() <= 4096 * (256 + 32)
+
+
+def test_block_sparse_plan() -> None:
+    problem = Problem(heads=8, head_dim=64, seq_len=4096, layout="bigbird")
+    plan = _plan("block_sparse", problem)
+    gathered = [p for p in plan.pieces if p.keys is not None]
+    assert len(gathered) == 1 and gathered[0].lk == 2 * 64  # the two random blocks of every row block
+    assert len(plan.pieces) <= 6  # global row, band, global column, random, an edge
+    assert plan.pairs() <= 1.1 * problem.pattern.pairs(4096, 4096)
+
+
+@pytest.mark.parametrize(
+    ("variant", "fields"),
+    [
+        ("chunked", {"seq_len": 4096, "causal": True, "window": 300}),
+        ("chunked", {"seq_len": 3000, "kv_len": 4096, "causal": True}),
+        ("sliding_window", {"seq_len": 4096, "window": 256, "causal": True}),
+        ("sliding_window", {"seq_len": 4000, "kv_len": 4100, "window": 200}),
+        ("block_sparse", {"seq_len": 4096, "layout": "bigbird"}),
+        ("block_sparse", {"seq_len": 4000, "kv_len": 4100, "layout": "bigbird", "causal": True}),
+        ("block_sparse[small]", {"seq_len": 2500, "layout": "longformer", "heads": 4, "kv_heads": 2}),
+    ],
+)
+def test_long_sequences(variant: str, fields: dict[str, Any]) -> None:
+    """Thousands of keys with the registered blocks (sampled rows), odd lengths included."""
+    assert_passes(make(variant), Problem(**{"heads": 2, "head_dim": 64, **fields}))
+
+
+@pytest.mark.parametrize("variant", ["chunked[small]", "sliding_window[small]", "block_sparse[small]"])
+def test_backward_repeats_and_calls_do_not_share_outputs(variant: str) -> None:
+    """A retained graph gives the same gradients twice (saved tensors untouched by later calls,
+    gathered keys kept from call to call included), and a second call leaves the first's output."""
+    problem = problem_for(variant, seq_len=150, causal=True)
+    fn = make(variant).prepare(problem)
+    q, k, v = (t.requires_grad_(True) for t in problem.make_inputs())
+    out = fn(q, k, v)
+    first = out.detach().clone()
+    dout = torch.randn_like(out)
+    out.backward(dout, retain_graph=True)
+    grads = [t.grad.clone() for t in (q, k, v)]  # type: ignore[union-attr]
+    with torch.no_grad():
+        other = fn(*(torch.randn_like(t) for t in (q, k, v)))
+    assert not torch.equal(other, first)
+    assert torch.equal(out.detach(), first)
+    for t in (q, k, v):
+        t.grad = None
+    out.backward(dout)
+    for t, g in zip((q, k, v), grads, strict=True):
+        assert torch.equal(t.grad, g)  # type: ignore[arg-type]
+
+
+def test_fused_pairs_counts_the_kernels_blocks() -> None:
+    """The FLOP formula follows the CPU kernel: whole 512-key blocks, causal rows up to their
+    split's last key."""
+    assert _tiles.fused_pairs(100, 300, False) == 100 * 300
+    assert _tiles.fused_pairs(64, 64, True) == 64 * 64  # two splits of 32 rows, each one block of 64 keys
+    assert _tiles.fused_pairs(1024, 1024, True) == sum(
+        256 * min(1024, -(-(m + 256) // 512) * 512) for m in range(0, 1024, 256)
+    )
+    assert _tiles.fused_pairs(1024, 1024, True) < 0.8 * 1024 * 1024
+
+
+def test_linear_fast_path_matches_autograd_path() -> None:
+    """The in-place blocked path (no autograd) and the functional one compute the same values."""
+    impl = make("linear[small]")
+    for fields in (
+        {"seq_len": 150, "causal": True},
+        {"seq_len": 77, "kv_len": 203, "causal": True},
+        {"seq_len": 203, "kv_len": 77, "causal": True},
+        {"seq_len": 99},
+    ):
+        problem = Problem(heads=4, kv_heads=2, head_dim=32, **fields)
+        fn = impl.prepare(problem)
+        q, k, v = problem.make_inputs()
+        with torch.no_grad():
+            fast = fn(q, k, v)
+        slow = fn(*(t.clone().requires_grad_(True) for t in (q, k, v))).detach()
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_linear_long(causal: bool) -> None:
+    assert_passes(make("linear"), Problem(heads=2, head_dim=64, seq_len=5000, kv_len=5100, causal=causal))

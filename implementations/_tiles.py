@@ -1,0 +1,863 @@
+"""Tiles of exact attention computed by a fused kernel and merged by their log-sum-exp.
+
+The machinery shared by :mod:`~attnbench.implementations.chunked`,
+:mod:`~attnbench.implementations.sliding_window` and :mod:`~attnbench.implementations.block_sparse`
+(it registers no implementation of its own).
+
+Merging tiles
+-------------
+Softmax attention over a set of keys split into parts ``A`` and ``B`` is recovered from the
+attention over each part and its log-sum-exp ``L = log Σ_j e^{s_j}`` (FlashAttention's online
+softmax, applied to whole tiles):
+
+    L   = log(e^{L_A} + e^{L_B})
+    out = out_A · e^{L_A - L} + out_B · e^{L_B - L}      = lerp(out_A, out_B, e^{L_B - L})
+
+so a pattern is computed as a few *pieces*, each a batch of equally shaped tiles, and merged row
+by row. A row that sees no key in a piece has ``L = -inf`` there (weight 0); a row that sees no
+key at all ends with ``out = 0``.
+
+A piece
+-------
+:class:`Piece` is ``n`` tiles of ``lq`` queries and ``lk`` keys: tile ``i`` holds the queries
+``q0 + i·q_step …`` and the keys ``k0 + i·k_step …`` (``k_step = 0``: every tile reads the same
+keys; ``keys`` given: keys gathered by index). Queries and keys are *strided views* of ``q`` and
+``k`` (overlapping ones where ``k_step < lk``), so a piece copies nothing unless it gathers. A
+tile is computed whole, unmasked, or top-left causal (query ``r`` sees key ``c ≤ r``, no mask
+tensor), or with a boolean ``keep`` mask shared by the tiles or given per tile.
+
+Two back ends compute a piece:
+
+* ``fused`` (CPU): PyTorch's own CPU FlashAttention kernel,
+  ``aten._scaled_dot_product_flash_attention_for_cpu``, the kernel behind SDPA on the CPU. It
+  returns the output and the log-sum-exp, reads strided and grouped-query (``Hkv < H``) inputs
+  as they are, and keeps each ``qSplit × 512`` score block in cache, fusing scale, mask, max,
+  ``exp`` and sum in one pass: the same work per pair as SDPA itself. Its backward,
+  ``…_for_cpu_backward``, given the *global* output and log-sum-exp of the rows, returns exactly
+  the piece's contribution to ``dq``, ``dk`` and ``dv`` (``P = exp(S - L)`` and
+  ``Δ = rowsum(dO ∘ O)`` are then the global ones), so the backward pass also runs piece by piece
+  with the forward's ``O(N)`` memory (:class:`TileAttention`).
+* ``matmul``: the same tiles with ``torch.matmul``, float32 softmax statistics and a
+  recomputing backward; used on other devices, and selectable for tests.
+
+Low precision
+-------------
+bfloat16/float16 inputs are computed in their own dtype (matrix products with float32
+accumulation, as fused kernels do) where the machine has matrix units for them
+(``torch.ops.mkldnn._is_mkldnn_bf16_supported()``; always on CUDA), and otherwise converted once
+to float32, because there a bfloat16 matrix product is ~100× slower than a float32 one. Pieces
+are always merged in float32, and gradients summed over pieces in float32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attnbench.patterns import Pattern
+
+Tensor = torch.Tensor
+NEG_INF = float("-inf")
+#: CPU FlashAttention kernel: queries per split by query length, keys per block (torch ≥ 2.2).
+KV_SPLIT = 512
+
+_fused_forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_fused_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+# -- dispatch ---------------------------------------------------------------------------------------
+
+
+def low_precision_units(dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether ``device`` has matrix units for ``dtype`` (bf16/fp16 products at full speed)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return True
+    if kind != "cpu":
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return False
+
+
+def compute_dtype(dtype: torch.dtype, device: torch.device | str, low_precision: bool | None) -> torch.dtype:
+    """The dtype tiles are computed in: ``dtype`` itself for float32/float64, and for
+    bfloat16/float16 their own dtype when ``low_precision`` (None: when the device has matrix
+    units for it, see :func:`low_precision_units`), else float32."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return dtype
+    use = low_precision_units(dtype, device) if low_precision is None else low_precision
+    return dtype if use else torch.float32
+
+
+def pick_backend(device: torch.device | str, backend: str | None) -> str:
+    """``"fused"`` on the CPU, ``"matmul"`` elsewhere, unless ``backend`` names one."""
+    if backend is not None:
+        if backend not in ("fused", "matmul"):
+            raise ValueError(f"unknown tile back end {backend!r}; expected 'fused' or 'matmul'")
+        if backend == "fused" and torch.device(device).type != "cpu":
+            raise ValueError("the fused back end is PyTorch's CPU kernel: it runs on the CPU only")
+        return backend
+    return "fused" if torch.device(device).type == "cpu" else "matmul"
+
+
+# -- pieces -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Piece:
+    """``n`` tiles of ``lq × lk``: tile ``i`` holds queries ``q0 + i·q_step + [0, lq)`` and keys
+    ``k0 + i·k_step + [0, lk)`` (or ``keys[i]`` when gathered). ``causal``: top-left causal within
+    the tile; ``keep``: ``[n or 1, lq, lk]`` bool, True where a pair is computed (None: all);
+    ``empty``: ``[n or 1, lq]`` bool, rows that see no key in this piece (None: none)."""
+
+    n: int
+    q0: int
+    q_step: int
+    lq: int
+    k0: int
+    k_step: int
+    lk: int
+    causal: bool = False
+    keep: Tensor | None = None
+    keys: Tensor | None = None
+    empty: Tensor | None = None
+    _bias: dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False)
+    _scratch: dict[tuple[Any, ...], Tensor] = field(default_factory=dict, repr=False)
+
+    def scratch(self, role: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A buffer kept from call to call (gathered keys and values): a fresh allocation of tens
+        of MB costs a page fault per 4 KB page on every call, more than the copy itself."""
+        key = (role, shape, like.dtype, like.device)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
+    def split(self, max_rows: int) -> list[Piece]:
+        """This piece as pieces of at most ``max_rows`` query rows each (fewer tiles, or fewer rows
+        of one tall unmasked tile); a causal tile stays whole."""
+        if self.n * self.lq <= max_rows or self.causal:
+            return [self]
+        if self.n == 1:
+            if self.keep is not None or self.keys is not None:
+                return [self]
+            step = max(1, max_rows)
+            return [
+                Piece(1, self.q0 + r, min(step, self.lq - r), min(step, self.lq - r), self.k0, 0, self.lk)
+                for r in range(0, self.lq, step)
+            ]
+        per = max(1, max_rows // self.lq)
+        parts = []
+        for i in range(0, self.n, per):
+            j = min(self.n, i + per)
+            parts.append(
+                Piece(
+                    j - i,
+                    self.q0 + i * self.q_step,
+                    self.q_step,
+                    self.lq,
+                    self.k0 + i * self.k_step,
+                    self.k_step,
+                    self.lk,
+                    self.causal,
+                    _slice(self.keep, i, j),
+                    None if self.keys is None else self.keys[i:j],
+                    _slice(self.empty, i, j),
+                )
+            )
+        return parts
+
+    def bias(self, dtype: torch.dtype) -> Tensor | None:
+        """The additive mask (0 kept, -inf hidden) in ``dtype``, ``[n or 1, lq, lk]``, cached."""
+        if self.keep is None:
+            return None
+        if dtype not in self._bias:
+            zeros = torch.zeros(self.keep.shape, dtype=dtype, device=self.keep.device)
+            self._bias[dtype] = zeros.masked_fill_(~self.keep, NEG_INF)
+        return self._bias[dtype]
+
+    def rows(self) -> Tensor:
+        """``[n, lq]`` query rows of the tiles."""
+        return self.q0 + torch.arange(self.n)[:, None] * self.q_step + torch.arange(self.lq)[None, :]
+
+    def key_index(self) -> Tensor:
+        """``[n, lk]`` keys of the tiles."""
+        if self.keys is not None:
+            return self.keys.cpu()
+        return self.k0 + torch.arange(self.n)[:, None] * self.k_step + torch.arange(self.lk)[None, :]
+
+    def pairs(self) -> int:
+        """Pairs this piece computes per (batch, head): the kernel computes whole tiles."""
+        return self.n * self.lq * self.lk
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Pieces whose tiles cover every kept pair exactly once (masked pairs aside), and how each
+    one reaches the accumulators: ``"base"`` (the first piece covers every row once: its output
+    *is* the accumulator), ``"assign"`` (its rows are fresh: copied) or ``"merge"``. ``init``:
+    the accumulators start as zeros and ``-inf`` (some row is never assigned)."""
+
+    nq: int
+    nk: int
+    pieces: tuple[Piece, ...]
+    modes: tuple[str, ...]
+    init: bool
+
+    def pairs(self) -> int:
+        return sum(p.pairs() for p in self.pieces)
+
+
+def _slice(x: Tensor | None, i: int, j: int) -> Tensor | None:
+    """Tiles ``i:j`` of a per-tile tensor (``[n, ...]``), or the shared one (``[1, ...]``)."""
+    if x is None or x.shape[0] == 1:
+        return x
+    return x[i:j]
+
+
+def make_plan(nq: int, nk: int, pieces: Sequence[Piece], max_rows: int | None = None) -> Plan:
+    """Order the pieces (the one covering most rows first) and choose how each is accumulated.
+    With ``max_rows``, pieces other than a single one covering everything are split so that no
+    kernel output exceeds ``max_rows`` rows (see :func:`rows_per_call`)."""
+    ordered = sorted(pieces, key=lambda p: -p.n * p.lq)
+    whole = len(ordered) == 1 and ordered[0].n * ordered[0].lq == nq
+    if max_rows is not None and not whole:
+        ordered = [part for p in ordered for part in p.split(max_rows)]
+    covered = torch.zeros(nq, dtype=torch.bool)
+    modes: list[str] = []
+    init = False
+    for index, p in enumerate(ordered):
+        rows = p.rows().flatten()  # [n·lq]
+        seen = covered[rows]
+        if index == 0 and p.q0 == 0 and p.q_step == p.lq and p.n * p.lq == nq:
+            modes.append("base")
+        elif not bool(seen.any()):
+            modes.append("assign")
+        else:
+            modes.append("merge")
+            init |= not bool(seen.all())
+        covered[rows] = True
+    init |= not bool(covered.all())
+    return Plan(nq, nk, tuple(ordered), tuple(modes), init and (not modes or modes[0] != "base"))
+
+
+#: The largest kernel output allocated per call: glibc's malloc serves blocks under 32 MiB from
+#: memory it keeps, larger ones by a fresh ``mmap`` whose every 4 KB page faults (~10 ms per
+#: 32 MiB here, on every call).
+CALL_BYTES = 16 << 20
+
+
+def rows_per_call(batch: int, heads: int, head_dim: int) -> int:
+    """Query rows per kernel call so that its float32 output stays under :data:`CALL_BYTES`."""
+    return max(1, CALL_BYTES // (batch * heads * head_dim * 4))
+
+
+def top_left_causal(lq: int, lk: int) -> Tensor:
+    """``[lq, lk]`` bool, True where ``c <= r``."""
+    return torch.arange(lk)[None, :] <= torch.arange(lq)[:, None]
+
+
+def _tile_piece(tile: Tile, keep: Tensor | None, causal: bool) -> Piece:
+    return Piece(1, tile.q0, tile.lq, tile.lq, tile.k0, tile.lk, tile.lk, causal, keep, None, _empty(keep))
+
+
+def _empty(keep: Tensor | None) -> Tensor | None:
+    if keep is None:
+        return None
+    empty = ~keep.any(dim=-1)  # [n, lq]
+    return empty if bool(empty.any()) else None
+
+
+@dataclass(frozen=True, eq=False)
+class Tile:
+    """One query block ``[q0, q0 + lq)`` against keys ``[k0, k0 + lk)``; ``keep`` ``[lq, lk]``
+    bool, or None when every pair is kept."""
+
+    q0: int
+    lq: int
+    k0: int
+    lk: int
+    keep: Tensor | None = None
+
+
+def group_tiles(tiles: Iterable[Tile], device: torch.device | str) -> list[Piece]:
+    """Batch tiles into pieces: tiles of equal shape and mask whose queries follow each other
+    (``q_step = lq``) and whose keys either stay put (``k_step = 0``) or move with the queries
+    (``k_step = q_step``) become one piece; full tiles need no mask, top-left causal ones none
+    either. Whatever is left over runs as a piece of one tile."""
+    groups: dict[tuple[Any, ...], list[Tile]] = {}
+    kinds: dict[int, tuple[bool, bool]] = {}
+    for tile in tiles:
+        keep = tile.keep
+        full = keep is None or bool(keep.all())
+        causal = keep is not None and not full and bool(torch.equal(keep, top_left_causal(tile.lq, tile.lk)))
+        kinds[id(tile)] = (full, causal)
+        mask_key = b"" if (keep is None or full or causal) else keep.numpy().tobytes()
+        groups.setdefault((tile.lq, tile.lk, full, causal, mask_key), []).append(tile)
+    pieces: list[Piece] = []
+    for members in groups.values():
+        members.sort(key=lambda t: t.q0)
+        for run in _runs(members):
+            first = run[0]
+            full, causal = kinds[id(first)]
+            keep = None if (full or causal or first.keep is None) else first.keep[None].to(device)  # [1, lq, lk]
+            n = len(run)
+            if n == 1:
+                pieces.append(_tile_piece(first, keep, causal))
+                continue
+            k_step = run[1].k0 - first.k0
+            if k_step == 0 and keep is None and not causal:  # same keys for consecutive rows: one tall tile
+                pieces.append(Piece(1, first.q0, n * first.lq, n * first.lq, first.k0, 0, first.lk))
+                continue
+            pieces.append(
+                Piece(n, first.q0, first.lq, first.lq, first.k0, k_step, first.lk, causal, keep, None, _empty(keep))
+            )
+    return pieces
+
+
+def _runs(tiles: list[Tile]) -> list[list[Tile]]:
+    """Split tiles sorted by ``q0`` into runs of adjacent query blocks whose keys advance by a
+    constant step of 0 or ``lq``."""
+    runs: list[list[Tile]] = []
+    for tile in tiles:
+        if runs:
+            run = runs[-1]
+            last = run[-1]
+            step = tile.k0 - last.k0
+            follows = tile.q0 == last.q0 + last.lq and step in (0, last.lq)
+            if follows and (len(run) == 1 or step == run[1].k0 - run[0].k0):
+                run.append(tile)
+                continue
+        runs.append([tile])
+    return runs
+
+
+def plan_pattern(
+    pattern: Pattern,
+    nq: int,
+    nk: int,
+    block_q: int,
+    block_k: int,
+    device: torch.device | str = "cpu",
+    max_rows: int | None = None,
+) -> Plan:
+    """See :func:`pattern_pieces`; the plan of all query rows."""
+    return make_plan(nq, nk, pattern_pieces(pattern, nq, nk, block_q, block_k, device), max_rows)
+
+
+def pattern_pieces(
+    pattern: Pattern,
+    nq: int,
+    nk: int,
+    block_q: int,
+    block_k: int,
+    device: torch.device | str = "cpu",
+    rows: tuple[int, int] | None = None,
+) -> list[Piece]:
+    """Tiles for any pattern, aligned to each query block's diagonal.
+
+    Query block ``[q0, q0 + block_q)`` has its first row at key position ``d0 = q0 + Nk - Nq``;
+    its key tiles are ``[d0, d0 + block_q)`` (the *diagonal* tile: top-left causal under a causal
+    pattern) and tiles of ``block_k`` keys on either side, clipped to the keys the block's rows may
+    see (``pattern.row_ranges``). A tile whose pairs are all masked is skipped and consecutive full
+    tiles of a block are joined. Consecutive blocks that see a common run of keys and then their
+    causal diagonal form a staircase, computed as one causal tile (:func:`_staircases`); the
+    other tiles of all blocks are batched by :func:`group_tiles` (same relative position, same
+    mask: one piece). ``rows``: plan only the query rows ``[r0, r1)`` (blocks start at ``r0``)."""
+    lo, hi = pattern.row_ranges(nq, nk)  # [Nq] each
+    layout = pattern.layout
+    table = layout.table(nq, nk) if layout is not None else None  # [rows, nkb]
+    blocks: list[list[Tile]] = []
+    r0, r1 = rows if rows is not None else (0, nq)
+    for q0 in range(r0, r1, block_q):
+        q1 = min(r1, q0 + block_q)
+        row_lo, row_hi = lo[q0:q1, None], hi[q0:q1, None]  # [bq, 1]
+        first, last = int(row_lo.min()), int(row_hi.max())
+        if last <= first:
+            continue  # no row of the block sees a key
+        allowed = None
+        if table is not None and layout is not None:
+            allowed = table[layout.row_blocks(nq, nk, torch.arange(q0, q1))]  # [bq, nkb]
+        tiles: list[Tile] = []
+        for k0, k1 in _tile_bounds(first, last, q0 + nk - nq, q1 - q0, block_k):
+            cols = torch.arange(k0, k1)  # [bk]
+            keep = (cols >= row_lo) & (cols < row_hi)  # [bq, bk]
+            if allowed is not None and layout is not None:
+                keep &= allowed[:, cols // layout.block]
+            for a, b in _column_runs(keep.any(dim=0)):  # keys some row sees; none: skipped
+                part = keep[:, a:b]  # [bq, b - a]
+                if not bool(part.all()):
+                    tiles.append(Tile(q0, q1 - q0, k0 + a, b - a, part))
+                elif tiles and tiles[-1].keep is None and tiles[-1].k0 + tiles[-1].lk == k0 + a:
+                    tiles[-1] = Tile(q0, q1 - q0, tiles[-1].k0, tiles[-1].lk + b - a)  # join full tiles
+                else:
+                    tiles.append(Tile(q0, q1 - q0, k0 + a, b - a))
+        blocks.append(tiles)
+    stairs, rest = _staircases(blocks, nk - nq)
+    return stairs + join_tall(group_tiles(rest, device))
+
+
+def _column_runs(seen: Tensor) -> list[tuple[int, int]]:
+    """Maximal runs ``[a, b)`` of True in a 1-D bool tensor."""
+    padded = torch.cat([torch.zeros(1, dtype=torch.int8), seen.to(torch.int8), torch.zeros(1, dtype=torch.int8)])
+    edges = (padded[1:] - padded[:-1]).nonzero().flatten().tolist()  # starts (+1) and ends (-1) alternate
+    return list(zip(edges[0::2], edges[1::2], strict=True))
+
+
+def _staircases(blocks: list[list[Tile]], offset: int) -> tuple[list[Piece], list[Tile]]:
+    """Runs of consecutive query blocks whose tiles are a full run of keys from a common first
+    key ``K`` up to their diagonal ``d0``, then the top-left causal diagonal tile: together they
+    are keys ``[K, d0_first)`` for every row (one unmasked tile) and a single top-left causal
+    tile from ``d0_first`` (under causal attention with ``Nq = Nk``: the whole problem is one
+    causal tile). Returns those pieces and the tiles of the other blocks."""
+    pieces: list[Piece] = []
+    rest: list[Tile] = []
+    segment: list[list[Tile]] = []
+    start = -1
+
+    def flush() -> None:
+        if len(segment) < 2:
+            rest.extend(t for tiles in segment for t in tiles)
+        else:
+            q0, d0 = segment[0][0].q0, segment[0][0].q0 + offset
+            q1 = segment[-1][-1].q0 + segment[-1][-1].lq
+            rows, keys = q1 - q0, q1 + offset - d0
+            if d0 > start:
+                pieces.append(Piece(1, q0, rows, rows, start, 0, d0 - start))
+            pieces.append(Piece(1, q0, rows, rows, d0, 0, keys, causal=True))
+        segment.clear()
+
+    for tiles in blocks:
+        diag = tiles[-1] if tiles else None
+        q0 = diag.q0 if diag is not None else -1
+        eligible = (
+            diag is not None
+            and diag.keep is not None
+            and diag.k0 == q0 + offset
+            and diag.lk == diag.lq
+            and bool(torch.equal(diag.keep, top_left_causal(diag.lq, diag.lk)))
+            and (
+                len(tiles) == 1 or (len(tiles) == 2 and tiles[0].keep is None and tiles[0].k0 + tiles[0].lk == diag.k0)
+            )
+        )
+        if not eligible:
+            flush()
+            rest.extend(tiles)
+            continue
+        first_key = tiles[0].k0
+        adjacent = bool(segment) and segment[-1][-1].q0 + segment[-1][-1].lq == q0
+        if not (adjacent and first_key == start):
+            flush()
+            start = first_key
+        segment.append(tiles)
+    flush()
+    return pieces, rest
+
+
+def join_tall(pieces: list[Piece]) -> list[Piece]:
+    """Join unmasked single-tile pieces over the same keys whose query rows follow each other."""
+    tall = sorted((p for p in pieces if _is_tall(p)), key=lambda p: (p.k0, p.lk, p.q0))
+    rest = [p for p in pieces if not _is_tall(p)]
+    joined: list[Piece] = []
+    for p in tall:
+        last = joined[-1] if joined else None
+        if last is not None and (last.k0, last.lk) == (p.k0, p.lk) and last.q0 + last.lq == p.q0:
+            lq = last.lq + p.lq
+            joined[-1] = Piece(1, last.q0, lq, lq, last.k0, 0, last.lk)
+        else:
+            joined.append(p)
+    return joined + rest
+
+
+def _is_tall(p: Piece) -> bool:
+    return p.n == 1 and p.keep is None and not p.causal and p.keys is None
+
+
+def _tile_bounds(first: int, last: int, d0: int, bq: int, bk: int) -> list[tuple[int, int]]:
+    """Key tiles ``[k0, k1)`` covering ``[first, last)``: ``[d0, d0 + bq)`` and ``bk`` wide on
+    either side of it, clipped."""
+    edges = {first, last}
+    edge = d0
+    while edge > first:
+        edges.add(edge)
+        edge -= bk
+    edge = d0 + bq
+    edges.add(d0)
+    while edge < last:
+        edges.add(edge)
+        edge += bk
+    cuts = sorted(e for e in edges if first <= e <= last)
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+# -- views ----------------------------------------------------------------------------------------
+
+
+def _rows_view(x: Tensor, p: Piece, by_head: bool) -> Tensor:
+    """The piece's query rows of ``x`` ``[BH, N, D]`` (or ``[BH, N]``): ``[BH, n, lq(, D)]`` when
+    ``by_head`` else ``[n, BH, lq(, D)]``, a strided view."""
+    bh, length = x.shape[0], x.shape[1]
+    d = x.shape[2] if x.dim() == 3 else 1
+    size: tuple[int, ...] = (bh, p.n, p.lq) if by_head else (p.n, bh, p.lq)
+    stride: tuple[int, ...] = (length * d, p.q_step * d, d) if by_head else (p.q_step * d, length * d, d)
+    if x.dim() == 3:
+        size, stride = (*size, d), (*stride, 1)
+    return x.as_strided(size, stride, x.storage_offset() + p.q0 * d)
+
+
+def _keys_view(x: Tensor, p: Piece, by_head: bool, role: str = "k") -> Tensor:
+    """The piece's keys of ``x`` ``[BHkv, Nk, D]``: strided ``[BHkv, n, lk, D]`` (``by_head``) or
+    ``[n, BHkv, lk, D]``; gathered (a copy) when the piece lists its keys."""
+    bh, length, d = x.shape
+    if p.keys is not None:
+        buf = p.scratch(role, (bh, p.n * p.lk, d), x)
+        picked = torch.index_select(x, 1, p.keys.flatten(), out=buf).view(bh, p.n, p.lk, d)  # [BHkv, n, lk, D]
+        return picked if by_head else picked.transpose(0, 1)
+    if by_head:
+        return x.as_strided((bh, p.n, p.lk, d), (length * d, p.k_step * d, d, 1), x.storage_offset() + p.k0 * d)
+    return x.as_strided((p.n, bh, p.lk, d), (p.k_step * d, length * d, d, 1), x.storage_offset() + p.k0 * d)
+
+
+def _layout(p: Piece, by_head: bool) -> bool:
+    """Tiles as the kernel's heads (``by_head``: queries and keys have the same heads) unless the
+    piece has a mask per tile: then tiles are the kernel's batch, so that the heads of one tile,
+    computed one after the other, read its mask from cache."""
+    return by_head and (p.keep is None or p.keep.shape[0] == 1)
+
+
+def _per_tile(x: Tensor | None, by_head: bool) -> Tensor | None:
+    """``[n or 1, ...]`` → broadcastable against ``[BH, n, ...]`` or ``[n, BH, ...]``."""
+    if x is None:
+        return None
+    return x.unsqueeze(0) if by_head else x.unsqueeze(1)
+
+
+# -- back ends ------------------------------------------------------------------------------------
+
+
+def _fused_piece(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    out, lse = _fused_forward(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
+    return out, lse
+
+
+def _group(q: Tensor, heads_kv: int) -> Tensor:
+    """``[X, Y, lq, D]`` → ``[X, Ykv, G·lq, D]``: query heads ``y`` read kv head ``y // G``."""
+    x, y, lq, d = q.shape
+    return q.reshape(x, heads_kv, (y // heads_kv) * lq, d)
+
+
+def _matmul_scores(q: Tensor, k: Tensor, keep: Tensor | None, causal: bool, scale: float) -> Tensor:
+    """float32 scores ``[X, Ykv, G, lq, lk]``, -inf where hidden."""
+    x, y, lq, _ = q.shape
+    ykv, lk = k.shape[1], k.shape[2]
+    s = torch.matmul(_group(q, ykv), k.transpose(-1, -2))  # [X, Ykv, G·lq, lk], products in q's dtype
+    s = s.float() if s.dtype != torch.float32 else s
+    s = s.mul_(scale).view(x, ykv, y // ykv, lq, lk)
+    if causal:
+        s.masked_fill_(~top_left_causal(lq, lk).to(s.device), NEG_INF)
+    if keep is not None:
+        s.masked_fill_(~keep, NEG_INF)  # keep: broadcastable [.., 1, lq, lk]
+    return s
+
+
+def _mask_for_matmul(keep: Tensor | None, by_head: bool) -> Tensor | None:
+    """``[n or 1, lq, lk]`` → broadcastable against ``[X, Ykv, G, lq, lk]``."""
+    if keep is None:
+        return None
+    return keep[None, :, None] if by_head else keep[:, None, None]
+
+
+def _matmul_piece(
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, causal: bool, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Reference tile computation in PyTorch: ``(out [X, Y, lq, D] in q's dtype, lse [X, Y, lq])``."""
+    x, y, lq, d = q.shape
+    s = _matmul_scores(q, k, keep, causal, scale)  # [X, Ykv, G, lq, lk] float32
+    m = s.amax(dim=-1, keepdim=True)  # [.., lq, 1]
+    m_safe = torch.nan_to_num(m, neginf=0.0)
+    p = s.sub_(m_safe).exp_()
+    total = p.sum(dim=-1, keepdim=True)  # [.., lq, 1]
+    ykv = k.shape[1]
+    pv = torch.matmul(p.view(x, ykv, -1, p.shape[-1]).to(v.dtype), v).float()  # [X, Ykv, G·lq, D]
+    out = pv.view(*s.shape[:-1], d) / total.masked_fill(total == 0, 1.0)
+    lse = (m_safe + total.log()).squeeze(-1)  # -inf where nothing is seen
+    return out.reshape(x, y, lq, d).to(q.dtype), lse.reshape(x, y, lq)
+
+
+def _matmul_piece_backward(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    keep: Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The piece's share of ``dq, dk, dv`` (float32) from the global ``out`` and ``lse``."""
+    x, y, lq, d = q.shape
+    ykv = k.shape[1]
+    g = y // ykv
+    s = _matmul_scores(q, k, keep, causal, scale)  # [X, Ykv, G, lq, lk]
+    p = s.sub_(lse.view(x, ykv, g, lq, 1)).exp_()  # global probabilities (0 where hidden)
+    p3 = p.view(x, ykv, g * lq, -1)  # [X, Ykv, G·lq, lk]
+    do3 = _group(dout, ykv)  # [X, Ykv, G·lq, D]
+    dv = torch.matmul(p3.transpose(-1, -2).to(v.dtype), do3.to(v.dtype)).float()  # [X, Ykv, lk, D]
+    dp = torch.matmul(do3.to(v.dtype), v.transpose(-1, -2)).float()  # [X, Ykv, G·lq, lk]
+    delta = (dout.float() * out.float()).sum(dim=-1).view(x, ykv, g * lq, 1)  # rowsum(dO ∘ O)
+    ds = p3.mul_(dp.sub_(delta)).mul_(scale)  # [X, Ykv, G·lq, lk]
+    dq = torch.matmul(ds.to(k.dtype), k).float().view(x, y, lq, d)
+    dk = torch.matmul(ds.transpose(-1, -2).to(q.dtype), _group(q, ykv)).float()  # [X, Ykv, lk, D]
+    return dq, dk, dv
+
+
+# -- forward and backward over a plan ----------------------------------------------------------------
+
+
+def _merge(acc_out: Tensor, acc_lse: Tensor, out: Tensor, lse: Tensor) -> None:
+    """Fold a piece's ``(out, lse)`` into the accumulators' views, in place (float32): the new
+    piece's share of each row is ``e^{L_new} / (e^{L_acc} + e^{L_new}) = sigmoid(L_new - L_acc)``
+    (0 where it sees nothing; NaN → 0 where neither does)."""
+    weight = torch.sigmoid(lse - acc_lse).nan_to_num_(0.0)  # [.., lq]
+    torch.logaddexp(acc_lse, lse, out=acc_lse)
+    acc_out.lerp_(out.float() if out.dtype != acc_out.dtype else out, weight.unsqueeze(-1))
+
+
+def forward_plan(
+    q3: Tensor,
+    k3: Tensor,
+    v3: Tensor,
+    plan: Plan,
+    scale: float,
+    backend: str,
+    by_head: bool,
+    need_lse: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """``q3`` ``[BH, Nq, D]``, ``k3``/``v3`` ``[BHkv, Nk, D]`` (contiguous, computing dtype) →
+    ``(out [BH, Nq, D], lse [BH, Nq] float32)``; ``out`` is float32 unless a single piece made it.
+    Without ``need_lse`` (no backward pass) and without merges, no log-sum-exp is kept (None)."""
+    bh, nq, d = q3.shape
+    single = len(plan.pieces) == 1
+    keep_lse = need_lse or "merge" in plan.modes
+    out_acc: Tensor | None = None
+    lse_acc: Tensor | None = None
+    if plan.init or not plan.pieces:
+        out_acc = fresh((bh, nq, d), torch.float32, q3.device).zero_()
+        lse_acc = q3.new_full((bh, nq), NEG_INF, dtype=torch.float32)
+    elif plan.modes[0] != "base":
+        out_acc = fresh((bh, nq, d), torch.float32, q3.device)
+        lse_acc = q3.new_empty(bh, nq, dtype=torch.float32) if keep_lse else None
+    for p, mode in zip(plan.pieces, plan.modes, strict=True):
+        lay = _layout(p, by_head)
+        qv, kv, vv = _rows_view(q3, p, lay), _keys_view(k3, p, lay), _keys_view(v3, p, lay, "v")
+        if backend == "fused":
+            out, lse = _fused_piece(qv, kv, vv, _per_tile(p.bias(q3.dtype), lay), p.causal, scale)
+        else:
+            out, lse = _matmul_piece(qv, kv, vv, _mask_for_matmul(p.keep, lay), p.causal, scale)
+        if p.empty is not None and keep_lse:
+            lse = lse.masked_fill(_per_tile(p.empty, lay), NEG_INF)  # type: ignore[arg-type]
+        if mode == "base":
+            out_acc = _as_rows(out if single else out.float(), lay, bh, nq)
+            lse_acc = _as_rows(lse, lay, bh, nq) if keep_lse else None
+        elif mode == "assign":
+            assert out_acc is not None
+            _rows_view(out_acc, p, lay).copy_(out)
+            if lse_acc is not None:
+                _rows_view(lse_acc, p, lay).copy_(lse)
+        else:
+            assert out_acc is not None and lse_acc is not None
+            _merge(_rows_view(out_acc, p, lay), _rows_view(lse_acc, p, lay), out, lse)
+    assert out_acc is not None
+    return out_acc, lse_acc
+
+
+#: Transparent huge pages for large fresh buffers (Linux, where the kernel's THP mode is
+#: "madvise"): a buffer of tens of MB otherwise costs one page fault per 4 KB page when first
+#: written, ~10 ms per 32 MB here — as much as copying it.
+HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbol
+        _madvise = None
+
+
+def fresh(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """``torch.empty``; a large CPU buffer is advised to use huge pages before it is touched."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if _madvise is not None and out.device.type == "cpu" and nbytes >= 8 * HUGE_PAGE:
+        start = -(-out.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+        end = (out.data_ptr() + nbytes) // HUGE_PAGE * HUGE_PAGE
+        if end > start:
+            _madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: failure changes nothing
+    return out
+
+
+def _as_rows(x: Tensor, by_head: bool, bh: int, nq: int) -> Tensor:
+    """A base piece's ``[BH, n, lq(, D)]`` or ``[n, BH, lq(, D)]`` result as ``[BH, Nq(, D)]``
+    (a copy only for the tile-major layout)."""
+    if not by_head:
+        x = x.transpose(0, 1)  # [BH, n, lq(, D)]
+    return x.reshape(bh, nq, *x.shape[3:]).contiguous()
+
+
+def backward_plan(
+    dout3: Tensor,
+    q3: Tensor,
+    k3: Tensor,
+    v3: Tensor,
+    out3: Tensor,
+    lse3: Tensor,
+    plan: Plan,
+    scale: float,
+    backend: str,
+    by_head: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` (float32, ``[BH, Nq, D]``, ``[BHkv, Nk, D]`` ×2) of :func:`forward_plan`;
+    ``out3`` and ``dout3`` in the computing dtype, ``lse3`` with 0 for rows that see nothing."""
+    dq = torch.zeros(q3.shape, dtype=torch.float32, device=q3.device)
+    dk = torch.zeros(k3.shape, dtype=torch.float32, device=k3.device)
+    dv = torch.zeros(v3.shape, dtype=torch.float32, device=v3.device)
+    for p in plan.pieces:
+        lay = _layout(p, by_head)
+        qv, kv, vv = _rows_view(q3, p, lay), _keys_view(k3, p, lay), _keys_view(v3, p, lay, "v")
+        ov, lv, dov = _rows_view(out3, p, lay), _rows_view(lse3, p, lay), _rows_view(dout3, p, lay)
+        if backend == "fused":
+            bias = _per_tile(p.bias(q3.dtype), lay)
+            gq, gk, gv = _fused_backward(dov, qv, kv, vv, ov, lv, 0.0, p.causal, attn_mask=bias, scale=scale)
+        else:
+            keep = _mask_for_matmul(p.keep, lay)
+            gq, gk, gv = _matmul_piece_backward(dov, qv, kv, vv, ov, lv, keep, p.causal, scale)
+        _rows_view(dq, p, lay).add_(gq)
+        _add_keys(dk, gk, p, lay)
+        _add_keys(dv, gv, p, lay)
+    return dq, dk, dv
+
+
+def _add_keys(acc: Tensor, grad: Tensor, p: Piece, by_head: bool) -> None:
+    """Add a piece's key gradients ``[BHkv, n, lk, D]`` (or ``[n, BHkv, lk, D]``) to ``acc``
+    ``[BHkv, Nk, D]``, where tiles may share keys."""
+    g = grad if by_head else grad.transpose(0, 1)  # [BHkv, n, lk, D]
+    if p.keys is None and (p.n == 1 or p.k_step >= p.lk):
+        view = acc.as_strided(
+            g.shape, (acc.shape[1] * acc.shape[2], p.k_step * acc.shape[2], acc.shape[2], 1), p.k0 * acc.shape[2]
+        )
+        view.add_(g)  # tiles do not overlap
+        return
+    if p.keys is None and p.k_step == 0:
+        acc[:, p.k0 : p.k0 + p.lk].add_(g.sum(dim=1))
+        return
+    index = p.key_index().to(acc.device).flatten()  # [n·lk]
+    acc.index_add_(1, index, g.reshape(g.shape[0], -1, g.shape[-1]).float())
+
+
+class TileAttention(torch.autograd.Function):
+    """Attention over a :class:`Plan`, with a backward pass that recomputes piece by piece."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        plan: Plan,
+        scale: float,
+        backend: str,
+        work: torch.dtype,
+    ) -> Tensor:
+        b, h, nq, d = q.shape
+        hkv, nk = k.shape[1], k.shape[2]
+        by_head = h == hkv
+        q3 = q.to(work).reshape(b * h, nq, d).contiguous()  # [BH, Nq, D]
+        k3 = k.to(work).reshape(b * hkv, nk, d).contiguous()  # [BHkv, Nk, D]
+        v3 = v.to(work).reshape(b * hkv, nk, d).contiguous()
+        grad = any(ctx.needs_input_grad[:3])
+        out3, lse3 = forward_plan(q3, k3, v3, plan, scale, backend, by_head, grad)  # [BH, Nq, D], [BH, Nq]
+        out = out3.to(q.dtype).view(b, h, nq, d)
+        if grad:
+            assert lse3 is not None
+            ctx.save_for_backward(q3, k3, v3, out3.to(work), lse3.masked_fill(lse3 == NEG_INF, 0.0))
+            ctx.meta = (plan, scale, backend, by_head, q.shape, k.shape, q.dtype, k.dtype, v.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        q3, k3, v3, out3, lse3 = ctx.saved_tensors
+        plan, scale, backend, by_head, q_shape, k_shape, q_dtype, k_dtype, v_dtype = ctx.meta
+        dout3 = grad.to(q3.dtype).reshape(q3.shape).contiguous()  # [BH, Nq, D]
+        dq, dk, dv = backward_plan(dout3, q3, k3, v3, out3, lse3, plan, scale, backend, by_head)
+        return (
+            dq.to(q_dtype).view(q_shape),
+            dk.to(k_dtype).view(k_shape),
+            dv.to(v_dtype).view(k_shape),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, plan: Plan, scale: float, backend: str, work: torch.dtype) -> Tensor:
+    """``q`` ``[B, H, Nq, D]``, ``k``/``v`` ``[B, Hkv, Nk, D]`` → ``[B, H, Nq, D]`` over ``plan``,
+    differentiable through :class:`TileAttention`."""
+    out = TileAttention.apply(q, k, v, plan, scale, backend, work)
+    return out  # type: ignore[no-any-return]
+
+
+# -- work, for torch.utils.flop_counter ---------------------------------------------------------------
+
+
+def _q_split(lq: int) -> int:
+    return 256 if lq >= 768 else 64 if lq >= 192 else 32
+
+
+def fused_pairs(lq: int, lk: int, causal: bool) -> int:
+    """Pairs the CPU kernel computes for one (batch, head): it walks ``qSplit`` query rows at a
+    time over key blocks of 512, stopping after the block that holds the causal boundary."""
+    split = _q_split(lq)
+    total = 0
+    for m in range(0, lq, split):
+        rows = min(split, lq - m)
+        keys = min(m + rows, lk) if causal else lk
+        total += rows * sum(min(KV_SPLIT, lk - n) for n in range(0, keys, KV_SPLIT))
+    return total
+
+
+def fused_flops(
+    query: Any, key: Any, value: Any, dropout_p: float = 0.0, is_causal: bool = False, *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of one fused forward call (``QKᵀ`` and ``PV``: ``4·D`` per computed pair); the
+    counter passes shapes in place of tensors."""
+    b, h, lq, d = query
+    return 4 * d * b * h * fused_pairs(lq, key[2], is_causal)
+
+
+def fused_backward_flops(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of one fused backward call: ``QKᵀ`` again, ``dV``, ``dP``, ``dQ``, ``dK``."""
+    causal = bool(args[3]) if len(args) > 3 else bool(kwargs.get("is_causal", False))  # out, lse, dropout, causal
+    b, h, lq, d = query
+    return 10 * d * b * h * fused_pairs(lq, key[2], causal)
+
+
+#: ``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode``: the fused kernels' work
+#: (PyTorch's counter has no formula for its CPU FlashAttention kernel).
+FLOP_FORMULAS: dict[Any, Any] = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: fused_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: fused_backward_flops,
+}
