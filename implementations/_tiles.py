@@ -98,6 +98,18 @@ def compute_dtype(dtype: torch.dtype, device: torch.device | str, low_precision:
     return dtype if use else torch.float32
 
 
+def under_autograd(work: torch.dtype, low_precision: bool | None, *inputs: Tensor) -> torch.dtype:
+    """The dtype of one call: ``work``, except that a call autograd will differentiate computes
+    its tiles in float32 unless low precision was asked for by name. Autograd through the
+    low-precision tiles rounds ``dP`` and ``dS`` to bfloat16/float16 at every step and misses
+    the contract's ``dq`` bound by 2-29× (``test_low_precision_backward_is_opt_in``), so it is
+    never chosen by capability alone."""
+    low = work in (torch.bfloat16, torch.float16)
+    if low and low_precision is None and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return torch.float32
+    return work
+
+
 def pick_backend(device: torch.device | str, backend: str | None) -> str:
     """``"fused"`` on the CPU, ``"matmul"`` elsewhere, unless ``backend`` names one."""
     if backend is not None:

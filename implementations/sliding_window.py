@@ -130,10 +130,12 @@ class SlidingWindow(Implementation):
         )
         backend = _tiles.pick_backend(problem.device, self.backend)
         work = _tiles.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
+        asked = self.low_precision
         scale = problem.scale
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            return _tiles.attention(q, k, v, plan, scale, backend, work)  # [B, H, Nq, D]
+            dtype = _tiles.under_autograd(work, asked, q, k, v)
+            return _tiles.attention(q, k, v, plan, scale, backend, dtype)  # [B, H, Nq, D]
 
         return run
 

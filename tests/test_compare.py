@@ -276,6 +276,21 @@ def test_load_that_strikes_the_probe_harder_is_uncertain(tmp_path: Path) -> None
     assert run_compare(base, busy, 10.0, fail_on_regression=True, out=tmp_path / "out") == 0
 
 
+def test_load_that_strikes_the_baseline_harder_than_the_probe_is_uncertain(tmp_path: Path) -> None:
+    """The other way round, also measured here: under two spinning processes the probe ran ×1.5
+    and a 0.5 ms SDPA call ×3.1. Relative to the probe the baseline got 2× slower, but the probe
+    only says the machine changed, so the baseline is uncertain, and no regression is failed."""
+    base = write_run(tmp_path / "base", seed=1, probe_scale=1.0)
+    busy = write_run(tmp_path / "busy", seed=2, impl_scale=3.1, base_scale=3.1, probe_scale=1.5)
+    result = compare_runs(base, busy)
+    assert {p.impl: p.verdict for p in result.pairs} == {"sdpa": "uncertain", "chunked": "same"}
+    assert all("rerun on a quiet machine" in p.note for p in result.pairs if p.impl == "sdpa")
+    assert run_compare(base, busy, 10.0, fail_on_regression=True, out=tmp_path / "out") == 0
+    # on a machine that did not change, the same slowdown of the baseline is a regression
+    slower = write_run(tmp_path / "slower", seed=3, base_scale=3.1, probe_scale=1.0)
+    assert {p.impl for p in compare_runs(base, slower).regressions} == {"sdpa"}
+
+
 def test_a_pair_that_leaves_ok_for_any_status_or_vanishes_fails_the_gate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
