@@ -98,6 +98,43 @@ def compare(session: nox.Session) -> None:
     session.run("attnbench", "compare", *session.posargs)
 
 
+def last_run(results: Path, suite: str, machine: str, before: Path | None = None) -> Path | None:
+    """The newest result folder of ``suite`` made on ``machine`` (a ``run.json`` machine id),
+    other than ``before``; None when there is none."""
+    import json
+
+    found = []
+    for run_json in results.glob("*/run.json"):
+        if run_json.parent == before:
+            continue
+        try:
+            meta = json.loads(run_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if meta.get("suite", {}).get("name") == suite and meta.get("machine", {}).get("id") == machine:
+            found.append((str(meta.get("started", "")), run_json.parent))
+    return max(found)[1] if found else None
+
+
+@nox.session(default=False)
+def kernels(session: nox.Session) -> None:
+    """The kernels suite, then ``compare --fail-on-regression`` against the last run of it
+    recorded on this machine: ``nox -s kernels -- [attnbench run options]``. The first run on a
+    machine has nothing to compare with and only records."""
+    import json
+    import time
+
+    install(session)
+    out = ROOT / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}_kernels_gate"
+    session.run("attnbench", "run", "kernels", "--out", str(out), *session.posargs)
+    machine = json.loads((out / "run.json").read_text(encoding="utf-8"))["machine"]["id"]
+    previous = last_run(ROOT / "results", "kernels", machine, before=out)
+    if previous is None:
+        session.log(f"no earlier kernels run of {machine} in results/: this one is the baseline from now on")
+        return
+    session.run("attnbench", "compare", str(previous), str(out), "--fail-on-regression")
+
+
 @nox.session(default=False)
 def pytest_benchmark(session: nox.Session) -> None:
     """The suites through pytest-benchmark: ``nox -s pytest_benchmark -- --attnbench-suite quick``."""
