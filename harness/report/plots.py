@@ -249,7 +249,9 @@ def _axes(ax: Axes, spec: Metric, sizes: list[int], xlabel: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(int(s)) for s in sizes])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    if spec.log_y:
+    # a log axis needs a positive value (a memory figure of 0 bytes everywhere has none)
+    positive = any((np.asarray(line.get_ydata(), dtype=float) > 0).any() for line in ax.get_lines())
+    if spec.log_y and positive:
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10))
         plain = FuncFormatter(lambda v, _: f"{v:g}")
