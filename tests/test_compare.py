@@ -286,6 +286,9 @@ def test_load_that_strikes_the_baseline_harder_than_the_probe_is_uncertain(tmp_p
     assert {p.impl: p.verdict for p in result.pairs} == {"sdpa": "uncertain", "chunked": "same"}
     assert all("rerun on a quiet machine" in p.note for p in result.pairs if p.impl == "sdpa")
     assert run_compare(base, busy, 10.0, fail_on_regression=True, out=tmp_path / "out") == 0
+    # the probe 3× faster in the loaded run while the baseline ran ×1.5 slower (also measured)
+    odd = write_run(tmp_path / "odd", seed=4, impl_scale=1.5, base_scale=1.5, probe_scale=0.31)
+    assert {p.impl: p.verdict for p in compare_runs(base, odd).pairs}["sdpa"] == "uncertain"
     # on a machine that did not change, the same slowdown of the baseline is a regression
     slower = write_run(tmp_path / "slower", seed=3, base_scale=3.1, probe_scale=1.0)
     assert {p.impl for p in compare_runs(base, slower).regressions} == {"sdpa"}
