@@ -51,6 +51,11 @@ class GemmProbe:
     def label(self) -> str:
         return f"matmul {self.dtype} n={self.n}"
 
+    @property
+    def footprint(self) -> int:
+        """Bytes it holds while timed: both inputs and one product."""
+        return 3 * self.n * self.n * torch.finfo(torch_dtype(self.dtype)).bits // 8
+
     def build(self) -> Call:
         gen = torch.Generator().manual_seed(0)
         a = torch.randn(self.n, self.n, generator=gen).to(
@@ -75,6 +80,11 @@ class StreamProbe:
     def label(self) -> str:
         return f"triad {self.bytes / 2**20:.0f} MiB"
 
+    @property
+    def footprint(self) -> int:
+        """Bytes it holds: its three arrays."""
+        return int(self.bytes)
+
     def build(self) -> Call:
         where = device(self.device).torch
         b = torch.ones(self.elements, device=where)
@@ -84,8 +94,11 @@ class StreamProbe:
 
     @classmethod
     def moving(cls, where: str, nbytes: float) -> StreamProbe:
-        """A triad moving about ``nbytes`` per pass (at least 3 MiB)."""
-        return cls(where, max(1 << 18, int(nbytes / 12)))
+        """A triad moving about ``nbytes`` per pass: at least 3 MiB, and at most the run's own
+        triad (:data:`STREAM_BYTES` an array), which is far beyond every cache already — a
+        64K-token cache of batch 8 moves 4.3 GB a step, and a probe that size doubled what the
+        worker held while the case was timed."""
+        return cls(where, min(STREAM_BYTES // 4, max(1 << 18, int(nbytes / 12))))
 
 
 def best_rate(clock: Clock, call: Call, work: float, seconds: float, repeats: int = 3) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from attnbench.calibrate import GemmProbe, StreamProbe
 from attnbench.case import CASE_KEYS
 from attnbench.contract import Implementation
 from attnbench.devices import device
-from attnbench.memory import MemoryUnavailable
+from attnbench.memory import MemoryUnavailable, vm_size_bytes
 from attnbench.modes.decode import ADAPTER
 from attnbench.problem import Problem
 from attnbench.records import Record
@@ -170,8 +170,19 @@ class CaseRun:
             return None, inputs
 
     def cap(self) -> None:
+        """The memory budget from here on: what the process holds now plus ``memory_gib``."""
         if not self.device.is_gpu:
-            self.set_cap(int(self.budget["memory_gib"] * 2**30))
+            self.cap_limit = vm_size_bytes() + int(self.budget["memory_gib"] * 2**30)
+            self.set_cap(self.cap_limit - vm_size_bytes())
+
+    def widen_cap(self, harness_bytes: int) -> None:
+        """Raise the budget by what the harness itself just allocated (the machine probe), so
+        that its buffers are never counted against the implementation."""
+        if self.cap_limit is not None and harness_bytes > 0:
+            self.cap_limit += harness_bytes
+            self.set_cap(max(0, self.cap_limit - vm_size_bytes()))
+
+    cap_limit: int | None = None
 
     def measure(self, impl: Implementation, base_call: Callable[[], object] | None, inputs: Any) -> None:
         problem, record = self.problem, self.record
@@ -206,6 +217,8 @@ class CaseRun:
     def time(self, call: Callable[[], object], base_call: Callable[[], object] | None) -> None:
         record, budget = self.record, self.budget
         probe = self.probe()
+        if probe is not None:
+            self.widen_cap(probe[3])
         timing = measure(
             call,
             base_call,
@@ -237,16 +250,16 @@ class CaseRun:
             record.machine_probe_work = probe[2]
             self.probe_rate = probe[2] / (min(timing.probe.ms) / 1e3)
 
-    def probe(self) -> tuple[str, Callable[[], object], float] | None:
-        """``(label, call, work per call)`` of the machine probe for this case, or None."""
+    def probe(self) -> tuple[str, Callable[[], object], float, int] | None:
+        """``(label, call, work per call, bytes it holds)`` of the machine probe for this case, or None."""
         cal = self.job.get("calibration") or {}
         if self.problem.kind.memory_bound:
             stream = StreamProbe.moving(self.problem.device, self.problem.kind.io_bytes(self.problem))
-            return stream.label, stream.build(), stream.bytes
+            return stream.label, stream.build(), stream.bytes, stream.footprint
         if not cal.get("probe_dtype"):
             return None
         gemm = GemmProbe(self.problem.device, str(cal["probe_dtype"]), int(cal["probe_n"]))
-        return gemm.label, gemm.build(), gemm.flops
+        return gemm.label, gemm.build(), gemm.flops, gemm.footprint
 
     probe_rate: float | None = None
     baseline_first_ms: float | None = None

@@ -3,6 +3,7 @@ memory predictions and the run folder are the harness's; and every record says w
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -175,3 +176,55 @@ def test_a_plugin_whose_supports_segfaults_is_recorded_crashed_and_the_sweep_goe
     assert [r["status"] for r in mine] == ["crashed", "skipped"]
     assert mine[0]["step"] == "supports" and "SIGSEGV" in mine[0]["reason"]
     assert [r["status"] for r in records if r["impl"] == "fast_sdpa"] == ["ok", "ok"]
+
+
+def test_the_machine_probe_is_never_charged_to_the_implementation() -> None:
+    """A decode case moving 1.07 GB a step: its triad probe holds at most 768 MiB (the run's own
+    triad), and the memory budget is raised by exactly what the probe holds while the case is
+    timed. Before, a probe as large as the case (4.3 GB at batch 8 and 64K tokens) sat inside the
+    implementation's 8 GiB and every dense-cache adapter was recorded oom on the paged cache."""
+    from attnbench.calibrate import STREAM_BYTES
+    from attnbench.measure import run_case
+    from attnbench.memory import vm_size_bytes
+    from attnbench.registry import load_registry
+    from attnbench.suite import parse_suite
+
+    suite = parse_suite(
+        """
+[suite]
+implementations = ["sdpa"]
+baseline = ""
+[grid]
+mode = ["decode"]
+batch = [1]
+heads = [16]
+kv_heads = [16]
+dtype = ["float32"]
+seq_len = [1]
+kv_len = [65536]
+head_dim = [128]
+causal = [true]
+[budget]
+memory_gib = 4
+min_time_s = 0.01
+max_time_s = 0.05
+min_repeats = 3
+accuracy_rows = 1
+""",
+        "probe",
+    )
+    cases = suite.cases()
+    assert len(cases) == 1, [c.fields() for c in cases]
+    case = cases[0]
+    limits: list[int | None] = []
+
+    def record_cap(extra: int | None) -> None:  # what the worker would pass to RLIMIT_AS, not applied here
+        limits.append(None if extra is None else vm_size_bytes() + extra)
+
+    job = {"op": "case", "case": case.fields(), "impl": "sdpa", "baseline": "", "budget": suite.budget}
+    job["calibration"] = {"gflops": 100.0, "probe_dtype": "float32", "probe_n": 256, "gbps": 20.0}
+    record = run_case(load_registry(), job, record_cap)["record"]
+    assert record["status"] == "ok", record["reason"]
+    assert record["machine_probe"] == f"triad {3 * STREAM_BYTES / 2**20:.0f} MiB"  # capped below the case's 1.07 GB
+    raised = [b - a for a, b in itertools.pairwise(limits) if a is not None and b is not None and b > a]
+    assert 3 * STREAM_BYTES in raised  # the budget grew by exactly the probe's three arrays
