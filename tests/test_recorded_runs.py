@@ -42,3 +42,28 @@ def test_quick_counts_linears_own_work() -> None:
 def test_quick_was_measured_on_the_machine_it_names() -> None:
     meta = json.loads((RECORDED / "quick" / "run.json").read_text())
     assert meta["suite"]["name"] == "quick" and meta["machine"]["cores"] == 2 and meta["calibration"]
+
+
+def test_decode_at_batch_1_every_pair_ok_or_not_applicable() -> None:
+    """The shipped decode suite's batch-1 cases (every length 1K-64K, fp32 with every cache and
+    bf16 with most; the run was stopped there): no implementation failed, none was charged with
+    the reference's cost, and no record exceeds the bandwidth it is set against."""
+    rows = records("decode_b1")
+    assert len(rows) >= 400 and {r["batch"] for r in rows} == {1}
+    assert {r["status"] for r in rows} <= {"ok", "unavailable", "unsupported"}
+    assert max(r["kv_len"] for r in rows if r["status"] == "ok") == 65536
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(0 < r["bandwidth_fraction"] <= 1.0 for r in ok)
+    assert {r["cache"] for r in ok} == {"contiguous", "paged:16"} and {r["kv_lengths"] for r in ok} == {"uniform", "ragged"}
+
+
+def test_split_kv_decodes_faster_than_sdpa_at_batch_1_and_32k() -> None:
+    """Flash-decoding's point: one sequence's long cache split across both cores. Each split_kv
+    record is timed interleaved with SDPA (the baseline), so the speedup holds on a busy machine."""
+    split = [
+        r
+        for r in records("decode_b1")
+        if r["impl"] == "split_kv" and r["kv_len"] == 32768 and r["dtype"] == "float32" and r["status"] == "ok"
+    ]
+    assert len(split) == 4  # contiguous and paged, uniform and ragged
+    assert all(r["speedup"] > 1.0 for r in split), [(r["cache"], r["kv_lengths"], r["speedup"]) for r in split]
