@@ -111,7 +111,6 @@ class CaseRun:
         finally:
             self.set_cap(None)
             gc.collect()
-            gc.freeze()  # what this pair imported or cached stays; see worker.settle_heap
         self.record.elapsed_s = time.perf_counter() - started
         return healthy
 

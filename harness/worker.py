@@ -93,7 +93,9 @@ def settle_heap() -> None:
     The harness collects garbage around each pair (so that memory passes start clean); with
     torch, the registry and the plugins imported that is some 200 000 long-lived objects and
     80-300 ms a collection, several times a pair, most of a small case's time. Frozen, they are
-    never scanned again; garbage made afterwards is collected as before."""
+    never scanned again; garbage made afterwards is collected as before. Called between jobs,
+    after the job's own objects are released, so that nothing of a finished case is frozen
+    but what a module keeps (an import, a compiled kernel's cache)."""
     gc.collect()
     gc.freeze()
 
@@ -127,6 +129,8 @@ def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
         except BaseException as exc:  # the runner records it; the worker is replaced
             answer = {"fatal": "".join(traceback.format_exception_only(type(exc), exc)).strip()}
         send(answer)
+        del answer
+        settle_heap()  # the job's garbage collected first; what it imported or cached is frozen
 
 
 def main(argv: list[str] | None = None) -> None:
