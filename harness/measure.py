@@ -171,8 +171,9 @@ class CaseRun:
     def cap(self) -> None:
         """The memory budget from here on: what the process holds now plus ``memory_gib``."""
         if not self.device.is_gpu:
-            self.cap_limit = vm_size_bytes() + int(self.budget["memory_gib"] * 2**30)
-            self.set_cap(self.cap_limit - vm_size_bytes())
+            allowance = int(self.budget["memory_gib"] * 2**30)
+            self.cap_limit = vm_size_bytes() + allowance
+            self.set_cap(allowance)
 
     def widen_cap(self, harness_bytes: int) -> None:
         """Raise the budget by what the harness itself just allocated (the machine probe), so

@@ -56,7 +56,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
-from attnbench.implementations import _tiles
+from attnbench.implementations import _plan, _tiles
 from attnbench.patterns import BlockLayout, Pattern
 
 Tensor = torch.Tensor
@@ -88,7 +88,7 @@ def kept_blocks(pattern: Pattern, layout: BlockLayout, nq: int, nk: int) -> Tens
 
 def plan_layout(
     pattern: Pattern, nq: int, nk: int, device: torch.device | str = "cpu", max_rows: int | None = None
-) -> _tiles.Plan:
+) -> _plan.Plan:
     """The calls of a layout: the band and the global columns batched over row blocks on strided
     views, long runs (global rows) whole, the other single blocks gathered; see the module
     docstring."""
@@ -98,8 +98,8 @@ def plan_layout(
     table = kept_blocks(pattern, layout, nq, nk)  # [rows, nkb]
     first = (nk - nq) // block  # position block of table row 0
     lo, hi = pattern.row_ranges(nq, nk)  # [Nq]
-    batched: list[_tiles.Tile] = []
-    singles: list[_tiles.Piece] = []
+    batched: list[_plan.Tile] = []
+    singles: list[_plan.Piece] = []
     for r in range(table.shape[0]):
         q0, q1 = max(0, r * block - shift), min(nq, (r + 1) * block - shift)
         cols = table[r].nonzero().flatten().tolist()
@@ -125,9 +125,9 @@ def plan_layout(
             if bool(keep.all()):
                 run = [c]
             else:
-                batched.append(_tiles.Tile(q0, q1 - q0, k0, k1 - k0, keep))  # cut by causal/window
-    pieces = _tiles.group_tiles(batched, device)
-    return _tiles.make_plan(nq, nk, pieces + gather(singles, block, device), max_rows)
+                batched.append(_plan.Tile(q0, q1 - q0, k0, k1 - k0, keep))  # cut by causal/window
+    pieces = _plan.group_tiles(batched, device)
+    return _plan.make_plan(nq, nk, pieces + gather(singles, block, device), max_rows)
 
 
 def _split_run(
@@ -138,8 +138,8 @@ def _split_run(
     q1: int,
     block: int,
     nk: int,
-    batched: list[_tiles.Tile],
-    singles: list[_tiles.Piece],
+    batched: list[_plan.Tile],
+    singles: list[_plan.Piece],
 ) -> None:
     """A run of consecutive full key blocks of one row block: kept whole when long (a global
     row), else cut into its band part and global blocks (batched over row blocks) and other
@@ -148,30 +148,30 @@ def _split_run(
         return
     start, stop = run[0], run[-1] + 1
     if stop - start > len(band) + 4:
-        batched.append(_tiles.Tile(q0, q1 - q0, start * block, min(nk, stop * block) - start * block))
+        batched.append(_plan.Tile(q0, q1 - q0, start * block, min(nk, stop * block) - start * block))
         return
     inner = range(max(start, band.start), min(stop, band.stop))
     if len(inner):
         k0, k1 = inner.start * block, min(nk, inner.stop * block)
-        batched.append(_tiles.Tile(q0, q1 - q0, k0, k1 - k0))
+        batched.append(_plan.Tile(q0, q1 - q0, k0, k1 - k0))
     for c in run:
         if c in inner:
             continue
         k0, k1 = c * block, min(nk, (c + 1) * block)
         if c < global_:
-            batched.append(_tiles.Tile(q0, q1 - q0, k0, k1 - k0))
+            batched.append(_plan.Tile(q0, q1 - q0, k0, k1 - k0))
         else:
-            singles.append(_tiles.Piece(1, q0, q1 - q0, q1 - q0, k0, 0, k1 - k0))
+            singles.append(_plan.Piece(1, q0, q1 - q0, q1 - q0, k0, 0, k1 - k0))
 
 
-def gather(singles: list[_tiles.Piece], block: int, device: torch.device | str) -> list[_tiles.Piece]:
+def gather(singles: list[_plan.Piece], block: int, device: torch.device | str) -> list[_plan.Piece]:
     """Unmasked single-block tiles (the random blocks) gathered by query block: one piece per run
     of consecutive query blocks, each tile's keys its blocks' keys (``C`` blocks, the largest
     count; missing slots point at key 0 and are masked)."""
     by_rows: dict[tuple[int, int], list[int]] = {}
     for p in singles:
         by_rows.setdefault((p.q0, p.lq), []).extend(range(p.k0, p.k0 + p.lk))
-    pieces: list[_tiles.Piece] = []
+    pieces: list[_plan.Piece] = []
     runs: list[list[tuple[int, int]]] = []
     for q0, lq in sorted(by_rows):
         if runs and runs[-1][-1][0] + runs[-1][-1][1] == q0 and runs[-1][-1][1] == lq:
@@ -188,7 +188,7 @@ def gather(singles: list[_tiles.Piece], block: int, device: torch.device | str) 
             keys[i, : len(listed)] = listed
             keep[i, :, : len(listed)] = True
         mask = None if bool(keep.all()) else keep.to(device)
-        pieces.append(_tiles.Piece(len(run), q0, lq, lq, 0, 0, width, False, mask, keys.to(device), None))
+        pieces.append(_plan.Piece(len(run), q0, lq, lq, 0, 0, width, False, mask, keys.to(device), None))
     return pieces
 
 
@@ -205,7 +205,7 @@ class BlockSparse(Implementation):
     backend: str | None = None
     #: bfloat16/float16 products in their own dtype (True) or in float32 (False); None: by capability.
     low_precision: bool | None = None
-    #: Query rows per kernel call at most (None: outputs under ``_tiles.CALL_BYTES``).
+    #: Query rows per kernel call at most (None: outputs under ``_plan.CALL_BYTES``).
     call_rows: int | None = None
 
     def supports(self, problem: Problem) -> str | None:
@@ -215,7 +215,7 @@ class BlockSparse(Implementation):
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the calls (runs, gathers, masks) once, outside the timed call."""
-        rows = self.call_rows or _tiles.rows_per_call(problem.batch, problem.heads, problem.head_dim)
+        rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)
         plan = plan_layout(problem.pattern, problem.seq_len, problem.kv_len, problem.device, rows)
         backend = _tiles.pick_backend(problem.device, self.backend)
         work = _tiles.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)

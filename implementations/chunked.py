@@ -31,7 +31,7 @@ The queries are cut into blocks of ``block_q`` rows. Query block ``[q0, q0 + blo
 first row at key position ``d0 = q0 + Nk - Nq`` (bottom-right alignment, :mod:`attnbench.patterns`);
 its keys are cut into the *diagonal* tile ``[d0, d0 + block_q)`` and tiles of ``block_k`` keys on
 either side, clipped to the range its rows may see (``pattern.row_ranges``). Before any data is
-seen, :meth:`Chunked.prepare` classifies every tile once (:func:`~attnbench.implementations._tiles.plan_pattern`):
+seen, :meth:`Chunked.prepare` classifies every tile once (:func:`~attnbench.implementations._plan.plan_pattern`):
 
 * every pair masked (beyond the causal diagonal, outside a window band, a block the layout
   drops): **skipped**, never computed;
@@ -77,7 +77,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
-from attnbench.implementations import _tiles
+from attnbench.implementations import _plan, _tiles
 
 Tensor = torch.Tensor
 
@@ -98,13 +98,13 @@ class Chunked(Implementation):
     backend: str | None = None
     #: bfloat16/float16 products in their own dtype (True) or in float32 (False); None: by capability.
     low_precision: bool | None = None
-    #: Query rows per kernel call at most (None: outputs under ``_tiles.CALL_BYTES``).
+    #: Query rows per kernel call at most (None: outputs under ``_plan.CALL_BYTES``).
     call_rows: int | None = None
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles (skips, joins, batches and boundary masks) once, outside the timed call."""
-        rows = self.call_rows or _tiles.rows_per_call(problem.batch, problem.heads, problem.head_dim)
-        plan = _tiles.plan_pattern(
+        rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)
+        plan = _plan.plan_pattern(
             problem.pattern, problem.seq_len, problem.kv_len, self.block_q, self.block_k, problem.device, rows
         )
         backend = _tiles.pick_backend(problem.device, self.backend)

@@ -54,7 +54,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
-from attnbench.implementations import _tiles
+from attnbench.implementations import _plan, _tiles
 from attnbench.patterns import Pattern
 
 Tensor = torch.Tensor
@@ -77,24 +77,24 @@ def plan_window(
     edge_block: int,
     device: torch.device | str = "cpu",
     max_rows: int | None = None,
-) -> _tiles.Plan:
+) -> _plan.Plan:
     """One piece for the interior tiles (a shared band mask, strided views) and chunked-style
     pieces for the rows whose window the ends of the keys cut off."""
     window, causal, offset = pattern.window, pattern.causal, nk - nq
     first = min(nq, max(0, window - 1 - offset))  # first row whose window starts at a key >= 0
     last = nq if causal else max(first, min(nq, nk - window - offset + 1))  # rows whose window ends inside
     tiles = (last - first) // tile
-    pieces: list[_tiles.Piece] = []
+    pieces: list[_plan.Piece] = []
     if tiles > 0:
         span = tile + window - 1 if causal else tile + 2 * window - 2
         keep = band_keep(window, causal, tile)[None].to(device)  # [1, T, S]
         k0 = first + offset - window + 1  # the first interior row's first key
-        pieces.append(_tiles.Piece(tiles, first, tile, tile, k0, tile, span, keep=keep))
+        pieces.append(_plan.Piece(tiles, first, tile, tile, k0, tile, span, keep=keep))
     end = first + tiles * tile
     for rows in ((0, first), (end, nq)):
         if rows[1] > rows[0]:
-            pieces += _tiles.pattern_pieces(pattern, nq, nk, edge_block, edge_block, device, rows=rows)
-    return _tiles.make_plan(nq, nk, pieces, max_rows)
+            pieces += _plan.pattern_pieces(pattern, nq, nk, edge_block, edge_block, device, rows=rows)
+    return _plan.make_plan(nq, nk, pieces, max_rows)
 
 
 @register("sliding_window")
@@ -114,7 +114,7 @@ class SlidingWindow(Implementation):
     backend: str | None = None
     #: bfloat16/float16 products in their own dtype (True) or in float32 (False); None: by capability.
     low_precision: bool | None = None
-    #: Query rows per kernel call at most (None: outputs under ``_tiles.CALL_BYTES``).
+    #: Query rows per kernel call at most (None: outputs under ``_plan.CALL_BYTES``).
     call_rows: int | None = None
 
     def supports(self, problem: Problem) -> str | None:
@@ -124,7 +124,7 @@ class SlidingWindow(Implementation):
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles and build the band mask once, outside the timed call."""
-        rows = self.call_rows or _tiles.rows_per_call(problem.batch, problem.heads, problem.head_dim)
+        rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)
         plan = plan_window(
             problem.pattern, problem.seq_len, problem.kv_len, self.tile, self.edge_block, problem.device, rows
         )

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench import Implementation, Problem
-from attnbench.implementations import _tiles
+from attnbench.implementations import _plan, _tiles
 from attnbench.registry import load_registry
 from attnbench.verify import check
 
@@ -465,35 +465,35 @@ def test_has_bf16_units_matches_mkldnn() -> None:
     assert not _tiles.low_precision_units(torch.float32, "cpu")
 
 
-def _plan(name: str, problem: Problem) -> _tiles.Plan:
+def prepared_plan(name: str, problem: Problem) -> _plan.Plan:
     """The plan an implementation prepares (read from the prepared call's closure)."""
     fn = make(name).prepare(problem)
     cells = [c.cell_contents for c in getattr(fn, "__closure__", None) or ()]
-    plans = [c for c in cells if isinstance(c, _tiles.Plan)]
+    plans = [c for c in cells if isinstance(c, _plan.Plan)]
     assert len(plans) == 1
     return plans[0]
 
 
 def test_chunked_plans() -> None:
-    full = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096))
+    full = prepared_plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096))
     assert [(p.n, p.lq, p.lk, p.causal, p.keep is None) for p in full.pieces] == [(1, 4096, 4096, False, True)]
-    causal = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096, causal=True))
+    causal = prepared_plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096, causal=True))
     assert [(p.n, p.lq, p.lk, p.causal) for p in causal.pieces] == [(1, 4096, 4096, True)]  # the kernel's own causal
     assert full.modes == causal.modes == ("base",)
     # cross attention: the keys before the first query (a tall tile) and the causal square, merged
-    cross = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=1024, kv_len=3072, causal=True))
+    cross = prepared_plan("chunked", Problem(heads=8, head_dim=64, seq_len=1024, kv_len=3072, causal=True))
     assert sorted((p.lq, p.k0, p.lk, p.causal) for p in cross.pieces) == [
         (1024, 0, 2048, False),
         (1024, 2048, 1024, True),
     ]
-    window = _plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096, window=256, causal=True))
+    window = prepared_plan("chunked", Problem(heads=8, head_dim=64, seq_len=4096, window=256, causal=True))
     assert len(window.pieces) <= 6  # batched over query blocks, not one call per block
     assert window.pairs() <= 4096 * (256 + 256 + 256)
 
 
 def test_sliding_window_plan() -> None:
     problem = Problem(heads=8, head_dim=64, seq_len=4096, window=256, causal=True)
-    plan = _plan("sliding_window", problem)
+    plan = prepared_plan("sliding_window", problem)
     interior = plan.pieces[0]
     assert interior.keep is not None and interior.keep.shape[0] == 1  # one band mask shared by every tile
     assert interior.k_step == interior.q_step == interior.lq == 32 and interior.lk == 32 + 255
@@ -504,7 +504,7 @@ def test_sliding_window_plan() -> None:
 
 def test_block_sparse_plan() -> None:
     problem = Problem(heads=8, head_dim=64, seq_len=4096, layout="bigbird")
-    plan = _plan("block_sparse", problem)
+    plan = prepared_plan("block_sparse", problem)
     gathered = [p for p in plan.pieces if p.keys is not None]
     assert len(gathered) == 1 and gathered[0].lk == 2 * 64  # the two random blocks of every row block
     assert len(plan.pieces) <= 6  # global row, band, global column, random, an edge
