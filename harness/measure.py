@@ -145,6 +145,8 @@ class CaseRun:
         name = self.job.get("baseline") or ""
         if self.job.get("baseline_note"):
             self.record.baseline_note = self.job["baseline_note"]
+        if name and name == self.job["impl"]:
+            self.record.baseline = name  # the baseline itself: 1× by definition
         if not name or name == self.job["impl"]:
             return None, inputs
         self.enter(steps.BASELINE)

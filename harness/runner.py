@@ -174,6 +174,7 @@ class Runner:
         if self.shard:
             self.pairs = self.shard.select(self.pairs, suite.budget)
         self.cases = list(dict.fromkeys(case for case, _ in self.pairs))
+        self.baselines = suite.baselines(self.devices)
         self.unavailable: dict[tuple[str, str], str] = {}
 
     def _select(self, only: list[str] | None) -> list[str]:
@@ -332,9 +333,13 @@ class Runner:
         found = [c for c in calibration if (c["device"], c["dtype"], c["requested_threads"]) == key]
         cal = next((c for c in found if c.get("host", host) == host), found[0] if found else {})
         return {
-            "op": "case", "case": case.fields(), "impl": name, "baseline": self.catalog.canonical(self.suite.baseline),
+            "op": "case", "case": case.fields(), "impl": name, "baseline": self.baseline_of(case),
             "budget": self.suite.budget, "calibration": {k: cal.get(k) for k in CALIBRATION_KEYS},
         }  # fmt: skip
+
+    def baseline_of(self, case: Case) -> str:
+        name = self.baselines.get(case, self.suite.baseline)
+        return self.catalog.canonical(name) if name else ""
 
     def run_pair(
         self, case: Case, name: str, failures: Failures, calibration: list[dict[str, Any]], pool: WorkerPool

@@ -72,7 +72,7 @@ class Suite:
     description: str
     implementations: tuple[str, ...] | str
     baseline: str
-    grids: list[dict[str, Any]]  # each: the axes, and "implementations" (None: the suite's)
+    grids: list[dict[str, Any]]  # each: the axes, "implementations" and "baseline" (None: the suite's)
     budget: dict[str, float]
     path: str
     text: str
@@ -121,6 +121,18 @@ class Suite:
                         continue
                     out.append((case, impl))
         return _unique(out)
+
+    def baselines(self, devices_present: Iterable[str] | None = None, cores: int | None = None) -> dict[Case, str]:
+        """Each case's baseline: that of the first grid holding the case, where the grid names its
+        own (``baseline = ""`` where timing one beside every pair would cost more than the pair,
+        such as quadratic SDPA beside a linear-time kernel at 128K tokens), else the suite's."""
+        present = list(devices_present) if devices_present is not None else None
+        out: dict[Case, str] = {}
+        for grid in self.grids:
+            own = grid.get("baseline")
+            for case in expand_grid(grid, present, cores, self.seed):
+                out.setdefault(case, self.baseline if own is None else own)
+        return out
 
     def cases(self, devices_present: Iterable[str] | None = None, cores: int | None = None) -> list[Case]:
         """Every case of every grid, with 'auto' expanded for this machine."""
@@ -212,11 +224,7 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
         except ValueError as exc:  # a combination that is no case (decode with a layout, a cache outside decode)
             raise SuiteError(f"{where}: grid{'' if len(grids) == 1 else f'[{i}]'}: {exc}") from None
     budget = {key: _budget_value(budget_t, key, where) for key in BUDGET_KEYS}
-    baseline = _typed(suite_t, "baseline", str, where, "suite.")
-    if known_impls is not None and baseline and baseline not in set(known_impls):
-        raise SuiteError(
-            f"{where}: suite.baseline: unknown implementation {baseline!r}{_did_you_mean(baseline, known_impls)}"
-        )
+    baseline = _baseline(suite_t, where, known_impls, "suite.")
     return Suite(
         name=_typed(suite_t, "name", str, where, "suite.") or Path(where).stem,
         description=_typed(suite_t, "description", str, where, "suite."),
@@ -254,6 +262,14 @@ def _typed(table: dict[str, Any], key: str, kind: type, where: str, prefix: str)
     return value
 
 
+def _baseline(table: dict[str, Any], where: str, known: Iterable[str] | None, prefix: str) -> str:
+    baseline = _typed(table, "baseline", str, where, prefix)
+    if known is not None and baseline and baseline not in set(known):
+        hint = _did_you_mean(baseline, known)
+        raise SuiteError(f"{where}: {prefix}baseline: unknown implementation {baseline!r}{hint}")
+    return str(baseline)
+
+
 def _grid_tables(value: Any, where: str) -> list[dict[str, Any]]:
     """``[grid]`` is one table; ``[[grid]]`` is several, each its own product of axes."""
     tables = value if isinstance(value, list) else [value]
@@ -263,7 +279,7 @@ def _grid_tables(value: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _grid(table: dict[str, Any], name: str, where: str, known: Iterable[str] | None) -> dict[str, Any]:
-    _no_unknown(table, {*SPEC, "implementations"}, where, f"{name}.")
+    _no_unknown(table, {*SPEC, "implementations", "baseline"}, where, f"{name}.")
     grid: dict[str, Any] = {key: _grid_axis(table, key, where, name) for key in SPEC}
     for key, meta in SPEC.items():
         if meta.grid is None and not grid[key]:
@@ -272,6 +288,9 @@ def _grid(table: dict[str, Any], name: str, where: str, known: Iterable[str] | N
     grid["implementations"] = None
     if "implementations" in table:
         grid["implementations"] = _implementations(table["implementations"], where, known, f"{name}.implementations")
+    grid["baseline"] = None
+    if "baseline" in table:
+        grid["baseline"] = _baseline(table, where, known, f"{name}.")
     return grid
 
 

@@ -97,3 +97,16 @@ def test_every_shipped_suite_is_valid(path: Path) -> None:
     registry = load_registry()
     suite = load_suite(str(path), registry.names())
     assert suite.cases(["cpu"], cores=2)
+
+
+def test_a_grid_names_its_own_baseline_or_none() -> None:
+    text = GOOD + '[[grid]]\nbaseline = ""\nseq_len = [256]\n'
+    suite = parse_suite(text.replace("[grid]", "[[grid]]", 1), "b.toml", ["naive", "sdpa"])
+    baselines = suite.baselines(["cpu"], cores=2)
+    assert {c.seq_len: b for c, b in baselines.items()} == {128: "sdpa", 256: ""}
+    text = text.replace("[grid]", "[[grid]]", 1)
+    misspelt = r"grid\[1\]\.baseline: unknown implementation 'sdpaa' \(did you mean 'sdpa'\?\)"
+    with pytest.raises(SuiteError, match=misspelt):
+        parse_suite(text.replace('baseline = ""', 'baseline = "sdpaa"'), "b.toml", ["naive", "sdpa"])
+    with pytest.raises(SuiteError, match=r"grid\[1\]\.baseline = 3: expected"):
+        parse_suite(text.replace('baseline = ""', "baseline = 3"), "b.toml")

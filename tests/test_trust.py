@@ -61,6 +61,21 @@ def test_a_fast_implementation_beside_a_slow_baseline_stays_ok(tmp_path: Path) -
         assert r["speedup"] > 10
 
 
+def test_a_grid_may_time_no_baseline_beside_its_pairs(tmp_path: Path) -> None:
+    """``baseline = ""`` in one grid: its pairs spend nothing on the (here 1.5 s) baseline, while
+    the other grid keeps the suite's."""
+    text = BASELINE_SUITE.format(baseline="slow_baseline", timeout=5).replace("[64, 128]", "[64]")
+    text += '[[grid]]\nbaseline = ""\nheads = [1]\nseq_len = [128]\nhead_dim = [16]\n'
+    text += 'dtype = ["float32"]\ncausal = [false]\n'
+    records = run_suite(tmp_path, text.replace("[grid]", "[[grid]]", 1))
+    by_len = {r["seq_len"]: r for r in records}
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert by_len[64]["baseline"] == "slow_baseline" and by_len[64]["baseline_samples_ms"]
+    assert by_len[128]["baseline"] == "" and not by_len[128]["baseline_samples_ms"]
+    assert by_len[128]["speedup"] is None and by_len[128]["baseline_note"] == ""
+    assert by_len[128]["elapsed_s"] < min(by_len[64]["baseline_samples_ms"]) / 1e3  # no baseline call at all
+
+
 def test_a_baseline_past_its_own_budget_costs_the_implementation_nothing(tmp_path: Path) -> None:
     records = run_suite(tmp_path, BASELINE_SUITE.format(baseline="hanging_baseline", timeout=6))
     assert [r["status"] for r in records] == ["ok", "ok"]

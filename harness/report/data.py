@@ -73,10 +73,14 @@ def load_data(paths: list[Path]) -> ReportData:
     for run in runs:
         for decl in run.info.get("implementations") or []:
             declarations.setdefault(str(decl.get("name")), decl)
-    for run in runs:  # the baseline's own records: 1× by definition
+    for run in runs:  # the baseline's own records: 1× by definition, in the cases it is the baseline of
         name = suite_of(run.info).get("baseline")
         if name and len(records):
-            own = (records["machine"] == run.label) & (records["impl"] == name) & (records["status"] == "ok")
+            mine, keys = records["machine"] == run.label, [k for k in CASE_KEYS if k in records]
+            based = records["baseline"] == name if "baseline" in records else pd.Series(False, index=records.index)
+            beside = {tuple(r) for r in records.loc[mine & based, keys].astype(str).to_numpy()}
+            in_case = pd.Series([tuple(r) in beside for r in records[keys].astype(str).to_numpy()], index=records.index)
+            own = mine & (records["impl"] == name) & (records["status"] == "ok") & (in_case | based)
             records.loc[own & records["speedup"].isna(), "speedup"] = 1.0
     varying = [k for k in CASE_KEYS if k in records and records[k].astype(str).nunique() > 1]
     records["case"] = [varying_label(row, varying) for row in records_of(records)]
