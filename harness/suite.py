@@ -21,6 +21,7 @@ from attnbench.case import CASE_KEYS, SPEC
 from attnbench.devices import canonical, device, present_devices, usable_cores
 from attnbench.patterns import BlockLayout
 from attnbench.problem import Problem
+from attnbench.ratios import Ratio, RatioError, parse_ratios
 
 SUITES_DIR = Path(_shipped_suites.__file__).resolve().parent
 
@@ -78,6 +79,7 @@ class Suite:
     text: str
     stop_on_failure: bool = True
     seed: int = 0
+    ratios: list[Ratio] = field(default_factory=list)  # the [[ratio]] tables: what the report states
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -205,7 +207,7 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{where}: TOML syntax error: {exc}") from None
-    _no_unknown(raw, {"suite", "grid", "budget"}, where, "")
+    _no_unknown(raw, {"suite", "grid", "budget", "ratio"}, where, "")
     for table in ("suite", "budget"):
         if not isinstance(raw.get(table, {}), dict):
             raise SuiteError(f"{where}: [{table}] must be a table")
@@ -225,6 +227,10 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
             raise SuiteError(f"{where}: grid{'' if len(grids) == 1 else f'[{i}]'}: {exc}") from None
     budget = {key: _budget_value(budget_t, key, where) for key in BUDGET_KEYS}
     baseline = _baseline(suite_t, where, known_impls, "suite.")
+    try:
+        ratios = parse_ratios(raw.get("ratio"), where, None if known_impls is None else set(known_impls))
+    except RatioError as exc:
+        raise SuiteError(str(exc)) from None
     return Suite(
         name=_typed(suite_t, "name", str, where, "suite.") or Path(where).stem,
         description=_typed(suite_t, "description", str, where, "suite."),
@@ -236,6 +242,7 @@ def parse_suite(text: str, where: str, known_impls: Iterable[str] | None = None)
         text=text,
         stop_on_failure=_typed(suite_t, "stop_on_failure", bool, where, "suite."),
         seed=_typed(suite_t, "seed", int, where, "suite."),
+        ratios=ratios,
         raw=raw,
     )
 
