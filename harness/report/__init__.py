@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.report import fidelity, tables
+from attnbench.report import fidelity, ratios, tables
 from attnbench.report.data import ReportData, baseline_name, load_data, records_of, suite_of
 from attnbench.report.figure import Plot
 from attnbench.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
@@ -59,6 +59,9 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
     fidelity_table = fidelity.table(data)
     if len(fidelity_table):
         frames["fidelity"] = fidelity_table
+    declared = ratios.declared(data)
+    if declared:
+        frames["ratios"] = ratios.table(declared)
     across = tables.cross_machine(data)
     if len(across):
         frames["machines_compared"] = across
@@ -82,6 +85,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "accuracy_summary": _rows(tables.accuracy_summary(data)),
         "check_notes": _rows(tables.check_notes(data)),
         "fits": _rows(fits),
+        "ratios": ratios.context(declared),
         "flag_margin": FLAG_MARGIN,
         "min_points": MIN_POINTS,
         "plots": plots,

@@ -4,14 +4,16 @@ figure with its spread, and whether the declared bound holds in every case it co
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from attnbench.case import CASE_KEYS
-from attnbench.ratios import Ratio
+from attnbench.case import CASE_KEYS, varying_label
+from attnbench.ratios import Ratio, RatioError, parse_ratios
+from attnbench.report.data import ReportData
 from attnbench.report.fit import fit_slope
 
 
@@ -35,6 +37,7 @@ class Outcome:
     machine: str
     figures: list[Figure]
     missing: list[str]  # cases matched whose figure could not be formed, and why
+    peaks: str = ""  # for a ratio across dtypes: the machine's measured peak in each
 
     @property
     def verdict(self) -> str:
@@ -73,18 +76,25 @@ def _matches(frame: pd.DataFrame, where: dict[str, list[Any]]) -> pd.Series:
     return keep
 
 
-def _case_words(row: dict[str, Any], keys: list[str]) -> str:
-    return " ".join(f"{k}={row[k]}" for k in keys)
+def _varying(frame: pd.DataFrame) -> list[str]:
+    return [k for k in CASE_KEYS if k in frame and frame[k].astype(str).nunique() > 1]
+
+
+def _group_words(row: dict[str, Any], varying: list[str]) -> str:
+    """A group of lengths named by the fields that vary among the matched records (no length)."""
+    words = varying_label(row, [k for k in varying if k not in ("seq_len", "kv_len")]).split(" ", 1)
+    return words[1] if len(words) > 1 else "every case matched"
 
 
 def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
     mine = frame[(frame["impl"] == ratio.impl) & _matches(frame, ratio.where)]
     peers = frame[frame["impl"] == ratio.peer]
-    keys = [k for k in CASE_KEYS if k in frame]
-    shown = [k for k in keys if frame[k].astype(str).nunique() > 1] or ["seq_len"]
+    keys, shown = [k for k in CASE_KEYS if k in frame], _varying(mine)
     figures, missing = [], []
+    for length in sorted(set(ratio.where.get("seq_len", [])) - set(mine["seq_len"])):
+        missing.append(f"N={length}: no {ratio.impl} record")
     for row in mine.to_dict("records"):
-        words = _case_words(row, shown)
+        words = varying_label(row, shown)
         if row["status"] != "ok":
             missing.append(f"{words}: {ratio.impl} {row['status']}")
             continue
@@ -141,13 +151,15 @@ def _memory(row: dict[str, Any], peer: dict[str, Any]) -> tuple[float, float, fl
 def _slopes(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
     mine = frame[(frame["impl"] == ratio.impl) & _matches(frame, ratio.where)]
     keys = [k for k in CASE_KEYS if k in frame and k not in ("seq_len", "kv_len")]
-    shown = [k for k in keys if frame[k].astype(str).nunique() > 1]
+    shown = _varying(mine)
     figures, missing = [], []
     if not len(mine):
         return Outcome(ratio, machine, [], [])
+    for length in sorted(set(ratio.where.get("seq_len", [])) - set(mine["seq_len"])):
+        missing.append(f"N={length}: no {ratio.impl} record")
     for _, group in mine.groupby(keys, sort=False, dropna=False):
         first = group.iloc[0].to_dict()
-        words = _case_words(first, shown) if shown else "all"
+        words = _group_words(first, shown)
         failed = group[group["status"] != "ok"]
         for row in failed.to_dict("records"):
             missing.append(f"{words} N={row['seq_len']}: {row['status']}")
@@ -160,3 +172,71 @@ def _slopes(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
         note = f"N {lengths[0]}–{lengths[-1]}, {len(lengths)} lengths, R² {fit.r2:.3f}"
         figures.append(Figure(words, fit.slope, fit.ci_low, fit.ci_high, ratio.holds(fit.slope), note))
     return Outcome(ratio, machine, figures, missing)
+
+
+def declared(data: ReportData) -> list[Outcome]:
+    """Every run's declared ratios (from the suite text it recorded) on that run's records."""
+    out: list[Outcome] = []
+    for run in data.runs:
+        text = (run.info.get("suite") or {}).get("text")
+        if not text:
+            continue
+        try:
+            ratios = parse_ratios(tomllib.loads(text).get("ratio"), run.label)
+        except (tomllib.TOMLDecodeError, RatioError):
+            continue  # a run's suite was validated when it ran; a later schema change skips it
+        mine = data.records[data.records["machine"] == run.label]
+        for outcome in evaluate(ratios, mine):
+            outcome.machine = run.label
+            outcome.peaks = _peaks(outcome.ratio, mine, run.info.get("calibration") or [])
+            out.append(outcome)
+    return out
+
+
+def _peaks(ratio: Ratio, records: pd.DataFrame, calibration: list[dict[str, Any]]) -> str:
+    """For a ratio across dtypes, the machine's measured matrix-product peak in each: what bounds it."""
+    if "dtype" not in ratio.peer_case or not len(records):
+        return ""
+    dtypes = [*ratio.where.get("dtype", []), ratio.peer_case["dtype"]]
+    rates: dict[str, float] = {}
+    for cal in calibration:
+        if cal.get("device") == "cpu" and cal.get("dtype") in dtypes and cal.get("gflops"):
+            rates.setdefault(str(cal["dtype"]), float(cal["gflops"]))
+    if len(rates) < 2:
+        return ""
+    mine, theirs = rates.get(str(dtypes[0])), rates.get(str(ratio.peer_case["dtype"]))
+    if mine is None or theirs is None:
+        return ""
+    return (
+        f"this machine's measured matrix-product peak: {mine:.3g} GFLOP/s in {dtypes[0]},"
+        f" {theirs:.3g} in {ratio.peer_case['dtype']} ({mine / theirs:.3g}×)"
+    )
+
+
+def table(outcomes: list[Outcome]) -> pd.DataFrame:
+    """One row per figure (and per figure that could not be formed), for ratios.csv."""
+    rows: list[dict[str, Any]] = []
+    for o in outcomes:
+        base = {"ratio": o.ratio.name, "machine": o.machine, "metric": o.ratio.metric, "bound": o.ratio.bound()}
+        for f in o.figures:
+            rows.append({**base, "case": f.at, "value": f.value, "low": f.low, "high": f.high, "holds": f.holds,
+                         "note": f.note, "verdict": o.verdict})  # fmt: skip
+        for m in o.missing:
+            rows.append({**base, "case": m, "value": None, "low": None, "high": None, "holds": False,
+                         "note": "not measured", "verdict": o.verdict})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def context(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """What the templates show: each ratio, its verdict, its span and every figure."""
+    out = []
+    for o in outcomes:
+        low, high = o.span()
+        out.append(
+            {
+                "name": o.ratio.name, "machine": o.machine, "metric": o.ratio.metric, "bound": o.ratio.bound(),
+                "verdict": o.verdict, "low": low, "high": high, "peaks": o.peaks,
+                "figures": [vars(f) for f in o.figures], "missing": o.missing,
+            }
+        )  # fmt: skip
+    return out

@@ -1,0 +1,155 @@
+"""Declared ratios ([[ratio]] in a suite): validated with the suite, evaluated on the run's own
+records, and a bound is met only when every case it covers ran and meets it. Each test plants the
+defect the ratio is there to catch (a kernel 5% under its bound, an N^1.3 slope, a memory ratio
+of 1/15 against 1/16, a peer that failed) on generated records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from attnbench.records import Record, RecordWriter
+from attnbench.report import write_report
+from attnbench.report.data import load_data
+from attnbench.report.ratios import declared
+from attnbench.suite import SuiteError, parse_suite
+
+GRID = """
+[suite]
+implementations = ["ours", "peer"]
+baseline = "peer"
+[grid]
+seq_len = [1024, 2048, 4096, 8192]
+dtype = ["float32"]
+causal = [false, true]
+"""
+
+
+def ratio(body: str) -> str:
+    return GRID + "[[ratio]]\n" + body
+
+
+def run_folder(tmp_path: Path, text: str, records: list[Record]) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir(parents=True)
+    info = {"suite": {"name": "r", "baseline": "peer", "text": text}, "generated": True}
+    (folder / "run.json").write_text(json.dumps(info))
+    with RecordWriter(folder / "results.jsonl") as writer:
+        for record in records:
+            writer.write(record)
+    return folder
+
+
+def rec(impl: str, n: int, ms: float, causal: bool = False, **extra: Any) -> Record:
+    case = {"seq_len": n, "heads": 8, "head_dim": 64, "causal": causal, "dtype": "float32"}
+    samples = [ms * f for f in (0.98, 0.99, 1.0, 1.01, 1.02)]
+    return Record(impl, "ok", case=case, exact=True, time_ms=ms, samples_ms=samples, **extra)
+
+
+def outcomes(tmp_path: Path, text: str, records: list[Record]) -> list[Any]:
+    return declared(load_data([run_folder(tmp_path, text, records)]))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('impl = "ours"\npeer = "peer"\nlenght = 3\n', "unknown key 'lenght'"),
+        ('peer = "peer"\n', r"ratio\[0\]\.impl is required"),
+        ('impl = "ours"\npeer = "nobody"\n', r"ratio\[0\]\.peer = 'nobody'"),
+        ('impl = "ours"\npeer = "peer"\nmetric = "joy"\n', r"metric = 'joy': expected one of speed, memory, slope"),
+        ('impl = "ours"\npeer = "peer"\nwhere = { sequence = 4 }\n', r"where\.sequence: not a case field"),
+        ('impl = "ours"\npeer = "peer"\nwhere = { seq_len = "long" }\n', r"where\.seq_len has 'long'"),
+        ('impl = "ours"\npeer = "peer"\nwhere = { causal = 1 }\n', r"where\.causal has 1"),
+        ('impl = "ours"\npeer_case = { causal = [false] }\n', r"peer_case\.causal = \[False\]: expected one value"),
+        ('impl = "ours"\n', "the implementation against itself is 1"),
+        ('impl = "ours"\npeer = "peer"\nat_least = 1\nat_most = 2\n', "at_least or at_most, not both"),
+        ('impl = "ours"\npeer = "peer"\nat_least = -1\n', r"at_least = -1: expected a positive number"),
+    ],
+)
+def test_a_wrong_ratio_is_a_suite_error_naming_its_key(body: str, message: str) -> None:
+    with pytest.raises(SuiteError, match=message):
+        parse_suite(ratio(body), "r.toml", ["ours", "peer"])
+
+
+def test_a_kernel_5_percent_under_its_bound_is_not_met(tmp_path: Path) -> None:
+    body = 'impl = "ours"\npeer = "peer"\nwhere = { causal = false }\nat_least = 0.85\n'
+    lengths = [1024, 2048, 4096, 8192]
+    good = [r for n in lengths for r in (rec("ours", n, 10.0 * n / 1024), rec("peer", n, 8.6 * n / 1024))]
+    (met,) = outcomes(tmp_path / "a", ratio(body), good)
+    assert met.verdict == "met" and [f.at for f in met.figures] == [f"N={n}" for n in lengths]
+    assert all(f.value == pytest.approx(0.86) and f.low < 0.86 < f.high for f in met.figures)
+    slow = [*good[:-2], rec("ours", 8192, 84.0), rec("peer", 8192, 68.8)]
+    (missed,) = outcomes(tmp_path / "b", ratio(body), slow)  # ours 5% slower at 8K: 0.819
+    assert missed.verdict == "not met"
+    assert [f.holds for f in missed.figures] == [True, True, True, False]
+    assert missed.figures[-1].value == pytest.approx(68.8 / 84.0)
+
+
+def test_against_the_interleaved_baseline_the_drift_between_pairs_does_not_count(tmp_path: Path) -> None:
+    """The peer's own record ran on a quiet machine (50 ms), ours on a loaded one beside the peer
+    (110 ms against the peer's 100 ms beside it): the ratio is 0.91, not 0.45."""
+    body = 'impl = "ours"\npeer = "peer"\nat_least = 0.85\nwhere = { seq_len = 1024, causal = false }\n'
+    beside = [100.0, 99.0, 101.0, 100.5, 99.5]
+    records = [
+        rec("peer", 1024, 50.0),
+        rec("ours", 1024, 110.0, baseline="peer", baseline_time_ms=100.0, baseline_samples_ms=beside),
+    ]
+    (o,) = outcomes(tmp_path, ratio(body), records)
+    assert o.figures[0].value == pytest.approx(100.0 / 110.0) and o.figures[0].note == "interleaved"
+    assert o.verdict == "met"
+
+
+def test_a_slope_of_1_3_breaks_a_bound_of_1_1(tmp_path: Path) -> None:
+    body = 'impl = "ours"\nmetric = "slope"\nat_most = 1.1\n'
+    lengths = [1024, 2048, 4096, 8192]
+    linear = [rec("ours", n, 0.01 * n, causal=c) for n in lengths for c in (False, True)]
+    (o,) = outcomes(tmp_path / "a", ratio(body), linear)
+    assert o.verdict == "met" and [f.at for f in o.figures] == ["full", "causal"]
+    assert all(f.value == pytest.approx(1.0, abs=0.03) for f in o.figures)
+    steeper = [rec("ours", n, 0.01 * n ** (1.3 if c else 1.0), causal=c) for n in lengths for c in (False, True)]
+    (o,) = outcomes(tmp_path / "b", ratio(body), steeper)
+    assert o.verdict == "not met" and [f.holds for f in o.figures] == [True, False]
+    assert o.figures[1].value == pytest.approx(1.3, abs=0.03)
+
+
+def test_memory_of_one_fifteenth_breaks_one_sixteenth(tmp_path: Path) -> None:
+    body = 'impl = "ours"\npeer = "peer"\nmetric = "memory"\nat_most = 0.0625\nwhere = { seq_len = 8192 }\n'
+    for share, verdict in ((1 / 17, "met"), (1 / 15, "not met")):
+        gib = 2**30
+        records = [rec("ours", 8192, 10.0, causal=c, peak_mem_bytes=int(16 * gib * share)) for c in (False, True)] + [
+            rec("peer", 8192, 10.0, causal=c, peak_mem_bytes=16 * gib) for c in (False, True)
+        ]
+        (o,) = outcomes(tmp_path / verdict.replace(" ", "_"), ratio(body), records)
+        assert o.verdict == verdict and o.figures[0].value == pytest.approx(share, rel=1e-6)
+        assert "MiB ÷ 16384 MiB" in o.figures[0].note
+
+
+def test_a_peer_that_failed_or_a_length_that_never_ran_is_not_met(tmp_path: Path) -> None:
+    body = 'impl = "ours"\npeer = "peer"\nwhere = { causal = false, seq_len = [1024, 2048, 4096] }\nat_least = 0.5\n'
+    records = [rec("ours", 1024, 1.0), rec("peer", 1024, 1.0), rec("ours", 2048, 4.0)]
+    records.append(Record("peer", "oom", case=records[-1].case, reason="out of memory"))
+    (o,) = outcomes(tmp_path, ratio(body), records)
+    assert o.verdict == "not met" and len(o.figures) == 1 and o.figures[0].holds
+    assert o.missing == ["N=4096: no ours record", "N=2048: peer oom"]
+
+
+def test_the_report_states_each_ratio_its_spread_and_verdict(tmp_path: Path) -> None:
+    body = (
+        'name = "ours causal costs half of full"\nimpl = "ours"\npeer_case = { causal = false }\n'
+        "where = { causal = true }\nat_least = 1.7\n"
+    )
+    records = [rec("ours", n, n / 1024, causal=False) for n in (1024, 2048)]
+    records += [rec("ours", 1024, 0.5, causal=True), rec("ours", 2048, 1.5, causal=True)]  # 2.0 and 1.33
+    write_report([run_folder(tmp_path, ratio(body), records)], tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Ratios the suite declares" in page and "ours causal costs half of full" in page
+    assert 'class="verdict v-not-met"' in page
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| ours causal costs half of full | ≥ 1.7 | **not met** | N=1024: **2** [" in md
+    assert "N=2048: **1.33** [" in md and "✗" in md
+    table = pd.read_csv(tmp_path / "report" / "tables" / "ratios.csv")
+    assert list(table["holds"]) == [True, False] and set(table["verdict"]) == {"not met"}
