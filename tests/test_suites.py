@@ -110,3 +110,18 @@ def test_a_grid_names_its_own_baseline_or_none() -> None:
         parse_suite(text.replace('baseline = ""', 'baseline = "sdpaa"'), "b.toml", ["naive", "sdpa"])
     with pytest.raises(SuiteError, match=r"grid\[1\]\.baseline = 3: expected"):
         parse_suite(text.replace('baseline = ""', "baseline = 3"), "b.toml")
+
+
+def test_the_readme_suite_format_and_ratio_parse_as_shown() -> None:
+    """The README's suite reference (every key with its default) and its [[ratio]] example are a
+    valid suite together: a key renamed in the code and not in the README fails here."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    reference = next(b for b in blocks if "[suite]" in b and "[budget]" in b)
+    example = next(b for b in blocks if "[[ratio]]" in b)
+    suite = parse_suite(reference + "\n" + example, "README.md", load_registry().names())
+    (declared,) = suite.ratios
+    assert (declared.impl, declared.peer, declared.at_least) == ("sliding_window", "sdpa", 20.0)
+    assert declared.peer_case == {"window": 0} and declared.where["seq_len"] == [16384]
