@@ -199,7 +199,29 @@ def _report(dirs: list[Path], out: Path | None, quiet: bool) -> int:
         return 1
     if not quiet:
         print(f"report: {html}")
+        _say_ratios(html.parent / "tables" / "ratios.csv")
     return 0
+
+
+def _say_ratios(path: Path) -> None:
+    """A count of the declared ratios by verdict, then one line for each bound not shown met."""
+    if not path.is_file():
+        return
+    import pandas as pd
+
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    verdicts = table.drop_duplicates(["ratio", "machine"])
+    counts = verdicts["verdict"].value_counts()
+    order = ("met", "not met", "no data", "shown")
+    print("ratios: " + ", ".join(f"{int(counts[v])} {v}" for v in order if v in counts))
+    bounded = verdicts["bound"].astype(str).str.len() > 0
+    for row in verdicts[bounded & verdicts["verdict"].isin(["not met", "no data"])].to_dict("records"):
+        mine = table[(table["ratio"] == row["ratio"]) & (table["machine"] == row["machine"])]
+        values = mine["value"].dropna()
+        span = f"measured {values.min():.3g}–{values.max():.3g}" if len(values) else "no figure"
+        gaps = int(mine["value"].isna().sum())
+        span += f"; {gaps} case(s) not measured" if gaps else ""
+        print(f"  {row['verdict']}: {row['ratio']} ({row['bound']}; {span})")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from attnbench.cli import main
 from attnbench.records import Record, RecordWriter
-from attnbench.report import write_report
 from attnbench.report.data import load_data
 from attnbench.report.ratios import declared
 from attnbench.suite import SuiteError, parse_suite
@@ -137,14 +137,20 @@ def test_a_peer_that_failed_or_a_length_that_never_ran_is_not_met(tmp_path: Path
     assert o.missing == ["N=4096: no ours record", "N=2048: peer oom"]
 
 
-def test_the_report_states_each_ratio_its_spread_and_verdict(tmp_path: Path) -> None:
+def test_the_report_states_each_ratio_its_spread_and_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     body = (
         'name = "ours causal costs half of full"\nimpl = "ours"\npeer_case = { causal = false }\n'
         "where = { causal = true }\nat_least = 1.7\n"
     )
     records = [rec("ours", n, n / 1024, causal=False) for n in (1024, 2048)]
     records += [rec("ours", 1024, 0.5, causal=True), rec("ours", 2048, 1.5, causal=True)]  # 2.0 and 1.33
-    write_report([run_folder(tmp_path, ratio(body), records)], tmp_path / "report")
+    folder = run_folder(tmp_path, ratio(body), records)
+    assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 0
+    said = capsys.readouterr().out
+    assert "ratios: 1 not met\n" in said
+    assert "  not met: ours causal costs half of full (≥ 1.7; measured 1.33–2)\n" in said
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert "Ratios the suite declares" in page and "ours causal costs half of full" in page
     assert 'class="verdict v-not-met"' in page

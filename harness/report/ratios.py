@@ -221,6 +221,9 @@ def table(outcomes: list[Outcome]) -> pd.DataFrame:
         for f in o.figures:
             rows.append({**base, "case": f.at, "value": f.value, "low": f.low, "high": f.high, "holds": f.holds,
                          "note": f.note, "verdict": o.verdict})  # fmt: skip
+        if not o.figures and not o.missing:
+            rows.append({**base, "case": "no record matched", "value": None, "low": None, "high": None,
+                         "holds": None, "note": "not measured", "verdict": o.verdict})  # fmt: skip
         for m in o.missing:
             rows.append({**base, "case": m, "value": None, "low": None, "high": None, "holds": False,
                          "note": "not measured", "verdict": o.verdict})  # fmt: skip
