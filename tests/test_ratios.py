@@ -159,3 +159,21 @@ def test_the_report_states_each_ratio_its_spread_and_verdict(
     assert "N=2048: **1.33** [" in md and "✗" in md
     table = pd.read_csv(tmp_path / "report" / "tables" / "ratios.csv")
     assert list(table["holds"]) == [True, False] and set(table["verdict"]) == {"not met"}
+
+
+def test_a_ratio_across_dtypes_names_the_machines_rate_in_each(tmp_path: Path) -> None:
+    """bf16 against float32 on a CPU without bf16 matrix units: the figure comes with the rate the
+    calibration measured for products in each dtype (not its overall peak, which is float32's)."""
+    body = 'impl = "ours"\npeer_case = { dtype = "float32" }\nwhere = { dtype = "bfloat16" }\nat_least = 1.5\n'
+    bf16 = Record("ours", "ok", case={**rec("ours", 1024, 1.0).case, "dtype": "bfloat16"}, time_ms=1.1)
+    folder = run_folder(tmp_path, ratio(body), [rec("ours", 1024, 1.0), bf16])
+    info = json.loads((folder / "run.json").read_text())
+    info["calibration"] = [
+        {"device": "cpu", "dtype": "bfloat16", "gflops": 170.0, "rates": {"bfloat16": {"256": 1.4, "512": 1.2},
+                                                                          "float32": {"2048": 170.0}}},
+        {"device": "cpu", "dtype": "float32", "gflops": 168.0, "rates": {"float32": {"2048": 168.0}}},
+    ]  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(info))
+    (o,) = declared(load_data([folder]))
+    assert o.verdict == "not met" and o.figures[0].value == pytest.approx(1 / 1.1)
+    assert o.peaks == "this machine's measured matrix-product rate: 1.4 GFLOP/s in bfloat16, 170 in float32 (0.00824×)"

@@ -194,22 +194,24 @@ def declared(data: ReportData) -> list[Outcome]:
 
 
 def _peaks(ratio: Ratio, records: pd.DataFrame, calibration: list[dict[str, Any]]) -> str:
-    """For a ratio across dtypes, the machine's measured matrix-product peak in each: what bounds it."""
+    """For a ratio across dtypes, the machine's measured matrix-product rate in each (the best
+    over the calibration's sizes, of products in that very dtype): what bounds the ratio."""
     if "dtype" not in ratio.peer_case or not len(records):
         return ""
-    dtypes = [*ratio.where.get("dtype", []), ratio.peer_case["dtype"]]
+    mine_dtypes = [str(d) for d in ratio.where.get("dtype", [])]
+    theirs = str(ratio.peer_case["dtype"])
     rates: dict[str, float] = {}
     for cal in calibration:
-        if cal.get("device") == "cpu" and cal.get("dtype") in dtypes and cal.get("gflops"):
-            rates.setdefault(str(cal["dtype"]), float(cal["gflops"]))
-    if len(rates) < 2:
+        for dtype, by_size in (cal.get("rates") or {}).items():
+            best = max((float(r) for r in by_size.values()), default=0.0)
+            if cal.get("device") == "cpu" and best > rates.get(dtype, 0.0):
+                rates[dtype] = best
+    if len(mine_dtypes) != 1 or mine_dtypes[0] not in rates or theirs not in rates:
         return ""
-    mine, theirs = rates.get(str(dtypes[0])), rates.get(str(ratio.peer_case["dtype"]))
-    if mine is None or theirs is None:
-        return ""
+    mine = rates[mine_dtypes[0]]
     return (
-        f"this machine's measured matrix-product peak: {mine:.3g} GFLOP/s in {dtypes[0]},"
-        f" {theirs:.3g} in {ratio.peer_case['dtype']} ({mine / theirs:.3g}×)"
+        f"this machine's measured matrix-product rate: {mine:.3g} GFLOP/s in {mine_dtypes[0]},"
+        f" {rates[theirs]:.3g} in {theirs} ({mine / rates[theirs]:.3g}×)"
     )
 
 
