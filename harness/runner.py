@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnbench import shards, steps
+from attnbench.calibration_cache import CalibrationCache
 from attnbench.case import CASE_KEYS, record_key
 from attnbench.devices import device
 from attnbench.executors import Sweep
@@ -298,15 +299,22 @@ class Runner:
         mine = [c for c in info["calibration"] if c.get("host", host) == host]
         have = {(c["device"], c["dtype"], c["requested_threads"]) for c in mine}
         wanted = {(c.device, c.dtype, c.threads) for c in self.cases if c.device in self.devices}
+        cache, torch_version = CalibrationCache.from_env(), versions().get("torch")
         for where, dtype, threads in sorted(wanted - have):
+            key = {"host": host, "torch": torch_version, "device": where, "dtype": dtype, "requested_threads": threads}
+            found = cache.find(**key) if cache else None
+            if found is not None:
+                info["calibration"].append({**found, "reused": found.get("measured_at") or "unknown"})
+                continue
             try:
                 job = {"op": "calibrate", "device": where, "dtype": dtype, "threads": threads}
                 entry = (pool_for(where) if pool_for else self.pool).request(job, 600)["calibration"]
             except (WorkerFailure, KeyError) as exc:
                 entry = {"device": where, "dtype": dtype, "threads": threads, "gflops": None, "error": str(exc)}
-            entry["requested_threads"] = threads
-            entry["host"] = host
+            entry.update(key, measured_at=now())
             info["calibration"].append(entry)
+            if cache is not None and entry.get("gflops") and entry.get("rates") and not entry.get("error"):
+                cache.add(entry)
 
     def decide(self, case: Case, name: str, failures: Failures) -> Record | None:
         """The record of a pair settled without a worker — no such device here, the

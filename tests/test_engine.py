@@ -205,3 +205,34 @@ def test_a_known_sleep_is_measured_within_ten_percent(tmp_path: Path) -> None:
     assert record["time_ms"] >= 19.8
     assert record["baseline_time_ms"] < record["time_ms"]  # the interleaved baseline was timed too
     assert len(record["baseline_samples_ms"]) == len(record["samples_ms"])
+
+
+def test_a_calibration_cache_reuses_this_hosts_measurement_and_says_so(tmp_path: Path) -> None:
+    """With ATTNBENCH_CALIBRATION_CACHE set, the first run measures and stores its calibration;
+    the next takes it from the file, labelled with when it was measured."""
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(SLOW_SUITE.replace("[16, 32, 48, 64, 80, 96]", "[16]").replace('"sleep_20ms", ', ""))
+    cache = tmp_path / "cache" / "calibration.json"
+
+    def calibration(out: str, env_value: str) -> list[dict[str, Any]]:
+        env = {**os.environ, "ATTNBENCH_CALIBRATION_CACHE": env_value}
+        cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--plugin", str(PLUGIN)]
+        proc = subprocess.run([*cmd, "--out", str(tmp_path / out), "--no-report"], env=env, capture_output=True,
+                              text=True, timeout=300, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return list(json.loads((tmp_path / out / "run.json").read_text())["calibration"])
+
+    (first,) = calibration("first", str(cache))
+    assert first["gflops"] > 0 and first["measured_at"] and "reused" not in first
+    assert [e["measured_at"] for e in json.loads(cache.read_text())] == [first["measured_at"]]
+    (second,) = calibration("second", str(cache))
+    assert second["reused"] == first["measured_at"] and second["gflops"] == first["gflops"]
+
+
+def test_without_the_variable_no_calibration_cache_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench.calibration_cache import ENV, CalibrationCache
+
+    monkeypatch.delenv(ENV, raising=False)
+    assert CalibrationCache.from_env() is None
+    monkeypatch.setenv(ENV, "  ")
+    assert CalibrationCache.from_env() is None

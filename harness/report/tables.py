@@ -183,6 +183,7 @@ def machines(data: ReportData) -> pd.DataFrame:
         cal = info.get("calibration") or []
         peaks = "; ".join(
             f"{c.get('device')} {c.get('dtype')} {c.get('threads')}T: {float(c['gflops']):.1f} GFLOP/s"
+            + (f" (measured {c['reused']}, reused)" if c.get("reused") else "")
             for c in cal
             if c.get("gflops")
         )
