@@ -4,10 +4,18 @@ CPU (Linux): reset the process's resident high-water mark by writing ``5`` to
 ``/proc/self/clear_refs``, run the call once, read ``VmHWM`` from ``/proc/self/status`` and
 subtract the resident set measured just before, after the inputs exist. ``ru_maxrss`` would
 start from the parent's mark in a child process and tracemalloc cannot see tensor storage, so
-neither is used. Workers set ``MALLOC_MMAP_THRESHOLD_`` so that glibc returns large buffers to
-the system when they are freed, which keeps an earlier peak from hiding a later one. A pass
-during which the kernel reclaimed the process's file-backed pages is measured again
-(:func:`cpu_peak_bytes`).
+neither is used. During the pass glibc maps every block above 64 KiB afresh and returns it when
+freed (:func:`strict_allocator`), so that each allocation raises the resident set and an
+earlier peak cannot hide a later one. A pass during which the kernel reclaimed the process's
+file-backed pages is measured again (:func:`cpu_peak_bytes`).
+
+That strict allocator is for the memory pass only. Everything timed runs under glibc's steady
+state for a program that allocates and frees the same buffers call after call — blocks up to
+32 MiB reused from the heap — set once when a worker starts (:func:`timing_allocator`): a
+worker that mapped every block afresh would charge an implementation the page faults of its
+temporaries on every call, which no user's loop pays (it made ``linear`` 2-3× slower, and
+sliding-window and block-sparse kernels 15-30%, while SDPA, which allocates one output, was
+untouched).
 
 Other devices measure their own way (:mod:`attnbench.devices`); CUDA reads
 ``max_memory_allocated`` after resetting the peak, minus what was allocated before.
@@ -15,12 +23,63 @@ Other devices measure their own way (:mod:`attnbench.devices`); CUDA reads
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")
+
+
+#: ``mallopt`` parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: (mmap threshold, trim threshold) while timing: the steady state glibc's dynamic threshold
+#: reaches after large blocks are freed (its maximum on 64-bit, and twice it), fixed from the
+#: first call so that the first job of a worker runs like the later ones.
+TIMING_ALLOCATOR = (32 * 2**20, 64 * 2**20)
+#: ... and during a memory pass: every block above 64 KiB mapped afresh and returned on free.
+STRICT_ALLOCATOR = (64 * 2**10, 128 * 2**10)
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    except (OSError, AttributeError):
+        return None  # not glibc: its defaults stay, and there is nothing to trim
+    return libc
+
+
+def set_allocator(mode: tuple[int, int]) -> bool:
+    """Set glibc's (mmap threshold, trim threshold); False where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, mode[0])) and bool(libc.mallopt(M_TRIM_THRESHOLD, mode[1]))
+
+
+def timing_allocator() -> bool:
+    """The allocator every timed call of a worker runs under (see the module)."""
+    return set_allocator(TIMING_ALLOCATOR)
+
+
+@contextlib.contextmanager
+def strict_allocator() -> Iterator[None]:
+    """Every large block mapped afresh and free memory returned first, for a memory pass; the
+    timing allocator after it."""
+    set_allocator(STRICT_ALLOCATOR)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        timing_allocator()
 
 
 class MemoryUnavailable(Exception):
@@ -76,6 +135,11 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> int:
     """
     if not CLEAR_REFS.exists():
         raise MemoryUnavailable("no /proc/self/clear_refs: the peak resident set cannot be reset here")
+    with strict_allocator():
+        return _peak(fn)
+
+
+def _peak(fn: Callable[[], object]) -> int:
     best = 0
     for _ in range(PASSES):
         gc.collect()

@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(args.parent)
     if os.getppid() != args.parent:  # the runner died before we started watching
         sys.exit(1)
+    from attnbench.memory import timing_allocator
+
+    timing_allocator()  # before any allocation of a job: every timed call runs under it
     with (
         os.fdopen(args.jobs_fd, "r", encoding="utf-8") as jobs,
         os.fdopen(args.answers_fd, "w", encoding="utf-8") as answers,

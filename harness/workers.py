@@ -22,12 +22,9 @@ from typing import IO, Any
 
 from attnbench import steps
 
-#: Environment for workers: glibc returns large freed buffers to the system (so one call's peak
-#: resident set is not hidden by memory kept from an earlier call), and Inductor compiles in
-#: process (no compile-worker pool that a killed worker could leave behind).
+#: Environment for workers: Inductor compiles in process (no compile-worker pool that a killed
+#: worker could leave behind). The allocator is set by the worker itself (attnbench.memory).
 WORKER_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": "65536",
-    "MALLOC_TRIM_THRESHOLD_": "131072",
     "TORCHINDUCTOR_COMPILE_THREADS": "1",
     "PYTHONUNBUFFERED": "1",
 }

@@ -127,6 +127,10 @@ class CompiledFlex:
         return self.compiled(q, k, v, self.block_mask, self.scale, self.gqa)  # [B, H, Nq, D]
 
 
+#: Above this many (query, key) pairs the block mask is built under torch.compile (16K x 16K).
+EAGER_MASK_PAIRS = 2**28
+
+
 def _cache_key(problem: Problem) -> tuple[Any, ...]:
     p = problem
     return (p.pattern, p.batch, p.heads, p.kv_heads, p.seq_len, p.kv_len, p.head_dim, p.dtype, p.device, p.needs_grad)
@@ -138,7 +142,10 @@ def _build(problem: Problem) -> CompiledFlex:
     block_mask = None
     if not problem.pattern.is_full:
         mask_mod = mask_mod_for(problem.pattern, nq, nk, problem.device)
-        block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=problem.device)  # B, H broadcast
+        # Evaluated eagerly, the mask is an int64 [Nq, Nk] (34 GB at 64K tokens); compiled, it is
+        # evaluated block by block. Compiling costs seconds, so only long sequences do.
+        compiled_mask = nq * nk > EAGER_MASK_PAIRS
+        block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=problem.device, _compile=compiled_mask)
     call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa)
     q, k, v = (torch.zeros_like(t) for t in problem.make_inputs())  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
     if problem.needs_grad:
