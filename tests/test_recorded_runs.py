@@ -92,3 +92,27 @@ def test_decode_at_batch_8_and_64k_fails_only_for_the_implementations_own_reason
     assert {"chunked", "linear", "naive", "sdpa", "split_kv"} <= {r["impl"] for r in ok if r["cache"] == "paged:16"}
     assert all(0 < r["bandwidth_fraction"] <= 1.0 for r in ok)
     assert all(r["machine_probe"] == "triad 768 MiB" for r in ok)
+
+
+def test_kernels_states_every_declared_ratio_as_measured() -> None:
+    """The shipped kernels suite on an idle machine, evaluated as its report does: the verdict of
+    each target of the kernels issue, and the figures the closing note quotes."""
+    from attnbench.report.data import load_data
+    from attnbench.report.ratios import declared
+
+    found = declared(load_data([RECORDED / "kernels"]))
+    outcomes = {o.ratio.name.split(" (masked")[0].split(" (a target")[0]: o for o in found}
+    verdicts = {name: o.verdict for name, o in outcomes.items() if o.ratio.bound()}
+    assert [name for name, v in verdicts.items() if v != "met"] == [
+        "chunked causal costs at most 0.59 of full",  # 1.58 at 2K: SDPA's own causal kernel, which chunked uses
+        "sliding_window (W=256) at least 20x causal SDPA at 16K",  # 16.8x
+        "chunked in bfloat16 at least 1.5x its float32 forward",  # no bf16 matrix units on this CPU
+    ]
+    assert len(verdicts) == 12 and not any(v == "no data" for v in verdicts.values())
+    chunked = next(o for name, o in outcomes.items() if name.startswith("chunked at least 0.85x"))
+    assert len(chunked.figures) == 10 and min(f.value for f in chunked.figures) > 0.98
+    window = outcomes["sliding_window (W=256) at least 20x causal SDPA at 16K"].figures[0]
+    assert 16 < window.value < 18
+    memory = outcomes["chunked memory at 16K at most 1/16 of naive's"]
+    assert all(f.value < 0.003 for f in memory.figures)  # naive's 16 GiB against chunked's 35 MB
+    assert "1.41 GFLOP/s in bfloat16" in outcomes["chunked in bfloat16 at least 1.5x its float32 forward"].peaks

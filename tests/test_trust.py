@@ -66,6 +66,24 @@ def test_a_fast_implementation_beside_a_slow_baseline_stays_ok(tmp_path: Path) -
     assert alone["elapsed_s"] < min(beside["baseline_samples_ms"]) / 1e3  # no baseline call at all
 
 
+def test_a_kernels_temporaries_are_timed_as_in_a_users_loop_and_counted_in_its_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that allocates and frees a 1 MiB workspace: in a user's loop glibc reuses those
+    pages, and so must the timed calls of a worker (mapping them afresh on every call cost
+    ``linear`` 2-3x its time); the memory pass still sees the workspace."""
+    faults = tmp_path / "faults.txt"
+    monkeypatch.setenv("ATTNBENCH_TEST_FAULTS", str(faults))
+    text = BASELINE_SUITE.format(baseline="", timeout=30).replace('["fast_sdpa"]', '["temporaries"]')
+    (record,) = run_suite(tmp_path, text.replace("[64, 128]", "[64]"))
+    assert record["status"] == "ok"
+    per_call = sorted(int(x) for x in faults.read_text().split())
+    assert len(per_call) >= 10
+    assert per_call[len(per_call) // 2] < 32, per_call  # the median call faults in none of its 256 pages
+    assert max(per_call) >= 200  # the first calls, and the memory pass, did
+    assert record["peak_mem_bytes"] >= 2**20
+
+
 def test_a_baseline_past_its_own_budget_costs_the_implementation_nothing(tmp_path: Path) -> None:
     records = run_suite(tmp_path, BASELINE_SUITE.format(baseline="hanging_baseline", timeout=6))
     assert [r["status"] for r in records] == ["ok", "ok"]

@@ -90,3 +90,19 @@ def slowable_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float
     if factor > 1:
         time.sleep((factor - 1) * (time.perf_counter() - start))
     return out
+
+
+@register("temporaries", description="SDPA plus a 1 MiB temporary per call; counts each call's page faults")
+def temporaries(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    """Appends the minor page faults of each call to ``$ATTNBENCH_TEST_FAULTS``: a worker that
+    mapped every freed block afresh would fault the temporary's 256 pages in on every call."""
+    import os
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    scratch = torch.ones(1 << 18)  # 1 MiB, freed on return: a kernel's workspace
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale) * scratch[0]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    with open(os.environ["ATTNBENCH_TEST_FAULTS"], "a", encoding="utf-8") as log:
+        log.write(f"{faults}\n")
+    return out
