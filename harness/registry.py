@@ -72,8 +72,9 @@ class Declared:
 
 #: module name -> the registrations its import made, in order.
 _DECLARED: dict[str, list[Declared]] = {}
-#: module name -> id of the module object those registrations came from (a re-import starts afresh).
-_DECLARED_BY: dict[str, int] = {}
+#: module name -> the module object those registrations came from (a re-import starts afresh). The
+#: object, not its id: a module imported again after the first was freed may get the same id.
+_DECLARED_BY: dict[str, object] = {}
 #: plugin-file module name -> "plugin /path/to/file.py".
 _FILE_SOURCES: dict[str, str] = {}
 
@@ -381,8 +382,8 @@ def register(name: Any, **declaration: Any) -> Any:
     def decorate(target: T) -> T:
         item = Declared(name, target, declaration)
         module = getattr(target, "__module__", None) or "__main__"
-        importing = id(sys.modules.get(module))
-        if _DECLARED_BY.get(module) != importing:  # a first import, or a module imported again
+        importing = sys.modules.get(module)
+        if module not in _DECLARED_BY or _DECLARED_BY[module] is not importing:  # first import, or again
             _DECLARED[module], _DECLARED_BY[module] = [], importing
         _DECLARED[module].append(item)
         _active.add_declared(item)

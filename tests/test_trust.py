@@ -81,7 +81,7 @@ def test_a_kernels_temporaries_are_timed_as_in_a_users_loop_and_counted_in_its_m
     assert len(per_call) >= 10
     assert per_call[len(per_call) // 2] < 32, per_call  # the median call faults in none of its 256 pages
     assert max(per_call) >= 200  # the first calls, and the memory pass, did
-    assert record["peak_mem_bytes"] >= 2**20
+    assert record["peak_mem_bytes"] >= 2**19  # the workspace is seen (heap pages reused: about 0)
 
 
 def test_a_baseline_past_its_own_budget_costs_the_implementation_nothing(tmp_path: Path) -> None:
