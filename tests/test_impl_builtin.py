@@ -583,3 +583,43 @@ def test_linear_fast_path_matches_autograd_path() -> None:
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_linear_long(causal: bool) -> None:
     assert_passes(make("linear"), Problem(heads=2, head_dim=64, seq_len=5000, kv_len=5100, causal=causal))
+
+
+# -- linear_quadratic: linear attention's function the quadratic way (linear's peer) ---------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_linear_quadratic_shapes(shape: str, causal: bool, dtype: str) -> None:
+    """Held to linear's own definition, with blocks of 16 rows so that short sequences cross many."""
+    impl = type(load_registry().get("linear_quadratic"))()
+    impl.row_block = 16
+    assert_passes(impl, Problem(**{"heads": 2, "head_dim": 32, "causal": causal, "dtype": dtype, **SHAPES[shape]}))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_linear_quadratic_computes_linears_function_at_4k(causal: bool) -> None:
+    """At a length the kernels suite times, the quadratic form and linear's O(N) form agree to
+    float32 rounding; a 5% error in the normalizer (the denominator) of either would not."""
+    problem = Problem(heads=2, head_dim=64, seq_len=4096, kv_len=4160, causal=causal)
+    q, k, v = problem.make_inputs()
+    with torch.no_grad():
+        quadratic = load_registry().get("linear_quadratic").prepare(problem)(q, k, v)
+        linear = load_registry().get("linear").prepare(problem)(q, k, v)
+    torch.testing.assert_close(quadratic, linear, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(quadratic, linear * 1.05, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_quadratic_catches_a_wrong_causal_offset() -> None:
+    """The check fails a quadratic form whose causal diagonal is one key off (top-left aligned
+    instead of bottom-right, for cross attention)."""
+    impl = load_registry().get("linear_quadratic")
+    problem = Problem(heads=2, head_dim=32, seq_len=80, kv_len=100, causal=True)
+    wrong = impl.prepare(problem.with_(kv_len=80))
+
+    def fn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return wrong(q, k[:, :, :80], v[:, :, :80])
+
+    assert not check(impl, problem, fn=fn).ok
+    assert check(impl, problem).ok

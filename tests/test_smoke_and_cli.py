@@ -17,7 +17,17 @@ from attnbench.records import read_records
 from attnbench.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTINS = ["naive", "chunked", "sliding_window", "block_sparse", "linear", "sdpa", "xformers", "flex"]
+BUILTINS = [
+    "naive",
+    "chunked",
+    "sliding_window",
+    "block_sparse",
+    "linear",
+    "linear_quadratic",
+    "sdpa",
+    "xformers",
+    "flex",
+]
 
 
 @pytest.fixture(scope="module")

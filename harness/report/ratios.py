@@ -17,6 +17,16 @@ from attnbench.report.data import ReportData
 from attnbench.report.fit import fit_slope
 
 
+def _row(series: pd.Series) -> dict[str, Any]:
+    """A record's row as a dict keyed by column name."""
+    return {str(key): value for key, value in series.items()}
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame's rows as dicts keyed by column name."""
+    return [{str(key): value for key, value in row.items()} for row in frame.to_dict("records")]
+
+
 @dataclass
 class Figure:
     """One evaluated figure of a ratio: a case (or, for a slope, a group of lengths)."""
@@ -93,7 +103,7 @@ def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
     figures, missing = [], []
     for length in sorted(set(ratio.where.get("seq_len", [])) - set(mine["seq_len"])):
         missing.append(f"N={length}: no {ratio.impl} record")
-    for row in mine.to_dict("records"):
+    for row in _records(mine):
         words = varying_label(row, shown)
         if row["status"] != "ok":
             missing.append(f"{words}: {ratio.impl} {row['status']}")
@@ -103,7 +113,7 @@ def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
         if not len(hit):
             missing.append(f"{words}: no {ratio.peer} record on its case")
             continue
-        peer = hit.iloc[0].to_dict()
+        peer = _row(hit.iloc[0])
         if peer["status"] != "ok":
             missing.append(f"{words}: {ratio.peer} {peer['status']}")
             continue
@@ -158,10 +168,10 @@ def _slopes(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
     for length in sorted(set(ratio.where.get("seq_len", [])) - set(mine["seq_len"])):
         missing.append(f"N={length}: no {ratio.impl} record")
     for _, group in mine.groupby(keys, sort=False, dropna=False):
-        first = group.iloc[0].to_dict()
+        first = _row(group.iloc[0])
         words = _group_words(first, shown)
         failed = group[group["status"] != "ok"]
-        for row in failed.to_dict("records"):
+        for row in _records(failed):
             missing.append(f"{words} N={row['seq_len']}: {row['status']}")
         ok = group[group["status"] == "ok"]
         fit = fit_slope(ok["seq_len"].astype(float).tolist(), ok["time_ms"].astype(float).tolist())
