@@ -362,3 +362,37 @@ def run_case(
     run = CaseRun(registry, job, set_memory_cap, report or (lambda message: None))
     healthy = run.run()
     return {"record": run.record.as_dict(), "healthy": healthy}
+
+
+def time_pair(registry: Registry, job: dict[str, Any]) -> dict[str, Any]:
+    """Time ``job["impl"]`` on ``job["case"]`` and ``job["peer"]`` on ``job["peer_case"]``
+    alternately (:mod:`attnbench.pairs`): ``{"impl_ms": [...], "peer_ms": [...], "inner": [a, b]}``.
+    Each side is set up and called once first; the accuracy of both was checked in their records."""
+    budget = job["budget"]
+    problems = [problem_of(job["case"]), problem_of(job["peer_case"])]
+    where = device(problems[0].device)
+    where.set_threads(int(job["case"]["threads"]))
+    if where.present():
+        where.activate()
+    calls = []
+    for name, problem in zip((job["impl"], job["peer"]), problems, strict=True):
+        inputs = problem.kind.make_inputs(problem)
+        fn, _ = _prepare(registry.get(name), problem, inputs)
+        call = problem.kind.timed_call(fn, problem, inputs)
+        call()  # warm-up, and a failure here rather than in the loop
+        calls.append(call)
+    timing = measure(
+        calls[0],
+        calls[1],
+        where.clock(),
+        min_time_s=budget["min_time_s"],
+        max_time_s=budget["max_time_s"],
+        min_repeats=int(budget["min_repeats"]),
+        baseline_budget_s=budget["timeout_s"],
+    )
+    peer = timing.baseline
+    return {
+        "impl_ms": timing.impl.ms,
+        "peer_ms": peer.ms if peer is not None else [],
+        "inner": [timing.impl.inner, peer.inner if peer is not None else 0],
+    }

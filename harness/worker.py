@@ -101,7 +101,7 @@ def settle_heap() -> None:
 
 
 def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
-    from attnbench.measure import run_case
+    from attnbench.measure import run_case, time_pair
     from attnbench.registry import load_registry
 
     def send(message: dict[str, Any]) -> None:
@@ -124,6 +124,8 @@ def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
                 answer = {"describe": describe(registry)}
             elif job["op"] == "log":
                 answer = {"describe": {"log": redirect_output(job["path"])}}
+            elif job["op"] == "pair":
+                answer = {"pair": time_pair(registry, job)}
             else:
                 answer = run_case(registry, job, set_memory_cap, send)
         except BaseException as exc:  # the runner records it; the worker is replaced

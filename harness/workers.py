@@ -29,7 +29,7 @@ WORKER_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 START_TIMEOUT_S = 180.0
-FINAL_KEYS = ("record", "calibration", "describe", "fatal")
+FINAL_KEYS = ("record", "calibration", "describe", "fatal", "pair")
 
 
 class WorkerFailure(Exception):

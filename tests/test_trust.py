@@ -251,3 +251,58 @@ accuracy_rows = 1
     assert record["machine_probe"] == f"triad {3 * STREAM_BYTES / 2**20:.0f} MiB"  # capped below the case's 1.07 GB
     raised = [b - a for a, b in itertools.pairwise(limits) if a is not None and b is not None and b > a]
     assert 3 * STREAM_BYTES in raised  # the budget grew by exactly the probe's three arrays
+
+
+DRIFT_SUITE = """
+[suite]
+implementations = ["drifting"]
+baseline = ""
+[budget]
+timeout_s = 60
+min_time_s = 0.2
+max_time_s = 0.5
+min_repeats = 5
+[grid]
+heads = [1]
+seq_len = [64]
+head_dim = [16]
+dtype = ["float32"]
+causal = [true, false]
+
+[[ratio]]
+name = "full at least 1.5x the causal time"
+impl = "drifting"
+peer_case = { causal = false }
+where = { causal = true }
+at_least = 1.5
+"""
+
+
+def test_a_ratio_between_records_is_timed_again_in_pairs_so_drift_between_them_is_not_blamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machine is 3x slower while the causal record runs than while the full one does (a
+    planted drift): between the two records full ÷ causal reads 0.67; timed alternately in one
+    worker after the sweep it reads the 2.0 the two calls cost, and the report says "met"."""
+    from attnbench.pairs import read_pairs
+    from attnbench.report.data import load_data
+    from attnbench.report.ratios import declared
+
+    monkeypatch.setenv("ATTNBENCH_TEST_DRIFT", str(tmp_path / "drift.txt"))
+    records = run_suite(tmp_path, DRIFT_SUITE)
+    by_causal = {r["causal"]: r for r in records}
+    assert all(r["status"] == "ok" for r in records)
+    across = by_causal[False]["time_ms"] / by_causal[True]["time_ms"]
+    assert across == pytest.approx(2 / 3, rel=0.25)  # the drift, as the records saw it
+
+    (pair,) = read_pairs(tmp_path / "run")
+    assert pair["impl"] == "drifting" and pair["case"]["causal"] is True and pair["peer_case"]["causal"] is False
+    assert len(pair["impl_ms"]) >= 5 and len(pair["peer_ms"]) >= 5
+    (outcome,) = declared(load_data([tmp_path / "run"]))
+    (figure,) = outcome.figures
+    assert figure.value == pytest.approx(2.0, rel=0.2) and figure.note == "paired"
+    assert outcome.verdict == "met"
+
+    (tmp_path / "run" / "pairs.jsonl").unlink()  # the same records without the paired timing
+    (unpaired,) = declared(load_data([tmp_path / "run"]))
+    assert unpaired.verdict == "not met" and unpaired.figures[0].value < 1

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case import CASE_KEYS, GROUP_KEYS, group_label, varying_label
+from attnbench.pairs import read_pairs
 from attnbench.results import load_results, load_run, read_pytest_benchmark
 
 #: Case fields matched across machines (thread counts differ between machines by design).
@@ -33,6 +34,7 @@ class Run:
     info: dict[str, Any]
     label: str
     records: pd.DataFrame
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # paired timings (attnbench.pairs)
 
 
 @dataclass
@@ -63,7 +65,7 @@ def load_data(paths: list[Path]) -> ReportData:
         frame = load_results(path)
         info = read_pytest_benchmark(path)[1] if path.suffix == ".json" else load_run(path)
         base = str(frame["machine"].iloc[0]) if len(frame) else path.name
-        runs.append(Run(path, info, base, frame))
+        runs.append(Run(path, info, base, frame, read_pairs(path) if path.is_dir() else []))
     _unique_labels(runs)
     for run in runs:
         run.records = run.records.assign(machine=run.label)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case import CASE_KEYS, varying_label
+from attnbench.pairs import by_key, case_of, pair_key
 from attnbench.ratios import Ratio, RatioError, parse_ratios
 from attnbench.report.data import ReportData
 from attnbench.report.fit import fit_slope
@@ -64,9 +65,11 @@ class Outcome:
         return (min(values), max(values)) if values else (math.nan, math.nan)
 
 
-def evaluate(ratios: list[Ratio], records: pd.DataFrame) -> list[Outcome]:
+def evaluate(ratios: list[Ratio], records: pd.DataFrame, paired: list[dict[str, Any]] | None = None) -> list[Outcome]:
     """Every ratio on the records of each machine (``records``: the report's frame, one row per
-    record with the case fields, ``impl``, ``status``, times, samples and ``machine``)."""
+    record with the case fields, ``impl``, ``status``, times, samples and ``machine``), a speed
+    from its ``paired`` timings where the run has them (:mod:`attnbench.pairs`)."""
+    found = by_key(paired or [])
     out: list[Outcome] = []
     if not len(records):
         return [Outcome(r, "", [], []) for r in ratios]
@@ -75,7 +78,7 @@ def evaluate(ratios: list[Ratio], records: pd.DataFrame) -> list[Outcome]:
             if ratio.metric == "slope":
                 out.append(_slopes(ratio, str(machine), mine))
             else:
-                out.append(_pairs(ratio, str(machine), mine))
+                out.append(_pairs(ratio, str(machine), mine, found))
     return out
 
 
@@ -96,7 +99,7 @@ def _group_words(row: dict[str, Any], varying: list[str]) -> str:
     return words[1] if len(words) > 1 else "every case matched"
 
 
-def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
+def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame, paired: dict[tuple[Any, ...], dict[str, Any]]) -> Outcome:
     mine = frame[(frame["impl"] == ratio.impl) & _matches(frame, ratio.where)]
     peers = frame[frame["impl"] == ratio.peer]
     keys, shown = [k for k in CASE_KEYS if k in frame], _varying(mine)
@@ -117,7 +120,8 @@ def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
         if peer["status"] != "ok":
             missing.append(f"{words}: {ratio.peer} {peer['status']}")
             continue
-        figure = _memory(row, peer) if ratio.metric == "memory" else _speed(ratio, row, peer)
+        both = paired.get(pair_key(ratio.name, ratio.impl, case_of(row)))
+        figure = _memory(row, peer) if ratio.metric == "memory" else _speed(ratio, row, peer, both)
         if figure is None:
             missing.append(f"{words}: no {ratio.metric} measured")
             continue
@@ -135,7 +139,14 @@ def _quartiles(samples: Any, median: Any) -> tuple[float, float, float]:
     return float(q1), float(q2), float(q3)
 
 
-def _speed(ratio: Ratio, row: dict[str, Any], peer: dict[str, Any]) -> tuple[float, float, float, str] | None:
+def _speed(
+    ratio: Ratio, row: dict[str, Any], peer: dict[str, Any], paired: dict[str, Any] | None = None
+) -> tuple[float, float, float, str] | None:
+    if paired is not None:  # both timed alternately after the sweep
+        i1, i2, i3 = _quartiles(paired["impl_ms"], None)
+        p1, p2, p3 = _quartiles(paired["peer_ms"], None)
+        if all(math.isfinite(x) and x > 0 for x in (i1, i2, i3, p1, p2, p3)):
+            return p2 / i2, p1 / i3, p3 / i1, "paired"
     i1, i2, i3 = _quartiles(row.get("samples_ms"), row.get("time_ms"))
     beside = str(row.get("baseline") or "") == ratio.peer and ratio.peer != ratio.impl
     interleaved = not ratio.peer_case and beside and row.get("baseline_samples_ms")
@@ -196,7 +207,7 @@ def declared(data: ReportData) -> list[Outcome]:
         except (tomllib.TOMLDecodeError, RatioError):
             continue  # a run's suite was validated when it ran; a later schema change skips it
         mine = data.records[data.records["machine"] == run.label]
-        for outcome in evaluate(ratios, mine):
+        for outcome in evaluate(ratios, mine, run.pairs):
             outcome.machine = run.label
             outcome.peaks = _peaks(outcome.ratio, mine, run.info.get("calibration") or [])
             out.append(outcome)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -106,3 +107,34 @@ def temporaries(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) 
     with open(os.environ["ATTNBENCH_TEST_FAULTS"], "a", encoding="utf-8") as log:
         log.write(f"{faults}\n")
     return out
+
+
+@register("drifting")
+class Drifting(Implementation):
+    """A machine whose speed drifts between records, planted: every ``prepare`` (one per record,
+    one per side of a paired timing) adds one to the counter in ``$ATTNBENCH_TEST_DRIFT``, and a
+    call sleeps 10 ms (causal) or 20 ms (full), three times longer while the counter is odd. Its
+    full pass costs 2x its causal pass; records prepared one after the other see different speeds."""
+
+    description = "SDPA plus a sleep: full twice causal, and 3x slower while its counter is odd"
+    exact = True
+    devices = ("cpu",)
+    features = frozenset({"causal"})
+
+    def prepare(self, problem: Problem) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        import os
+        from pathlib import Path
+
+        counter = Path(os.environ["ATTNBENCH_TEST_DRIFT"])
+        counter.write_text(str(int(counter.read_text() or 0) + 1 if counter.exists() else 1))
+        base = 0.010 if problem.causal else 0.020
+
+        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            slow = 3 if int(counter.read_text()) % 2 else 1
+            time.sleep(base * slow)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=problem.scale)
+
+        return run
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return self.prepare(problem)(q, k, v)

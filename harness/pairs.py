@@ -1,0 +1,114 @@
+"""Paired timings: the two sides of a declared ratio timed alternately in one worker.
+
+A ``[[ratio]]`` whose peer is not the implementation's interleaved baseline compares two records
+timed minutes apart: a ratio across dtypes (bfloat16 ÷ float32), across patterns (full ÷
+causal) or against another implementation of the grid (``flex``). On a machine whose speed
+drifts — a shared host, a busy neighbour — such a ratio carries the drift: in one ``kernels``
+run on a two-core VM, ratios between separate records of the same two calls missed the
+interleaved figure by 4% at the median and by 20% at worst, and a kernel whose causal pass
+costs 0.53 of its full pass read 0.75.
+
+So after the sweep, for every bounded ``speed`` ratio, the runner times each (implementation's
+case, peer's case) pair once more, alternately in one worker (A, B, A, B, …: the timing loop
+the baseline uses, :func:`attnbench.timing.measure`), and keeps both sets of samples in
+``pairs.jsonl`` beside the records. The report takes a ratio from its paired samples where they
+exist (noted "paired"); the records keep their own figures. Each pair is timed only when both
+records are ``ok`` and both cases run on the same device with the same threads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from attnbench.case import CASE_KEYS, value
+from attnbench.ratios import Ratio
+
+#: The file, in a result folder, that holds the paired timings.
+PAIRS_FILE = "pairs.jsonl"
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One pair to time: ``impl`` on ``case`` against ``peer`` on ``peer_case``, for ``ratio``."""
+
+    ratio: str
+    impl: str
+    case: dict[str, Any]
+    peer: str
+    peer_case: dict[str, Any]
+
+    def key(self) -> tuple[Any, ...]:
+        return pair_key(self.ratio, self.impl, self.case)
+
+
+def pair_key(ratio: str, impl: str, case: dict[str, Any]) -> tuple[Any, ...]:
+    """The identity of a pairing: the ratio's name, the implementation and its case (values as
+    text, whether they come from a record or from a report's frame)."""
+    return (ratio, impl, *(_text(value(case, k)) for k in CASE_KEYS))
+
+
+def _text(x: Any) -> str:
+    item = getattr(x, "item", None)
+    x = item() if callable(item) else x  # numpy scalars
+    if isinstance(x, float) and x.is_integer():
+        x = int(x)
+    return str(x)
+
+
+def case_of(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's case fields."""
+    return {k: value(record, k) for k in CASE_KEYS}
+
+
+def matches(case: dict[str, Any], where: dict[str, list[Any]]) -> bool:
+    return all(case.get(key) in values for key, values in where.items())
+
+
+def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
+    """The pairs to time for the bounded ``speed`` ratios: every ``ok`` record of the ratio's
+    implementation in its cases whose peer record is ``ok`` too, unless the peer was already
+    timed beside it as its baseline, or the two cases differ in device or threads."""
+    ok = {(r["impl"], *(_text(value(r, k)) for k in CASE_KEYS)): r for r in records if r.get("status") == "ok"}
+    out: list[Pairing] = []
+    for ratio in ratios:
+        if ratio.metric != "speed" or not ratio.bound():
+            continue
+        for record in records:
+            case = case_of(record)
+            if record.get("status") != "ok" or record["impl"] != ratio.impl or not matches(case, ratio.where):
+                continue
+            if not ratio.peer_case and record.get("baseline") == ratio.peer and record.get("baseline_samples_ms"):
+                continue  # interleaved already
+            peer_case = {**case, **ratio.peer_case}
+            if any(peer_case[k] != case[k] for k in ("device", "threads")):
+                continue
+            if (ratio.peer, *(_text(peer_case[k]) for k in CASE_KEYS)) not in ok:
+                continue
+            out.append(Pairing(ratio.name, ratio.impl, case, ratio.peer, peer_case))
+    return out
+
+
+def read_pairs(folder: Path) -> list[dict[str, Any]]:
+    """The paired timings of a result folder (none when it has no ``pairs.jsonl``)."""
+    path = folder / PAIRS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def append_pair(folder: Path, pairing: Pairing, result: dict[str, Any]) -> None:
+    """Add one pair's outcome (samples, or an ``error``) to the folder's ``pairs.jsonl``."""
+    with (folder / PAIRS_FILE).open("a", encoding="utf-8") as out:
+        out.write(json.dumps({**asdict(pairing), **result}, allow_nan=True) + "\n")
+
+
+def by_key(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Paired timings with samples on both sides, by :func:`pair_key`."""
+    return {pair_key(r["ratio"], r["impl"], r["case"]): r for r in rows if r.get("impl_ms") and r.get("peer_ms")}
