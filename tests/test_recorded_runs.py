@@ -116,3 +116,37 @@ def test_kernels_states_every_declared_ratio_as_measured() -> None:
     memory = outcomes["chunked memory at 16K at most 1/16 of naive's"]
     assert all(f.value < 0.003 for f in memory.figures)  # naive's 16 GiB against chunked's 35 MB
     assert "1.41 GFLOP/s in bfloat16" in outcomes["chunked in bfloat16 at least 1.5x its float32 forward"].peaks
+
+
+def test_kernels_on_a_bf16_machine_states_each_ratio_from_paired_timings() -> None:
+    """The kernels suite on a machine with bfloat16 matrix units (AVX-512 BF16), its bounded
+    ratios between separate records timed again in pairs: the verdicts the closing note quotes,
+    and what the pairing changed (chunked full ÷ causal at 2K read 1.33 between its two records,
+    1.58 paired; sliding_window ÷ flex at 64K 0.92 between records, 1.43 paired)."""
+    from attnbench.report.data import load_data
+    from attnbench.report.ratios import declared
+
+    found = declared(load_data([RECORDED / "kernels-avx512bf16"]))
+    outcomes = {o.ratio.name.split(" (masked")[0].split(" (a target")[0]: o for o in found}
+    verdicts = {name: o.verdict for name, o in outcomes.items() if o.ratio.bound()}
+    assert len(verdicts) == 12 and not any(v == "no data" for v in verdicts.values())
+    assert [name for name, v in verdicts.items() if v != "met"] == [
+        "chunked causal costs at most 0.59 of full",  # 1.58 at 2K, 1.78-1.93 from 4K
+        "sliding_window (W=256) at least 20x causal SDPA at 16K",  # 17.8x paired (20.4x between records)
+        "sliding_window time slope at most 1.1, 4K-64K",  # 1.16 [1.01-1.32], from separate records
+        "chunked in bfloat16 at least 1.5x its float32 forward",  # 0.96-1.02 with 440 GFLOP/s bf16 units
+    ]
+    causal = {f.at: f for f in outcomes["chunked causal costs at most 0.59 of full"].figures}
+    assert all(f.note == "paired" for f in causal.values())
+    assert causal["N=2048"].value == pytest.approx(1.58, abs=0.01) and not causal["N=2048"].holds
+    assert all(causal[f"N={n}"].holds for n in (4096, 8192, 16384))
+    flex = outcomes["sliding_window faster than flex at every length from 4K"]
+    assert len(flex.figures) == 6 and all(f.note == "paired" and f.value > 1.2 for f in flex.figures)
+    bf16 = outcomes["chunked in bfloat16 at least 1.5x its float32 forward"]
+    assert len(bf16.figures) == 10 and all(0.9 < f.value < 1.1 and f.note == "paired" for f in bf16.figures)
+    assert "in bfloat16" in bf16.peaks and "GFLOP/s" in bf16.peaks
+    quadratic = outcomes["linear against the same function computed the quadratic way"].figures
+    assert len(quadratic) == 4 and min(f.value for f in quadratic) > 9  # linear's O(N) form, 9.5-157x
+    dense = next(o for name, o in outcomes.items() if name.startswith("chunked at least 0.85x"))
+    assert len(dense.figures) == 10  # interleaved with SDPA already: never re-timed
+    assert all(f.note == "interleaved" and f.value > 0.95 for f in dense.figures)
