@@ -40,6 +40,10 @@ class Merged:
     planned: bool = True  # whether any folder held a plan (else the missing pairs are unknown)
 
 
+#: run.json keys that describe one shard's folder, not the merged run.
+PER_SHARD = ("shard", "plan", "resumed", "resumed_git_commits", "calibration")
+
+
 def _suite_id(info: dict[str, Any]) -> str:
     suite = info["suite"]
     text = suite.get("text")
@@ -141,7 +145,7 @@ def _merged_info(
     started = [str(info["started"]) for info in infos if info.get("started")]
     ended = [info.get("ended") for info in infos]
     return {
-        **{k: v for k, v in first.items() if k not in ("shard", "plan", "resumed", "calibration")},
+        **{k: v for k, v in first.items() if k not in PER_SHARD},
         "started": min(started) if started else None,
         "ended": max(str(e) for e in ended) if ended and all(ended) else None,
         "machine": machine,

@@ -217,6 +217,7 @@ class Runner:
                     f" {f'shard {self.shard}' if self.shard else 'the whole suite'}; resume it without --shard"
                 )
             info.setdefault("resumed", []).append(now())
+            info.setdefault("resumed_git_commits", []).append(git_commit())  # the code that finished it
             info["ended"] = None
             return info
         if results.exists() and results.stat().st_size:

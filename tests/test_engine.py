@@ -175,6 +175,9 @@ def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     assert all(line.strip() for line in results.read_text().splitlines())
     for row in kept:  # what was finished before the kill is kept as it was
         assert row in final
+    info = json.loads((out / "run.json").read_text())
+    assert len(info["resumed"]) == len(info["resumed_git_commits"]) == 1  # when, and with which code
+    assert info["resumed_git_commits"][0] == info["git_commit"]
 
 
 def test_resume_without_run_json_is_a_usage_error(tmp_path: Path) -> None:
