@@ -6,7 +6,7 @@ causal) or against another implementation of the grid (``flex``). On a machine w
 drifts — a shared host, a busy neighbour — such a ratio carries the drift: in one ``kernels``
 run on a two-core VM, ratios between separate records of the same two calls missed the
 interleaved figure by 4% at the median and by 20% at worst, and a kernel whose causal pass
-costs 0.53 of its full pass read 0.75.
+costs 0.63 of its full pass (timed in pairs) read 0.75.
 
 So after the sweep, for every bounded ``speed`` ratio, the runner times each (implementation's
 case, peer's case) pair once more, alternately in one worker (A, B, A, B, …: the timing loop
