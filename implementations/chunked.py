@@ -71,7 +71,7 @@ in (there a bfloat16 product is ~100× slower than a float32 one); merges and gr
 float32 either way. Where the units exist the fused kernel still gains nothing from them: on an
 AVX-512 BF16 CPU (bfloat16 products of a tile's shape at 370-390 GFLOP/s against 65-96 in
 float32) it took as long in bfloat16 as in float32. Computing the tiles unfused instead —
-batched bfloat16 products around ``torch.softmax`` — ran 1.40-1.75× faster than the fused
+batched bfloat16 products around ``torch.softmax`` — ran 1.36-1.75× faster than the fused
 float32 kernel there, but PyTorch's CPU products can return bfloat16 only, so the scores are
 rounded to bfloat16 before the softmax: as rough as the plain low-precision computation, and
 past the contract's bound of twice its error (1.1× the bound, D = 32 and grouped heads). This
