@@ -134,6 +134,7 @@ def softmax_attention_terms(
         vc = v[:, :, c0:c1].to("cpu", torch.float64)
         out += p @ vc
         terms += p @ vc.abs()
+        del p, vc  # before the next chunk's are made: one chunk's float64 values alive at a time
     norm = total.masked_fill(total == 0, 1.0)
     return _ungroup(out / norm, problem), _ungroup(terms / norm, problem)
 
