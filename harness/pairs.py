@@ -19,12 +19,16 @@ records are ``ok`` and both cases run on the same device with the same threads.
 from __future__ import annotations
 
 import json
+import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from attnbench.case import CASE_KEYS, value
 from attnbench.ratios import Ratio
+from attnbench.records import read_records
+from attnbench.workers import WorkerDied, WorkerFailure, WorkerPool, WorkerTimeout
 
 #: The file, in a result folder, that holds the paired timings.
 PAIRS_FILE = "pairs.jsonl"
@@ -45,9 +49,13 @@ class Pairing:
 
 
 def pair_key(ratio: str, impl: str, case: dict[str, Any]) -> tuple[Any, ...]:
-    """The identity of a pairing: the ratio's name, the implementation and its case (values as
-    text, whether they come from a record or from a report's frame)."""
-    return (ratio, impl, *(_text(value(case, k)) for k in CASE_KEYS))
+    """The identity of a pairing: the ratio's name, the implementation and its case."""
+    return (ratio, impl, *_case_text(case))
+
+
+def _case_text(case: dict[str, Any]) -> tuple[str, ...]:
+    """A case's fields as text, alike whether they come from a record or from a report's frame."""
+    return tuple(_text(value(case, k)) for k in CASE_KEYS)
 
 
 def _text(x: Any) -> str:
@@ -71,7 +79,7 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
     """The pairs to time for the bounded ``speed`` ratios: every ``ok`` record of the ratio's
     implementation in its cases whose peer record is ``ok`` too, unless the peer was already
     timed beside it as its baseline, or the two cases differ in device or threads."""
-    ok = {(r["impl"], *(_text(value(r, k)) for k in CASE_KEYS)): r for r in records if r.get("status") == "ok"}
+    ok = {(r["impl"], *_case_text(r)) for r in records if r.get("status") == "ok"}
     out: list[Pairing] = []
     for ratio in ratios:
         if ratio.metric != "speed" or not ratio.bound():
@@ -85,10 +93,52 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
             peer_case = {**case, **ratio.peer_case}
             if any(peer_case[k] != case[k] for k in ("device", "threads")):
                 continue
-            if (ratio.peer, *(_text(peer_case[k]) for k in CASE_KEYS)) not in ok:
+            if (ratio.peer, *_case_text(peer_case)) not in ok:
                 continue
             out.append(Pairing(ratio.name, ratio.impl, case, ratio.peer, peer_case))
     return out
+
+
+def run_pairs(
+    folder: Path,
+    ratios: list[Ratio],
+    budget: dict[str, float],
+    pool_for: Callable[[str], WorkerPool],
+    show_progress: bool = True,
+) -> None:
+    """Time every pair of :func:`plan` on the folder's records that ``pairs.jsonl`` lacks, each on
+    a worker of ``pool_for(device)``, appending each outcome (samples, or why there are none)."""
+    done = {pair_key(r["ratio"], r["impl"], r["case"]) for r in read_pairs(folder)}
+    todo = [p for p in plan(ratios, read_records(folder / "results.jsonl")) if p.key() not in done]
+    for index, pairing in enumerate(todo, 1):
+        job = {"op": "pair", **asdict(pairing), "budget": budget}
+        try:
+            answer = pool_for(str(pairing.case["device"])).request(job, 2 * budget["timeout_s"] + budget["max_time_s"])
+            result = answer.get("pair") or {"error": answer.get("fatal", "no answer")}
+        except WorkerFailure as exc:
+            why = "ran past its budget" if isinstance(exc, WorkerTimeout) else "crashed the worker"
+            why += f" ({exc.reason})" if isinstance(exc, WorkerDied) else ""
+            result = {"error": f"the paired timing {why}"}
+        append_pair(folder, pairing, result)
+        if show_progress:
+            said = result.get("error") or _paired_words(result)
+            print(f"[pair {index}/{len(todo)}] {pairing.ratio}: {_case_words(pairing)}: {said}", flush=True)
+
+
+def _case_words(pairing: Pairing) -> str:
+    """``impl N=… dtype pattern`` against ``peer`` and what its case changes."""
+    case = pairing.case
+    changed = " ".join(f"{k}={v}" for k, v in pairing.peer_case.items() if case.get(k) != v)
+    pattern = "causal" if case["causal"] else "full"
+    return f"{pairing.impl} N={case['seq_len']} {case['dtype']} {pattern} against {pairing.peer} {changed}".rstrip()
+
+
+def _paired_words(result: dict[str, Any]) -> str:
+    impl, peer = result.get("impl_ms") or [], result.get("peer_ms") or []
+    if not impl or not peer:
+        return "no samples"
+    a, b = statistics.median(impl), statistics.median(peer)
+    return f"{a:.3f} ms against {b:.3f} ms ({b / a:.3g}x), {len(impl)} samples each"
 
 
 def read_pairs(folder: Path) -> list[dict[str, Any]]:

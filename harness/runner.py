@@ -24,7 +24,7 @@ import json
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -295,28 +295,11 @@ class Runner:
         return self.out_dir
 
     def pair_ratios(self) -> None:
-        """Time the two sides of each bounded ratio alternately (:mod:`attnbench.pairs`), those
-        not in ``pairs.jsonl`` yet; on the local executor only (a Ray run keeps its records' figures)."""
-        if not self.suite.ratios or not isinstance(self.executor, LocalExecutor):
-            return
-        done = {pairs.pair_key(r["ratio"], r["impl"], r["case"]) for r in pairs.read_pairs(self.out_dir)}
-        records = read_records(self.out_dir / "results.jsonl")
-        todo = [p for p in pairs.plan(self.suite.ratios, records) if p.key() not in done]
-        budget = self.suite.budget
-        for index, pairing in enumerate(todo, 1):
-            job = {"op": "pair", **asdict(pairing), "budget": budget}
-            try:
-                answer = self.executor.pool_for(str(pairing.case["device"])).request(
-                    job, 2 * budget["timeout_s"] + budget["max_time_s"]
-                )
-                result = answer.get("pair") or {"error": answer.get("fatal", "no answer")}
-            except WorkerFailure as exc:
-                why = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc})"
-                result = {"error": f"the paired timing {why}"}
-            pairs.append_pair(self.out_dir, pairing, result)
-            if self.show_progress:
-                said = result.get("error") or _paired_words(result)
-                print(f"[pair {index}/{len(todo)}] {pairing.ratio}: {_case_words(pairing)}: {said}", flush=True)
+        """Time the two sides of each bounded ratio alternately (:mod:`attnbench.pairs`); on the
+        local executor only (a Ray run keeps its records' figures)."""
+        if self.suite.ratios and isinstance(self.executor, LocalExecutor):
+            pool_for = self.executor.pool_for
+            pairs.run_pairs(self.out_dir, self.suite.ratios, self.suite.budget, pool_for, self.show_progress)
 
     def calibrate(self, info: dict[str, Any], pool_for: Callable[[str], WorkerPool] | None = None) -> None:
         """Measure the matmul peak and bandwidth of each (device, dtype, threads) of the sweep
@@ -381,22 +364,6 @@ class Runner:
         """One pair's record: settled here, or run on a worker of ``pool``."""
         decided = self.decide(case, name, failures)
         return decided or run_job(pool, self.job(case, name, calibration), self.suite.budget)
-
-
-def _case_words(pairing: pairs.Pairing) -> str:
-    """``impl N=… dtype pattern`` against ``peer`` and what its case changes."""
-    case = pairing.case
-    changed = " ".join(f"{k}={v}" for k, v in pairing.peer_case.items() if case.get(k) != v)
-    pattern = "causal" if case["causal"] else "full"
-    return f"{pairing.impl} N={case['seq_len']} {case['dtype']} {pattern} against {pairing.peer} {changed}".rstrip()
-
-
-def _paired_words(result: dict[str, Any]) -> str:
-    impl, peer = result.get("impl_ms") or [], result.get("peer_ms") or []
-    if not impl or not peer:
-        return "no samples"
-    a, b = sorted(impl)[len(impl) // 2], sorted(peer)[len(peer) // 2]
-    return f"{a:.3f} ms against {b:.3f} ms ({b / a:.3g}x), {len(impl)} samples each"
 
 
 def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> Record:

@@ -177,3 +177,40 @@ def test_a_ratio_across_dtypes_names_the_machines_rate_in_each(tmp_path: Path) -
     (o,) = declared(load_data([folder]))
     assert o.verdict == "not met" and o.figures[0].value == pytest.approx(1 / 1.1)
     assert o.peaks == "this machine's measured matrix-product rate: 1.4 GFLOP/s in bfloat16, 170 in float32 (0.00824×)"
+
+
+def test_pairs_are_planned_only_where_the_records_were_not_timed_together() -> None:
+    """A bounded speed ratio gets a paired timing per case whose peer record is ok and was not
+    its interleaved baseline; an unbounded ratio, another thread count or a failed peer none."""
+    from attnbench.pairs import plan
+    from attnbench.ratios import parse_ratios
+
+    def rec(impl: str, status: str = "ok", **case: Any) -> dict[str, Any]:
+        return {"impl": impl, "status": status, "seq_len": 1024, "causal": False, "threads": 0, **case}
+
+    ratios = parse_ratios(
+        [
+            {"name": "vs sdpa", "impl": "chunked", "peer": "sdpa", "at_least": 0.85},
+            {"name": "full/causal", "impl": "chunked", "peer_case": {"causal": False}, "where": {"causal": [True]},
+             "at_least": 1.7},
+            {"name": "shown", "impl": "chunked", "peer": "flex"},
+            {"name": "threads", "impl": "chunked", "peer_case": {"threads": 1}, "where": {"threads": [2]},
+             "at_least": 1.0},
+        ],
+        "test",
+    )  # fmt: skip
+    records = [
+        rec("chunked", baseline="sdpa", baseline_samples_ms=[1.0]),  # timed beside SDPA already
+        rec("chunked", seq_len=2048),  # SDPA not its baseline: paired
+        rec("sdpa"),
+        rec("sdpa", seq_len=2048),
+        rec("flex"),
+        rec("chunked", causal=True),  # paired with chunked full
+        rec("chunked", causal=True, seq_len=2048),  # paired with the full record at 2048
+        rec("chunked", "oom", causal=False, seq_len=4096),
+        rec("chunked", causal=True, seq_len=4096),  # its full peer ran out of memory: none
+        rec("chunked", threads=2),
+        rec("chunked", threads=1),
+    ]
+    planned = [(p.ratio, p.case["seq_len"], p.case["causal"]) for p in plan(ratios, records)]
+    assert planned == [("vs sdpa", 2048, False), ("full/causal", 1024, True), ("full/causal", 2048, True)]

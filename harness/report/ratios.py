@@ -18,14 +18,14 @@ from attnbench.report.data import ReportData
 from attnbench.report.fit import fit_slope
 
 
-def _row(series: pd.Series) -> dict[str, Any]:
+def _row(row: pd.Series | dict[Any, Any]) -> dict[str, Any]:
     """A record's row as a dict keyed by column name."""
-    return {str(key): value for key, value in series.items()}
+    return {str(key): value for key, value in row.items()}
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """A frame's rows as dicts keyed by column name."""
-    return [{str(key): value for key, value in row.items()} for row in frame.to_dict("records")]
+    return [_row(row) for row in frame.to_dict("records")]
 
 
 @dataclass
