@@ -14,10 +14,18 @@ the baseline uses, :func:`attnbench.timing.measure`), and keeps both sets of sam
 ``pairs.jsonl`` beside the records. The report takes a ratio from its paired samples where they
 exist (noted "paired"); the records keep their own figures. Each pair is timed only when both
 records are ``ok`` and both cases run on the same device with the same threads.
+
+A bounded ``slope`` is fitted to records of several lengths, timed minutes apart, and carries the
+same drift: a machine 20% slower while the longest length ran moves a slope fitted over 4K–64K by
+log(1.2)/log(16) = 0.07. So each length of such a group is also timed alternately with the next
+shorter one (the pair's ``case`` is the longer length, its ``peer_case`` the shorter), and the
+report fits the slope to the lengths' times chained through those ratios
+(:func:`chained_times`): every step between neighbouring lengths is measured in one worker.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from collections.abc import Callable
@@ -82,6 +90,8 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
     ok = {(r["impl"], *_case_text(r)) for r in records if r.get("status") == "ok"}
     out: list[Pairing] = []
     for ratio in ratios:
+        if ratio.metric == "slope" and ratio.bound():
+            out += _neighbours(ratio, records)
         if ratio.metric != "speed" or not ratio.bound():
             continue
         for record in records:
@@ -97,6 +107,44 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
                 continue
             out.append(Pairing(ratio.name, ratio.impl, case, ratio.peer, peer_case))
     return out
+
+
+#: The case fields a slope's lengths differ in; the other fields name its group.
+LENGTHS = ("seq_len", "kv_len")
+
+
+def _neighbours(ratio: Ratio, records: list[dict[str, Any]]) -> list[Pairing]:
+    """For a bounded slope: each ``ok`` length of a group against the next shorter ``ok`` one."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for record in records:
+        case = case_of(record)
+        if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case, ratio.where):
+            group = tuple(_text(case[k]) for k in CASE_KEYS if k not in LENGTHS)
+            groups.setdefault(group, []).append(case)
+    out: list[Pairing] = []
+    for cases in groups.values():
+        cases.sort(key=lambda c: (int(c["seq_len"]), int(c["kv_len"])))
+        for shorter, longer in itertools.pairwise(cases):
+            out.append(Pairing(ratio.name, ratio.impl, longer, ratio.impl, shorter))
+    return out
+
+
+def chained_times(
+    cases: list[dict[str, Any]], first_ms: float, ratio: str, impl: str, paired: dict[tuple[Any, ...], dict[str, Any]]
+) -> list[float] | None:
+    """The times of ``cases`` (sorted by length) on one scale: the first length's ``first_ms``,
+    then each length's time as the one before times their paired ratio (median ÷ median); None
+    unless every neighbouring pair has samples on both sides."""
+    times = [first_ms]
+    for case in cases[1:]:
+        pair = paired.get(pair_key(ratio, impl, case))
+        if pair is None:
+            return None
+        longer, shorter = statistics.median(pair["impl_ms"]), statistics.median(pair["peer_ms"])
+        if not (longer > 0 and shorter > 0):
+            return None
+        times.append(times[-1] * longer / shorter)
+    return times
 
 
 def run_pairs(

@@ -21,6 +21,8 @@ Metrics, each measured on one run (the records of one machine):
 * ``memory`` — the implementation's peak memory ÷ the peer's, per case.
 * ``slope`` — the implementation's fitted time exponent over the matched lengths (log time
   against log N), with its 95% interval, per group of the other case fields; ``peer`` is unused.
+  A bounded slope is fitted to the lengths' times chained through paired timings of neighbouring
+  lengths where the run has them (:mod:`attnbench.pairs`).
 
 This module parses and validates the tables; :mod:`attnbench.report.ratios` evaluates them on
 a run's records.

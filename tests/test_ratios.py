@@ -214,3 +214,30 @@ def test_pairs_are_planned_only_where_the_records_were_not_timed_together() -> N
     ]
     planned = [(p.ratio, p.case["seq_len"], p.case["causal"]) for p in plan(ratios, records)]
     assert planned == [("vs sdpa", 2048, False), ("full/causal", 1024, True), ("full/causal", 2048, True)]
+
+
+def test_a_bounded_slope_pairs_each_length_with_the_next_shorter_ok_one_in_its_group() -> None:
+    """Neighbouring lengths of one group (here: per dtype) are paired, longer against shorter; a
+    length whose record failed drops out of the chain; an unbounded slope gets no pairs."""
+    from attnbench.pairs import plan
+    from attnbench.ratios import parse_ratios
+
+    def rec(n: int, dtype: str = "float32", status: str = "ok") -> dict[str, Any]:
+        return {"impl": "linear", "status": status, "seq_len": n, "kv_len": n, "dtype": dtype, "threads": 0}
+
+    ratios = parse_ratios(
+        [
+            {"name": "bounded", "impl": "linear", "metric": "slope", "at_most": 1.1},
+            {"name": "shown", "impl": "linear", "metric": "slope"},
+        ],
+        "test",
+    )
+    records = [rec(4096), rec(16384), rec(8192), rec(32768, status="timeout"), rec(65536)]
+    records += [rec(4096, "bfloat16"), rec(8192, "bfloat16")]
+    planned = [(p.ratio, p.case["dtype"], p.case["seq_len"], p.peer_case["seq_len"]) for p in plan(ratios, records)]
+    assert planned == [
+        ("bounded", "float32", 8192, 4096),
+        ("bounded", "float32", 16384, 8192),
+        ("bounded", "float32", 65536, 16384),
+        ("bounded", "bfloat16", 8192, 4096),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -306,3 +307,56 @@ def test_a_ratio_between_records_is_timed_again_in_pairs_so_drift_between_them_i
     (tmp_path / "run" / "pairs.jsonl").unlink()  # the same records without the paired timing
     (unpaired,) = declared(load_data([tmp_path / "run"]))
     assert unpaired.verdict == "not met" and unpaired.figures[0].value < 1
+
+
+SLOPE_SUITE = """
+[suite]
+implementations = ["drifting_linear"]
+baseline = ""
+[budget]
+timeout_s = 60
+min_time_s = 0.2
+max_time_s = 0.5
+min_repeats = 3
+[grid]
+heads = [1]
+seq_len = [64, 128, 256, 512]
+head_dim = [16]
+dtype = ["float32"]
+causal = [false]
+
+[[ratio]]
+name = "time slope at most 1.1"
+impl = "drifting_linear"
+metric = "slope"
+at_most = 1.1
+"""
+
+
+def test_a_slope_is_fitted_through_neighbouring_lengths_timed_in_pairs_so_drift_is_not_blamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machine is 3x slower while the records of N=128 and N=512 run (a planted drift): the
+    slope fitted to the records reads 1.31 and breaks its bound of 1.1; each length timed
+    alternately with the next shorter one gives the N^1.0 the calls cost, and the report says "met"."""
+    from attnbench.pairs import read_pairs
+    from attnbench.report.data import load_data
+    from attnbench.report.ratios import declared
+
+    monkeypatch.setenv("ATTNBENCH_TEST_DRIFT", str(tmp_path / "drift.txt"))
+    records = run_suite(tmp_path, SLOPE_SUITE)
+    assert [r["seq_len"] for r in records] == [64, 128, 256, 512] and all(r["status"] == "ok" for r in records)
+    assert records[1]["time_ms"] / records[0]["time_ms"] == pytest.approx(6, rel=0.2)  # the drift, as recorded
+
+    pairs = read_pairs(tmp_path / "run")
+    assert [(p["case"]["seq_len"], p["peer_case"]["seq_len"]) for p in pairs] == [(128, 64), (256, 128), (512, 256)]
+    for pair in pairs:  # both sides of a pair saw the same speed
+        assert statistics.median(pair["impl_ms"]) / statistics.median(pair["peer_ms"]) == pytest.approx(2, rel=0.2)
+    (outcome,) = declared(load_data([tmp_path / "run"]))
+    (figure,) = outcome.figures
+    assert figure.value == pytest.approx(1.0, abs=0.1) and figure.note.startswith("paired")
+    assert outcome.verdict == "met"
+
+    (tmp_path / "run" / "pairs.jsonl").unlink()  # the same records fitted without the pairs
+    (unpaired,) = declared(load_data([tmp_path / "run"]))
+    assert unpaired.verdict == "not met" and unpaired.figures[0].value == pytest.approx(1.31, abs=0.1)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case import CASE_KEYS, varying_label
-from attnbench.pairs import by_key, case_of, pair_key
+from attnbench.pairs import by_key, case_of, chained_times, pair_key
 from attnbench.ratios import Ratio, RatioError, parse_ratios
 from attnbench.report.data import ReportData
 from attnbench.report.fit import fit_slope
@@ -76,7 +76,7 @@ def evaluate(ratios: list[Ratio], records: pd.DataFrame, paired: list[dict[str, 
     for machine, mine in records.groupby("machine", sort=False):
         for ratio in ratios:
             if ratio.metric == "slope":
-                out.append(_slopes(ratio, str(machine), mine))
+                out.append(_slopes(ratio, str(machine), mine, found))
             else:
                 out.append(_pairs(ratio, str(machine), mine, found))
     return out
@@ -169,7 +169,11 @@ def _memory(row: dict[str, Any], peer: dict[str, Any]) -> tuple[float, float, fl
     return value, value, value, f"{float(mine) / 2**20:.0f} MiB ÷ {float(theirs) / 2**20:.0f} MiB"
 
 
-def _slopes(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
+def _slopes(
+    ratio: Ratio, machine: str, frame: pd.DataFrame, paired: dict[tuple[Any, ...], dict[str, Any]] | None = None
+) -> Outcome:
+    """A fitted slope per group of lengths: to the times chained through the paired timings of
+    neighbouring lengths where every step has them (noted "paired"), else to the records' times."""
     mine = frame[(frame["impl"] == ratio.impl) & _matches(frame, ratio.where)]
     keys = [k for k in CASE_KEYS if k in frame and k not in ("seq_len", "kv_len")]
     shown = _varying(mine)
@@ -184,13 +188,16 @@ def _slopes(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
         failed = group[group["status"] != "ok"]
         for row in _records(failed):
             missing.append(f"{words} N={row['seq_len']}: {row['status']}")
-        ok = group[group["status"] == "ok"]
-        fit = fit_slope(ok["seq_len"].astype(float).tolist(), ok["time_ms"].astype(float).tolist())
+        ok = group[group["status"] == "ok"].sort_values(["seq_len", "kv_len"])
+        lengths = [int(n) for n in ok["seq_len"]]
+        times = ok["time_ms"].astype(float).tolist()
+        chained = chained_times([case_of(r) for r in _records(ok)], times[0], ratio.name, ratio.impl, paired or {})
+        fit = fit_slope(lengths, chained if chained is not None else times)
         if fit is None:
             missing.append(f"{words}: {ok['seq_len'].nunique()} lengths measured, a fitted slope needs 3")
             continue
-        lengths = sorted(int(n) for n in ok["seq_len"])
-        note = f"N {lengths[0]}–{lengths[-1]}, {len(lengths)} lengths, R² {fit.r2:.3f}"
+        how = "paired, " if chained is not None else ""
+        note = f"{how}N {lengths[0]}–{lengths[-1]}, {len(lengths)} lengths, R² {fit.r2:.3f}"
         figures.append(Figure(words, fit.slope, fit.ci_low, fit.ci_high, ratio.holds(fit.slope), note))
     return Outcome(ratio, machine, figures, missing)
 
