@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -169,7 +170,7 @@ def run_pairs(
             result = {"error": f"the paired timing {why}"}
         append_pair(folder, pairing, result)
         if show_progress:
-            said = result.get("error") or _paired_words(result)
+            said = result.get("error") or _paired_words(pairing, result)
             print(f"[pair {index}/{len(todo)}] {pairing.ratio}: {_case_words(pairing)}: {said}", flush=True)
 
 
@@ -181,12 +182,20 @@ def _case_words(pairing: Pairing) -> str:
     return f"{pairing.impl} N={case['seq_len']} {case['dtype']} {pattern} against {pairing.peer} {changed}".rstrip()
 
 
-def _paired_words(result: dict[str, Any]) -> str:
+def _paired_words(pairing: Pairing, result: dict[str, Any]) -> str:
+    """The medians and their ratio: × faster against a peer; the time's growth and its exponent
+    between two lengths of one implementation."""
     impl, peer = result.get("impl_ms") or [], result.get("peer_ms") or []
     if not impl or not peer:
         return "no samples"
     a, b = statistics.median(impl), statistics.median(peer)
-    return f"{a:.3f} ms against {b:.3f} ms ({b / a:.3g}x), {len(impl)} samples each"
+    longer, shorter = int(pairing.case["seq_len"]), int(pairing.peer_case["seq_len"])
+    if pairing.peer == pairing.impl and longer > shorter and a > 0 and b > 0:
+        exponent = math.log(a / b, longer / shorter)
+        growth = f"{a / b:.3g}x the time at {longer / shorter:.3g}x the length: N^{exponent:.2f}"
+    else:
+        growth = f"{b / a:.3g}x"
+    return f"{a:.3f} ms against {b:.3f} ms ({growth}), {len(impl)} samples each"
 
 
 def read_pairs(folder: Path) -> list[dict[str, Any]]:
