@@ -44,18 +44,15 @@ are always merged in float32, and gradients summed over pieces in float32.
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from typing import Any
 
 import torch
 
+from attnbench.implementations._buffers import fresh
 from attnbench.implementations._plan import Piece, Plan, top_left_causal
 
 Tensor = torch.Tensor
 NEG_INF = float("-inf")
-#: CPU FlashAttention kernel: queries per split by query length, keys per block (torch ≥ 2.2).
-KV_SPLIT = 512
 
 _fused_forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _fused_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -295,32 +292,6 @@ def forward_plan(
     return out_acc, lse_acc
 
 
-#: Transparent huge pages for large fresh buffers (Linux, where the kernel's THP mode is
-#: "madvise"): a buffer of tens of MB otherwise costs one page fault per 4 KB page when first
-#: written, ~10 ms per 32 MB here — as much as copying it.
-HUGE_PAGE = 2 << 20
-_MADV_HUGEPAGE = 14
-_madvise: Any = None
-if sys.platform.startswith("linux"):
-    try:
-        _madvise = ctypes.CDLL(None, use_errno=True).madvise
-        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (OSError, AttributeError):  # pragma: no cover - no libc symbol
-        _madvise = None
-
-
-def fresh(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> Tensor:
-    """``torch.empty``; a large CPU buffer is advised to use huge pages before it is touched."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    nbytes = out.numel() * out.element_size()
-    if _madvise is not None and out.device.type == "cpu" and nbytes >= 8 * HUGE_PAGE:
-        start = -(-out.data_ptr() // HUGE_PAGE) * HUGE_PAGE
-        end = (out.data_ptr() + nbytes) // HUGE_PAGE * HUGE_PAGE
-        if end > start:
-            _madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: failure changes nothing
-    return out
-
-
 def _as_rows(x: Tensor, by_head: bool, bh: int, nq: int) -> Tensor:
     """A base piece's ``[BH, n, lq(, D)]`` or ``[n, BH, lq(, D)]`` result as ``[BH, Nq(, D)]``
     (a copy only for the tile-major layout)."""
@@ -430,46 +401,3 @@ def attention(q: Tensor, k: Tensor, v: Tensor, plan: Plan, scale: float, backend
     differentiable through :class:`TileAttention`."""
     out = TileAttention.apply(q, k, v, plan, scale, backend, work)
     return out  # type: ignore[no-any-return]
-
-
-# -- work, for torch.utils.flop_counter ---------------------------------------------------------------
-
-
-def _q_split(lq: int) -> int:
-    return 256 if lq >= 768 else 64 if lq >= 192 else 32
-
-
-def fused_pairs(lq: int, lk: int, causal: bool) -> int:
-    """Pairs the CPU kernel computes for one (batch, head): it walks ``qSplit`` query rows at a
-    time over key blocks of 512, stopping after the block that holds the causal boundary."""
-    split = _q_split(lq)
-    total = 0
-    for m in range(0, lq, split):
-        rows = min(split, lq - m)
-        keys = min(m + rows, lk) if causal else lk
-        total += rows * sum(min(KV_SPLIT, lk - n) for n in range(0, keys, KV_SPLIT))
-    return total
-
-
-def fused_flops(
-    query: Any, key: Any, value: Any, dropout_p: float = 0.0, is_causal: bool = False, *args: Any, **kwargs: Any
-) -> int:
-    """FLOPs of one fused forward call (``QKᵀ`` and ``PV``: ``4·D`` per computed pair); the
-    counter passes shapes in place of tensors."""
-    b, h, lq, d = query
-    return 4 * d * b * h * fused_pairs(lq, key[2], is_causal)
-
-
-def fused_backward_flops(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
-    """FLOPs of one fused backward call: ``QKᵀ`` again, ``dV``, ``dP``, ``dQ``, ``dK``."""
-    causal = bool(args[3]) if len(args) > 3 else bool(kwargs.get("is_causal", False))  # out, lse, dropout, causal
-    b, h, lq, d = query
-    return 10 * d * b * h * fused_pairs(lq, key[2], causal)
-
-
-#: ``custom_mapping`` for ``torch.utils.flop_counter.FlopCounterMode``: the fused kernels' work
-#: (PyTorch's counter has no formula for its CPU FlashAttention kernel).
-FLOP_FORMULAS: dict[Any, Any] = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: fused_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: fused_backward_flops,
-}

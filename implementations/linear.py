@@ -66,7 +66,7 @@ import torch.nn.functional as F
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.contract import AttentionFn
-from attnbench.implementations import _tiles
+from attnbench.implementations import _buffers
 from attnbench.reference import expand_kv
 from attnbench.work import Work, io_bytes
 
@@ -159,7 +159,7 @@ def linear_attention_fast(
     g = h // hkv
     q4 = q.reshape(b * hkv, g, nq, d)  # [BHkv, G, Nq, D]
     k3, v3 = k.reshape(b * hkv, nk, d), v.reshape(b * hkv, nk, d)  # [BHkv, Nk, D]
-    out = _tiles.fresh((b * hkv, g, nq, d), torch.float32, q.device)  # [BHkv, G, Nq, D]
+    out = _buffers.fresh((b * hkv, g, nq, d), torch.float32, q.device)  # [BHkv, G, Nq, D]
     if not causal:
         kv, z = key_state(k3, v3, pass_block)  # [BHkv, D, D], [BHkv, D, 1]
         apply_state(q4.reshape(b * hkv, g * nq, d), kv, z, out.view(b * hkv, g * nq, d), pass_block)

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench import Implementation, Problem
-from attnbench.implementations import _plan, _tiles
+from attnbench.implementations import _fused_work, _plan, _tiles
 from attnbench.registry import load_registry
 from attnbench.verify import check
 
@@ -314,11 +314,11 @@ def test_linear_is_held_to_its_own_definition() -> None:
 
 def _flops(impl: Implementation, problem: Problem) -> int:
     """FLOPs counted by ``torch.utils.flop_counter``, which also sees the tiles run by PyTorch's
-    CPU FlashAttention kernel (it has no formula of its own for it: ``_tiles.FLOP_FORMULAS``
+    CPU FlashAttention kernel (it has no formula of its own for it: ``_fused_work.FLOP_FORMULAS``
     counts the pairs that kernel computes, whole 512-key blocks included)."""
     q, k, v = problem.make_inputs()
     fn = impl.prepare(problem)
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_tiles.FLOP_FORMULAS) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_fused_work.FLOP_FORMULAS) as counter:
         fn(q, k, v)
     return int(counter.get_total_flops())
 
@@ -554,12 +554,12 @@ def test_backward_repeats_and_calls_do_not_share_outputs(variant: str) -> None:
 def test_fused_pairs_counts_the_kernels_blocks() -> None:
     """The FLOP formula follows the CPU kernel: whole 512-key blocks, causal rows up to their
     split's last key."""
-    assert _tiles.fused_pairs(100, 300, False) == 100 * 300
-    assert _tiles.fused_pairs(64, 64, True) == 64 * 64  # two splits of 32 rows, each one block of 64 keys
-    assert _tiles.fused_pairs(1024, 1024, True) == sum(
+    assert _fused_work.fused_pairs(100, 300, False) == 100 * 300
+    assert _fused_work.fused_pairs(64, 64, True) == 64 * 64  # two splits of 32 rows, each one block of 64 keys
+    assert _fused_work.fused_pairs(1024, 1024, True) == sum(
         256 * min(1024, -(-(m + 256) // 512) * 512) for m in range(0, 1024, 256)
     )
-    assert _tiles.fused_pairs(1024, 1024, True) < 0.8 * 1024 * 1024
+    assert _fused_work.fused_pairs(1024, 1024, True) < 0.8 * 1024 * 1024
 
 
 def test_linear_fast_path_matches_autograd_path() -> None:
