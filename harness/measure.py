@@ -395,4 +395,5 @@ def time_pair(registry: Registry, job: dict[str, Any]) -> dict[str, Any]:
         "impl_ms": timing.impl.ms,
         "peer_ms": peer.ms if peer is not None else [],
         "inner": [timing.impl.inner, peer.inner if peer is not None else 0],
+        "timed_on": socket.gethostname(),
     }

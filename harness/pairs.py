@@ -13,7 +13,9 @@ case, peer's case) pair once more, alternately in one worker (A, B, A, B, …: t
 the baseline uses, :func:`attnbench.timing.measure`), and keeps both sets of samples in
 ``pairs.jsonl`` beside the records. The report takes a ratio from its paired samples where they
 exist (noted "paired"); the records keep their own figures. Each pair is timed only when both
-records are ``ok`` and both cases run on the same device with the same threads.
+records are ``ok``, both cases run on the same device with the same threads, and both records
+ran on one host; a pair is timed only on that host (a Ray or merged run resumed on another
+machine records why instead), and says where it ran (``host``).
 
 A bounded ``slope`` is fitted to records of several lengths, timed minutes apart, and carries the
 same drift: a machine 20% slower while the longest length ran moves a slope fitted over 4K–64K by
@@ -28,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import socket
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -52,6 +55,7 @@ class Pairing:
     case: dict[str, Any]
     peer: str
     peer_case: dict[str, Any]
+    host: str = ""  # where both records ran ("" when they do not say)
 
     def key(self) -> tuple[Any, ...]:
         return pair_key(self.ratio, self.impl, self.case)
@@ -88,7 +92,7 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
     """The pairs to time for the bounded ``speed`` ratios: every ``ok`` record of the ratio's
     implementation in its cases whose peer record is ``ok`` too, unless the peer was already
     timed beside it as its baseline, or the two cases differ in device or threads."""
-    ok = {(r["impl"], *_case_text(r)) for r in records if r.get("status") == "ok"}
+    ok = {(r["impl"], *_case_text(r)): str(r.get("host") or "") for r in records if r.get("status") == "ok"}
     out: list[Pairing] = []
     for ratio in ratios:
         if ratio.metric == "slope" and ratio.bound():
@@ -104,9 +108,10 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
             peer_case = {**case, **ratio.peer_case}
             if any(peer_case[k] != case[k] for k in ("device", "threads")):
                 continue
-            if (ratio.peer, *_case_text(peer_case)) not in ok:
-                continue
-            out.append(Pairing(ratio.name, ratio.impl, case, ratio.peer, peer_case))
+            host = str(record.get("host") or "")
+            if ok.get((ratio.peer, *_case_text(peer_case))) != host:
+                continue  # the peer failed, or ran on another machine
+            out.append(Pairing(ratio.name, ratio.impl, case, ratio.peer, peer_case, host))
     return out
 
 
@@ -120,13 +125,13 @@ def _neighbours(ratio: Ratio, records: list[dict[str, Any]]) -> list[Pairing]:
     for record in records:
         case = case_of(record)
         if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case, ratio.where):
-            group = tuple(_text(case[k]) for k in CASE_KEYS if k not in LENGTHS)
+            group = (str(record.get("host") or ""), *(_text(case[k]) for k in CASE_KEYS if k not in LENGTHS))
             groups.setdefault(group, []).append(case)
     out: list[Pairing] = []
-    for cases in groups.values():
+    for (host, *_), cases in groups.items():
         cases.sort(key=lambda c: (int(c["seq_len"]), int(c["kv_len"])))
         for shorter, longer in itertools.pairwise(cases):
-            out.append(Pairing(ratio.name, ratio.impl, longer, ratio.impl, shorter))
+            out.append(Pairing(ratio.name, ratio.impl, longer, ratio.impl, shorter, host))
     return out
 
 
@@ -159,19 +164,31 @@ def run_pairs(
     a worker of ``pool_for(device)``, appending each outcome (samples, or why there are none)."""
     done = {pair_key(r["ratio"], r["impl"], r["case"]) for r in read_pairs(folder)}
     todo = [p for p in plan(ratios, read_records(folder / "results.jsonl")) if p.key() not in done]
+    here = socket.gethostname()
     for index, pairing in enumerate(todo, 1):
         job = {"op": "pair", **asdict(pairing), "budget": budget}
-        try:
-            answer = pool_for(str(pairing.case["device"])).request(job, 2 * budget["timeout_s"] + budget["max_time_s"])
-            result = answer.get("pair") or {"error": answer.get("fatal", "no answer")}
-        except WorkerFailure as exc:
-            why = "ran past its budget" if isinstance(exc, WorkerTimeout) else "crashed the worker"
-            why += f" ({exc.reason})" if isinstance(exc, WorkerDied) else ""
-            result = {"error": f"the paired timing {why}"}
-        append_pair(folder, pairing, result)
+        if pairing.host and pairing.host != here:  # not kept: a resume on that host times it
+            result = {"error": f"not timed: its records ran on {pairing.host}, this is {here}"}
+        else:
+            result = _time(pairing, job, budget, pool_for)
+            append_pair(folder, pairing, result)
         if show_progress:
             said = result.get("error") or _paired_words(pairing, result)
             print(f"[pair {index}/{len(todo)}] {pairing.ratio}: {_case_words(pairing)}: {said}", flush=True)
+
+
+def _time(
+    pairing: Pairing, job: dict[str, Any], budget: dict[str, float], pool_for: Callable[[str], WorkerPool]
+) -> dict[str, Any]:
+    """One pair's samples from a worker of its device (or why there are none)."""
+    try:
+        answer = pool_for(str(pairing.case["device"])).request(job, 2 * budget["timeout_s"] + budget["max_time_s"])
+    except WorkerFailure as exc:
+        why = "ran past its budget" if isinstance(exc, WorkerTimeout) else "crashed the worker"
+        why += f" ({exc.reason})" if isinstance(exc, WorkerDied) else ""
+        return {"error": f"the paired timing {why}"}
+    result: dict[str, Any] = answer.get("pair") or {"error": answer.get("fatal", "no answer")}
+    return result
 
 
 def _case_words(pairing: Pairing) -> str:
@@ -217,5 +234,10 @@ def append_pair(folder: Path, pairing: Pairing, result: dict[str, Any]) -> None:
 
 
 def by_key(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Paired timings with samples on both sides, by :func:`pair_key`."""
-    return {pair_key(r["ratio"], r["impl"], r["case"]): r for r in rows if r.get("impl_ms") and r.get("peer_ms")}
+    """Paired timings with samples on both sides, timed on the host of their records (where both
+    are known), by :func:`pair_key`."""
+    return {
+        pair_key(r["ratio"], r["impl"], r["case"]): r
+        for r in rows
+        if r.get("impl_ms") and r.get("peer_ms") and (not r.get("host") or r.get("timed_on") in (None, r["host"]))
+    }

@@ -241,3 +241,47 @@ def test_a_bounded_slope_pairs_each_length_with_the_next_shorter_ok_one_in_its_g
         ("bounded", "float32", 65536, 16384),
         ("bounded", "bfloat16", 8192, 4096),
     ]
+
+
+def test_a_pair_is_timed_only_on_the_host_its_two_records_ran_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records from two hosts (a merged or Ray run) are never paired across them; a pair whose
+    records ran elsewhere is not timed here (a resume on that host will), and a paired row timed
+    on another host than its records is not used by the report."""
+    import json
+    import socket
+
+    from attnbench.pairs import by_key, plan, read_pairs, run_pairs
+    from attnbench.ratios import parse_ratios
+
+    def rec(impl: str, host: str, n: int = 1024) -> dict[str, Any]:
+        return {"impl": impl, "status": "ok", "seq_len": n, "kv_len": n, "causal": False, "threads": 0, "host": host}
+
+    ratios = parse_ratios(
+        [
+            {"name": "vs flex", "impl": "chunked", "peer": "flex", "at_least": 1.0},
+            {"name": "slope", "impl": "chunked", "metric": "slope", "at_most": 1.1},
+        ],
+        "test",
+    )
+    records = [rec("chunked", "a"), rec("flex", "b"), rec("chunked", "a", 2048), rec("flex", "a", 2048)]
+    records += [rec("chunked", "b", 4096)]  # a length from host b: never chained to host a's
+    planned = [(p.ratio, p.case["seq_len"], p.peer_case["seq_len"], p.host) for p in plan(ratios, records)]
+    assert planned == [("vs flex", 2048, 2048, "a"), ("slope", 2048, 1024, "a")]
+
+    elsewhere = "not-" + socket.gethostname()
+    (tmp_path / "results.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [rec("chunked", elsewhere), rec("flex", elsewhere)])
+    )
+
+    def no_pool(device: str) -> Any:
+        raise AssertionError("a pair from another host must not reach a worker")
+
+    run_pairs(tmp_path, ratios[:1], {"timeout_s": 1.0, "max_time_s": 1.0}, no_pool)
+    assert read_pairs(tmp_path) == []
+    assert f"not timed: its records ran on {elsewhere}" in capsys.readouterr().out
+
+    row = {"ratio": "vs flex", "impl": "chunked", "case": rec("chunked", "a"), "impl_ms": [1.0], "peer_ms": [2.0]}
+    assert len(by_key([{**row, "host": "a", "timed_on": "a"}, {**row, "ratio": "other", "host": "a"}])) == 2
+    assert by_key([{**row, "host": "a", "timed_on": "b"}]) == {}
