@@ -366,8 +366,9 @@ def run_case(
 
 def time_pair(registry: Registry, job: dict[str, Any]) -> dict[str, Any]:
     """Time ``job["impl"]`` on ``job["case"]`` and ``job["peer"]`` on ``job["peer_case"]``
-    alternately (:mod:`attnbench.pairs`): ``{"impl_ms": [...], "peer_ms": [...], "inner": [a, b]}``.
-    Each side is set up and called once first; the accuracy of both was checked in their records."""
+    alternately (:mod:`attnbench.pairs`): ``{"impl_ms": [...], "peer_ms": [...], "inner": [a, b],
+    "timed_on": host}``. Each side is set up and called once first; the accuracy of both was
+    checked in their records."""
     budget = job["budget"]
     problems = [problem_of(job["case"]), problem_of(job["peer_case"])]
     where = device(problems[0].device)

@@ -14,15 +14,18 @@ the baseline uses, :func:`attnbench.timing.measure`), and keeps both sets of sam
 ``pairs.jsonl`` beside the records. The report takes a ratio from its paired samples where they
 exist (noted "paired"); the records keep their own figures. Each pair is timed only when both
 records are ``ok``, both cases run on the same device with the same threads, and both records
-ran on one host; a pair is timed only on that host (a Ray or merged run resumed on another
-machine records why instead), and says where it ran (``host``).
+ran on one host (``host``); a pair is timed only on that host (a Ray or merged run resumed on
+another machine prints why and leaves it untimed), and its row says where it was timed
+(``timed_on``).
 
 A bounded ``slope`` is fitted to records of several lengths, timed minutes apart, and carries the
-same drift: a machine 20% slower while the longest length ran moves a slope fitted over 4K–64K by
-log(1.2)/log(16) = 0.07. So each length of such a group is also timed alternately with the next
-shorter one (the pair's ``case`` is the longer length, its ``peer_case`` the shorter), and the
-report fits the slope to the lengths' times chained through those ratios
-(:func:`chained_times`): every step between neighbouring lengths is measured in one worker.
+same drift: a machine that slows by 20% steadily from the first length to the last of 4K–64K
+moves the fitted slope by log(1.2)/log(16) = 0.07. So each length of such a group (the other case
+fields, and the key length as "the query length" or a fixed one, held equal; at least
+:data:`MIN_LENGTHS` query lengths, all recorded on one host) is also timed alternately with the
+next shorter one: the pair's ``case`` is the longer length, its ``peer_case`` the shorter. The
+report fits the slope to the lengths' times chained through those ratios (:func:`chain`): every
+step between neighbouring lengths is measured in one worker.
 """
 
 from __future__ import annotations
@@ -90,8 +93,11 @@ def matches(case: dict[str, Any], where: dict[str, list[Any]]) -> bool:
 
 def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
     """The pairs to time for the bounded ``speed`` ratios: every ``ok`` record of the ratio's
-    implementation in its cases whose peer record is ``ok`` too, unless the peer was already
-    timed beside it as its baseline, or the two cases differ in device or threads."""
+    implementation in its cases whose peer record is ``ok`` too on the same host, unless the peer
+    was already timed beside it as its baseline, or the two cases differ in device or threads;
+    and for the bounded ``slope`` ratios, each length against the next shorter one
+    (:func:`_neighbours`). A case recorded twice counts by its last record."""
+    records = list({(r["impl"], *_case_text(r)): r for r in records}.values())
     ok = {(r["impl"], *_case_text(r)): str(r.get("host") or "") for r in records if r.get("status") == "ok"}
     out: list[Pairing] = []
     for ratio in ratios:
@@ -117,40 +123,51 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
 
 #: The case fields a slope's lengths differ in; the other fields name its group.
 LENGTHS = ("seq_len", "kv_len")
+#: Query lengths a group needs for a fitted slope (:data:`attnbench.report.fit.MIN_POINTS`).
+MIN_LENGTHS = 3
+
+
+def slope_group(case: dict[str, Any]) -> tuple[str, ...]:
+    """The group of lengths a case belongs to for a slope: its fields other than the lengths, and
+    its key length as the report's ``kv_rel`` names it for a sweep of the query length: "self"
+    (the query length) or "Nk=…" (a fixed one)."""
+    kv = "self" if int(case["kv_len"]) == int(case["seq_len"]) else f"Nk={int(case['kv_len'])}"
+    return (*(_text(case[k]) for k in CASE_KEYS if k not in LENGTHS), kv)
 
 
 def _neighbours(ratio: Ratio, records: list[dict[str, Any]]) -> list[Pairing]:
-    """For a bounded slope: each ``ok`` length of a group against the next shorter ``ok`` one."""
+    """For a bounded slope: in each group of at least :data:`MIN_LENGTHS` ``ok`` query lengths
+    recorded on one host, each length against the next shorter one."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
-        case = case_of(record)
-        if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case, ratio.where):
-            group = (str(record.get("host") or ""), *(_text(case[k]) for k in CASE_KEYS if k not in LENGTHS))
-            groups.setdefault(group, []).append(case)
+        if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case_of(record), ratio.where):
+            groups.setdefault(slope_group(case_of(record)), []).append(record)
     out: list[Pairing] = []
-    for (host, *_), cases in groups.items():
-        cases.sort(key=lambda c: (int(c["seq_len"]), int(c["kv_len"])))
+    for members in groups.values():
+        hosts = {str(r.get("host") or "") for r in members}
+        if len(hosts) > 1 or len({int(r["seq_len"]) for r in members}) < MIN_LENGTHS:
+            continue  # a chain across machines, or too few lengths for a fit: nothing to pair
+        (host,) = hosts
+        cases = sorted((case_of(r) for r in members), key=lambda c: int(c["seq_len"]))
         for shorter, longer in itertools.pairwise(cases):
             out.append(Pairing(ratio.name, ratio.impl, longer, ratio.impl, shorter, host))
     return out
 
 
-def chained_times(
-    cases: list[dict[str, Any]], first_ms: float, ratio: str, impl: str, paired: dict[tuple[Any, ...], dict[str, Any]]
-) -> list[float] | None:
-    """The times of ``cases`` (sorted by length) on one scale: the first length's ``first_ms``,
-    then each length's time as the one before times their paired ratio (median ÷ median); None
-    unless every neighbouring pair has samples on both sides."""
-    times = [first_ms]
-    for case in cases[1:]:
-        pair = paired.get(pair_key(ratio, impl, case))
-        if pair is None:
+def chain(
+    cases: list[dict[str, Any]], ratio: str, impl: str, paired: dict[tuple[Any, ...], dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """The paired rows that link ``cases`` (sorted by length), each length to the one before it:
+    None unless every step has one with samples on both sides, timed against that very length."""
+    rows = []
+    for shorter, longer in itertools.pairwise(cases):
+        pair = paired.get(pair_key(ratio, impl, longer))
+        if pair is None or _case_text(pair["peer_case"]) != _case_text(shorter):
             return None
-        longer, shorter = statistics.median(pair["impl_ms"]), statistics.median(pair["peer_ms"])
-        if not (longer > 0 and shorter > 0):
+        if not (statistics.median(pair["impl_ms"]) > 0 and statistics.median(pair["peer_ms"]) > 0):
             return None
-        times.append(times[-1] * longer / shorter)
-    return times
+        rows.append(pair)
+    return rows
 
 
 def run_pairs(
@@ -162,8 +179,9 @@ def run_pairs(
 ) -> None:
     """Time every pair of :func:`plan` on the folder's records that ``pairs.jsonl`` lacks, each on
     a worker of ``pool_for(device)``, appending each outcome (samples, or why there are none)."""
-    done = {pair_key(r["ratio"], r["impl"], r["case"]) for r in read_pairs(folder)}
-    todo = [p for p in plan(ratios, read_records(folder / "results.jsonl")) if p.key() not in done]
+    done = {pair_key(r["ratio"], r["impl"], r["case"]): _case_text(r["peer_case"]) for r in read_pairs(folder)}
+    planned = plan(ratios, read_records(folder / "results.jsonl"))
+    todo = [p for p in planned if done.get(p.key()) != _case_text(p.peer_case)]  # new, or its peer changed
     here = socket.gethostname()
     for index, pairing in enumerate(todo, 1):
         job = {"op": "pair", **asdict(pairing), "budget": budget}

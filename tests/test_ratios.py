@@ -217,10 +217,12 @@ def test_pairs_are_planned_only_where_the_records_were_not_timed_together() -> N
 
 
 def test_a_bounded_slope_pairs_each_length_with_the_next_shorter_ok_one_in_its_group() -> None:
-    """Neighbouring lengths of one group (here: per dtype) are paired, longer against shorter; a
-    length whose record failed drops out of the chain; an unbounded slope gets no pairs."""
-    from attnbench.pairs import plan
+    """Neighbouring lengths of one group (here: per dtype and key length) are paired, longer
+    against shorter; a length whose record failed drops out of the chain; a group with fewer
+    lengths than a fit needs, and an unbounded slope, get no pairs."""
+    from attnbench.pairs import MIN_LENGTHS, plan
     from attnbench.ratios import parse_ratios
+    from attnbench.report.fit import MIN_POINTS
 
     def rec(n: int, dtype: str = "float32", status: str = "ok") -> dict[str, Any]:
         return {"impl": "linear", "status": status, "seq_len": n, "kv_len": n, "dtype": dtype, "threads": 0}
@@ -233,14 +235,18 @@ def test_a_bounded_slope_pairs_each_length_with_the_next_shorter_ok_one_in_its_g
         "test",
     )
     records = [rec(4096), rec(16384), rec(8192), rec(32768, status="timeout"), rec(65536)]
-    records += [rec(4096, "bfloat16"), rec(8192, "bfloat16")]
+    records += [rec(4096, "bfloat16"), rec(8192, "bfloat16"), rec(16384, "bfloat16", status="timeout")]
+    records += [{**rec(n, "float16"), "kv_len": 1024} for n in (4096, 8192, 16384)]  # a fixed key length
+    records += [{**rec(16384, "float16"), "kv_len": 2048}, rec(4096, "float16"), rec(8192, "float16")]
     planned = [(p.ratio, p.case["dtype"], p.case["seq_len"], p.peer_case["seq_len"]) for p in plan(ratios, records)]
     assert planned == [
         ("bounded", "float32", 8192, 4096),
         ("bounded", "float32", 16384, 8192),
-        ("bounded", "float32", 65536, 16384),
-        ("bounded", "bfloat16", 8192, 4096),
-    ]
+        ("bounded", "float32", 65536, 16384),  # 32K timed out: 16K is the length before 64K
+        ("bounded", "float16", 8192, 4096),  # Nk = 1024 against Nq: never chained to Nk = Nq or 2048
+        ("bounded", "float16", 16384, 8192),
+    ]  # bfloat16 and float16 with Nk = Nq have two ok lengths: no fitted slope, nothing to pair
+    assert MIN_LENGTHS == MIN_POINTS
 
 
 def test_a_pair_is_timed_only_on_the_host_its_two_records_ran_on(
@@ -266,9 +272,12 @@ def test_a_pair_is_timed_only_on_the_host_its_two_records_ran_on(
         "test",
     )
     records = [rec("chunked", "a"), rec("flex", "b"), rec("chunked", "a", 2048), rec("flex", "a", 2048)]
-    records += [rec("chunked", "b", 4096)]  # a length from host b: never chained to host a's
+    records += [rec("chunked", "b", 4096)]  # a length from host b: the slope's chain would cross machines
     planned = [(p.ratio, p.case["seq_len"], p.peer_case["seq_len"], p.host) for p in plan(ratios, records)]
-    assert planned == [("vs flex", 2048, 2048, "a"), ("slope", 2048, 1024, "a")]
+    assert planned == [("vs flex", 2048, 2048, "a")]
+    records[-1] = rec("chunked", "a", 4096)  # recorded again on host a: the last record counts
+    planned = [(p.ratio, p.case["seq_len"], p.peer_case["seq_len"], p.host) for p in plan(ratios, records)]
+    assert planned == [("vs flex", 2048, 2048, "a"), ("slope", 2048, 1024, "a"), ("slope", 4096, 2048, "a")]
 
     elsewhere = "not-" + socket.gethostname()
     (tmp_path / "results.jsonl").write_text(
@@ -285,3 +294,43 @@ def test_a_pair_is_timed_only_on_the_host_its_two_records_ran_on(
     row = {"ratio": "vs flex", "impl": "chunked", "case": rec("chunked", "a"), "impl_ms": [1.0], "peer_ms": [2.0]}
     assert len(by_key([{**row, "host": "a", "timed_on": "a"}, {**row, "ratio": "other", "host": "a"}])) == 2
     assert by_key([{**row, "host": "a", "timed_on": "b"}]) == {}
+
+
+def test_a_chained_slope_uses_only_pairs_timed_against_the_length_before_it(tmp_path: Path) -> None:
+    """The records drift (3x slower at 2K and 8K: fitted to them the slope reads 1.31); pairs of
+    neighbouring lengths, each 2x, chain to 1.0 with an interval that widens with the pairs'
+    noise; a pair timed against another length than the one before it (a stale row) breaks the
+    chain, and the slope falls back to the records; a group whose every record failed is listed."""
+    from attnbench.pairs import case_of
+    from attnbench.records import read_records
+
+    body = 'name = "slope"\nimpl = "ours"\nmetric = "slope"\nat_most = 1.1\nwhere = { causal = false }\n'
+    lengths = [1024, 2048, 4096, 8192]
+    drift = [rec("ours", n, 0.01 * n * (3 if i % 2 else 1)) for i, n in enumerate(lengths)]
+    failed = [Record("ours", "timeout", case={"seq_len": n, "heads": 8, "head_dim": 64, "dtype": "bfloat16"})
+              for n in lengths]  # fmt: skip
+
+    def folder(name: str, spread: float, peers: list[int]) -> Path:
+        out = run_folder(tmp_path / name, ratio(body), drift + failed)
+        cases = {r["seq_len"]: case_of(r) for r in read_records(out / "results.jsonl") if r["dtype"] == "float32"}
+        rows = []
+        for n, shorter in zip(lengths[1:], peers, strict=True):
+            ms = [0.01 * n * (1 + spread * f) for f in (-1, -0.5, 0, 0.5, 1)]
+            peer_ms = [x * shorter / n for x in ms[::-1]]
+            rows.append({"ratio": "slope", "impl": "ours", "case": cases[n], "peer": "ours",
+                         "peer_case": cases[shorter], "impl_ms": ms, "peer_ms": peer_ms})  # fmt: skip
+        (out / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return out
+
+    figures = {}
+    for name, spread, peers in (("tight", 0.01, [1024, 2048, 4096]), ("noisy", 0.2, [1024, 2048, 4096])):
+        (o,) = declared(load_data([folder(name, spread, peers)]))
+        (figures[name],) = o.figures
+        assert o.verdict == "not met" and "bf16: 0 lengths measured, a fitted slope needs 3" in o.missing
+    for f in figures.values():
+        assert f.note.startswith("paired") and f.value == pytest.approx(1.0, abs=0.01) and f.low <= 1.0 <= f.high
+    assert figures["noisy"].high - figures["noisy"].low > 3 * (figures["tight"].high - figures["tight"].low)
+
+    (stale,) = declared(load_data([folder("stale", 0.01, [1024, 2048, 2048])]))  # 8K paired against 2K
+    (figure,) = stale.figures
+    assert not figure.note.startswith("paired") and figure.value == pytest.approx(1.31, abs=0.05)

@@ -123,8 +123,9 @@ def test_kernels_on_a_bf16_machine_states_each_ratio_from_paired_timings() -> No
     ratios between separate records timed again in pairs: the verdicts the closing note quotes,
     and what the pairing changed (chunked full ÷ causal at 2K read 1.33 between its two records,
     1.58 paired; sliding_window ÷ flex at 64K 0.92 between records, 1.43 paired; the window's
-    slope over 4K-64K 1.16 [1.01-1.32] fitted to the records, 1.02 [1.00-1.03] chained through
-    neighbouring lengths timed in pairs, added by a later resume)."""
+    slope over 4K-64K 1.16 [1.01-1.32] fitted to the records, 1.02 [1.00-1.13] chained through
+    neighbouring lengths timed in pairs, added by a later resume; its interval is wide because
+    each pair at 32K-64K holds five samples a side)."""
     from attnbench.report.data import load_data
     from attnbench.report.ratios import declared
 
@@ -138,7 +139,8 @@ def test_kernels_on_a_bf16_machine_states_each_ratio_from_paired_timings() -> No
         "chunked in bfloat16 at least 1.5x its float32 forward",  # 0.96-1.02 with 440 GFLOP/s bf16 units
     ]
     (window,) = outcomes["sliding_window time slope at most 1.1, 4K-64K"].figures
-    assert window.note.startswith("paired") and window.value == pytest.approx(1.02, abs=0.01) and window.high < 1.05
+    assert window.note.startswith("paired") and window.value == pytest.approx(1.02, abs=0.01)
+    assert window.low == pytest.approx(1.0, abs=0.01) and window.high == pytest.approx(1.13, abs=0.01)
     linear = outcomes["linear time slope at most 1.1, 4K-128K, full and causal"].figures
     assert len(linear) == 2 and all(f.note.startswith("paired") and f.value < 1.05 for f in linear)
     shown = outcomes["sliding_window time slope, 4K-128K"].figures  # unbounded: no pairs, the records' fit
