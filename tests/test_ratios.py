@@ -322,14 +322,19 @@ def test_a_chained_slope_uses_only_pairs_timed_against_the_length_before_it(tmp_
         (out / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return out
 
-    figures = {}
+    figures, folders = {}, {}
     for name, spread, peers in (("tight", 0.01, [1024, 2048, 4096]), ("noisy", 0.2, [1024, 2048, 4096])):
-        (o,) = declared(load_data([folder(name, spread, peers)]))
+        folders[name] = folder(name, spread, peers)
+        (o,) = declared(load_data([folders[name]]))
         (figures[name],) = o.figures
         assert o.verdict == "not met" and "bf16: 0 lengths measured, a fitted slope needs 3" in o.missing
     for f in figures.values():
         assert f.note.startswith("paired") and f.value == pytest.approx(1.0, abs=0.01) and f.low <= 1.0 <= f.high
     assert figures["noisy"].high - figures["noisy"].low > 3 * (figures["tight"].high - figures["tight"].low)
+    assert main(["report", str(folders["tight"]), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")  # the reader sees how it was timed
+    assert "fp32: **1** [" in md and "(paired, N 1024–8192, 4 lengths" in md
+    assert '<small class="fnote">paired, N 1024–8192' in (tmp_path / "report" / "report.html").read_text("utf-8")
 
     (stale,) = declared(load_data([folder("stale", 0.01, [1024, 2048, 2048])]))  # 8K paired against 2K
     (figure,) = stale.figures
