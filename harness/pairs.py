@@ -26,6 +26,12 @@ fields, and the key length as "the query length" or a fixed one, held equal; at 
 next shorter one: the pair's ``case`` is the longer length, its ``peer_case`` the shorter. The
 report fits the slope to the lengths' times chained through those ratios (:func:`chain`): every
 step between neighbouring lengths is measured in one worker.
+
+The report's scaling table holds each implementation to the time growth it declares, and flags
+a slope fitted to its records more than 0.2 above the claim. Drift between the records must not
+be what flags it: where the records' slope breaks ``claim + margin`` (:func:`claims`), the
+group's neighbouring lengths are timed in pairs the same way, under the name :data:`CLAIM`, and
+the table fits the slope to the chained times (:func:`attnbench.report.fit.scaling_table`).
 """
 
 from __future__ import annotations
@@ -63,6 +69,14 @@ class Pairing:
     def key(self) -> tuple[Any, ...]:
         return pair_key(self.ratio, self.impl, self.case)
 
+    def step(self) -> tuple[Any, ...]:
+        """What is timed, whatever the ratio: both implementations and both cases."""
+        return step_key(self.impl, self.case, self.peer, self.peer_case)
+
+
+def step_key(impl: str, case: dict[str, Any], peer: str, peer_case: dict[str, Any]) -> tuple[Any, ...]:
+    return (impl, *_case_text(case), peer, *_case_text(peer_case))
+
 
 def pair_key(ratio: str, impl: str, case: dict[str, Any]) -> tuple[Any, ...]:
     """The identity of a pairing: the ratio's name, the implementation and its case."""
@@ -91,12 +105,29 @@ def matches(case: dict[str, Any], where: dict[str, list[Any]]) -> bool:
     return all(case.get(key) in values for key, values in where.items())
 
 
-def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
+#: The name under which the neighbouring lengths of a group that breaks its declared time growth
+#: are paired (the ``ratio`` of its pairs).
+CLAIM = "declared time growth"
+
+
+def claims(declarations: dict[str, dict[str, Any]], margin: float) -> list[Ratio]:
+    """A slope bound per implementation that declares its time growth: the claim plus ``margin``
+    (the scaling table's flag), checked where the records break it (``plan(..., claimed=...)``)."""
+    out = []
+    for name, decl in declarations.items():
+        growth = decl.get("time_growth")
+        if growth is not None:
+            out.append(Ratio(CLAIM, name, name, "slope", at_most=float(growth) + margin))
+    return out
+
+
+def plan(ratios: list[Ratio], records: list[dict[str, Any]], claimed: list[Ratio] | None = None) -> list[Pairing]:
     """The pairs to time for the bounded ``speed`` ratios: every ``ok`` record of the ratio's
     implementation in its cases whose peer record is ``ok`` too on the same host, unless the peer
     was already timed beside it as its baseline, or the two cases differ in device or threads;
     and for the bounded ``slope`` ratios, each length against the next shorter one
-    (:func:`_neighbours`). A case recorded twice counts by its last record."""
+    (:func:`_neighbours`); for the ``claimed`` growths, the same in each group of query lengths
+    whose records' slope breaks the claim. A case recorded twice counts by its last record."""
     records = list({(r["impl"], *_case_text(r)): r for r in records}.values())
     ok = {(r["impl"], *_case_text(r)): str(r.get("host") or "") for r in records if r.get("status") == "ok"}
     out: list[Pairing] = []
@@ -118,6 +149,9 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]]) -> list[Pairing]:
             if ok.get((ratio.peer, *_case_text(peer_case))) != host:
                 continue  # the peer failed, or ran on another machine
             out.append(Pairing(ratio.name, ratio.impl, case, ratio.peer, peer_case, host))
+    steps = {p.step() for p in out}
+    for claim in claimed or []:  # a step a slope ratio times already serves the claim too
+        out += [p for p in _neighbours(claim, records, breaking=True) if p.step() not in steps]
     return out
 
 
@@ -135,9 +169,10 @@ def slope_group(case: dict[str, Any]) -> tuple[str, ...]:
     return (*(_text(case[k]) for k in CASE_KEYS if k not in LENGTHS), kv)
 
 
-def _neighbours(ratio: Ratio, records: list[dict[str, Any]]) -> list[Pairing]:
+def _neighbours(ratio: Ratio, records: list[dict[str, Any]], breaking: bool = False) -> list[Pairing]:
     """For a bounded slope: in each group of at least :data:`MIN_LENGTHS` ``ok`` query lengths
-    recorded on one host, each length against the next shorter one."""
+    recorded on one host, each length against the next shorter one; with ``breaking``, only in
+    the self-attention groups (``Nk = N``) whose records' fitted slope breaks the bound."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
         if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case_of(record), ratio.where):
@@ -148,10 +183,28 @@ def _neighbours(ratio: Ratio, records: list[dict[str, Any]]) -> list[Pairing]:
         if len(hosts) > 1 or len({int(r["seq_len"]) for r in members}) < MIN_LENGTHS:
             continue  # a chain across machines, or too few lengths for a fit: nothing to pair
         (host,) = hosts
+        if breaking and not _breaks(ratio, members):
+            continue
         cases = sorted((case_of(r) for r in members), key=lambda c: int(c["seq_len"]))
         for shorter, longer in itertools.pairwise(cases):
             out.append(Pairing(ratio.name, ratio.impl, longer, ratio.impl, shorter, host))
     return out
+
+
+def _breaks(ratio: Ratio, members: list[dict[str, Any]]) -> bool:
+    """Whether a self-attention group's least-squares slope of log time on log N breaks the bound."""
+    if any(int(r["kv_len"]) != int(r["seq_len"]) for r in members):
+        return False
+    points = [(math.log(int(r["seq_len"])), math.log(float(r["time_ms"]))) for r in members if _positive(r)]
+    if len({x for x, _ in points}) < MIN_LENGTHS:
+        return False
+    slope = statistics.linear_regression([x for x, _ in points], [y for _, y in points]).slope
+    return ratio.holds(slope) is False
+
+
+def _positive(record: dict[str, Any]) -> bool:
+    t = record.get("time_ms")
+    return isinstance(t, int | float) and math.isfinite(t) and t > 0
 
 
 def chain(
@@ -176,12 +229,16 @@ def run_pairs(
     budget: dict[str, float],
     pool_for: Callable[[str], WorkerPool],
     show_progress: bool = True,
+    claimed: list[Ratio] | None = None,
 ) -> None:
     """Time every pair of :func:`plan` on the folder's records that ``pairs.jsonl`` lacks, each on
     a worker of ``pool_for(device)``, appending each outcome (samples, or why there are none)."""
-    done = {pair_key(r["ratio"], r["impl"], r["case"]): _case_text(r["peer_case"]) for r in read_pairs(folder)}
-    planned = plan(ratios, read_records(folder / "results.jsonl"))
+    rows = read_pairs(folder)
+    done = {pair_key(r["ratio"], r["impl"], r["case"]): _case_text(r["peer_case"]) for r in rows}
+    timed = {step_key(r["impl"], r["case"], r["peer"], r["peer_case"]) for r in rows if r.get("impl_ms")}
+    planned = plan(ratios, read_records(folder / "results.jsonl"), claimed)
     todo = [p for p in planned if done.get(p.key()) != _case_text(p.peer_case)]  # new, or its peer changed
+    todo = [p for p in todo if p.ratio != CLAIM or p.step() not in timed]  # a claim reuses any timed step
     here = socket.gethostname()
     for index, pairing in enumerate(todo, 1):
         job = {"op": "pair", **asdict(pairing), "budget": budget}
@@ -249,6 +306,12 @@ def append_pair(folder: Path, pairing: Pairing, result: dict[str, Any]) -> None:
     """Add one pair's outcome (samples, or an ``error``) to the folder's ``pairs.jsonl``."""
     with (folder / PAIRS_FILE).open("a", encoding="utf-8") as out:
         out.write(json.dumps({**asdict(pairing), **result}, allow_nan=True) + "\n")
+
+
+def claim_steps(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Every step between two lengths of one implementation (paired for a claim or for any slope
+    ratio), keyed as the claim's pairs are (:func:`pair_key` with :data:`CLAIM`), for :func:`chain`."""
+    return by_key([{**r, "ratio": CLAIM} for r in rows if r.get("impl") == r.get("peer")])
 
 
 def by_key(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:

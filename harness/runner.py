@@ -37,6 +37,7 @@ from attnbench.executors.local import LocalExecutor
 from attnbench.machine import git_commit, machine_info, versions
 from attnbench.records import SCHEMA_VERSION, Record, RecordWriter, read_records
 from attnbench.registry import Catalog
+from attnbench.report.fit import FLAG_MARGIN
 from attnbench.status import BUDGET_FAILURES
 from attnbench.suite import Case, Suite
 from attnbench.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
@@ -295,11 +296,15 @@ class Runner:
         return self.out_dir
 
     def pair_ratios(self) -> None:
-        """Time the two sides of each bounded ratio alternately (:mod:`attnbench.pairs`); on the
-        local executor only (a Ray run keeps its records' figures)."""
-        if self.suite.ratios and isinstance(self.executor, LocalExecutor):
+        """Time the two sides of each bounded ratio alternately, and the neighbouring lengths of a
+        group whose records break its declared time growth (:mod:`attnbench.pairs`); on the local
+        executor only (a Ray run keeps its records' figures)."""
+        declared = {n: self.catalog.declarations.get(n, {}) for n in self.impls}
+        claimed = pairs.claims(declared, FLAG_MARGIN)
+        if (self.suite.ratios or claimed) and isinstance(self.executor, LocalExecutor):
             pool_for = self.executor.pool_for
-            pairs.run_pairs(self.out_dir, self.suite.ratios, self.suite.budget, pool_for, self.show_progress)
+            budget, show = self.suite.budget, self.show_progress
+            pairs.run_pairs(self.out_dir, self.suite.ratios, budget, pool_for, show, claimed)
 
     def calibrate(self, info: dict[str, Any], pool_for: Callable[[str], WorkerPool] | None = None) -> None:
         """Measure the matmul peak and bandwidth of each (device, dtype, threads) of the sweep

@@ -339,3 +339,32 @@ def test_a_chained_slope_uses_only_pairs_timed_against_the_length_before_it(tmp_
     (stale,) = declared(load_data([folder("stale", 0.01, [1024, 2048, 2048])]))  # 8K paired against 2K
     (figure,) = stale.figures
     assert not figure.note.startswith("paired") and figure.value == pytest.approx(1.31, abs=0.05)
+
+
+def test_a_declared_growth_is_paired_only_where_the_records_break_it() -> None:
+    """An implementation claiming N^1.0 (flagged above 1.2): its group whose records read N^1.5 gets
+    neighbouring pairs, the group that keeps the claim none, a cross-attention group none (claims
+    are for Nk = N), and a step a bounded slope ratio times already is not timed twice."""
+    from attnbench.pairs import CLAIM, claim_steps, claims, plan
+    from attnbench.ratios import parse_ratios
+
+    def rec(n: int, ms: float, dtype: str = "float32", kv: int | None = None) -> dict[str, Any]:
+        return {"impl": "mine", "status": "ok", "seq_len": n, "kv_len": kv or n, "dtype": dtype, "time_ms": ms}
+
+    claimed = claims({"mine": {"time_growth": 1.0}, "other": {"time_growth": None}}, 0.2)
+    assert [(c.name, c.impl, c.at_most) for c in claimed] == [(CLAIM, "mine", 1.2)]
+    lengths = (1024, 2048, 4096, 8192)
+    records = [rec(n, n**1.5 / 1000) for n in lengths]  # breaks the claim
+    records += [rec(n, n / 1000, "bfloat16") for n in lengths]  # keeps it
+    records += [rec(n, n**1.5 / 1000, "float16", kv=512) for n in lengths]  # cross attention
+    planned = [(p.ratio, p.case["dtype"], p.case["seq_len"]) for p in plan([], records, claimed)]
+    assert planned == [(CLAIM, "float32", 2048), (CLAIM, "float32", 4096), (CLAIM, "float32", 8192)]
+
+    ratio = parse_ratios([{"name": "slope", "impl": "mine", "metric": "slope", "at_most": 1.1,
+                           "where": {"seq_len": [1024, 2048, 4096], "dtype": "float32"}}], "test")  # fmt: skip
+    planned = [(p.ratio, p.case["dtype"], p.case["seq_len"]) for p in plan(ratio, records, claimed)]
+    assert planned == [("slope", "float32", 2048), ("slope", "float32", 4096), (CLAIM, "float32", 8192)]
+
+    timed = [{"ratio": "slope", "impl": "mine", "peer": "mine", "case": records[1], "peer_case": records[0],
+              "impl_ms": [2.8], "peer_ms": [1.0]}]  # fmt: skip
+    assert len(claim_steps(timed)) == 1 and claim_steps([{**timed[0], "peer": "sdpa"}]) == {}

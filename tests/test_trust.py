@@ -337,10 +337,12 @@ def test_a_slope_is_fitted_through_neighbouring_lengths_timed_in_pairs_so_drift_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The machine is 3x slower while the records of N=128 and N=512 run (a planted drift): the
-    slope fitted to the records reads 1.31 and breaks its bound of 1.1; each length timed
-    alternately with the next shorter one gives the N^1.0 the calls cost, and the report says "met"."""
-    from attnbench.pairs import read_pairs
+    slope fitted to the records reads 1.31, breaks its bound of 1.1 and the implementation's
+    declared N^1.0 growth; each length timed alternately with the next shorter one gives the
+    N^1.0 the calls cost: the ratio is "met" and the scaling table finds the claim kept."""
+    from attnbench.pairs import CLAIM, read_pairs
     from attnbench.report.data import load_data
+    from attnbench.report.fit import scaling_table
     from attnbench.report.ratios import declared
 
     monkeypatch.setenv("ATTNBENCH_TEST_DRIFT", str(tmp_path / "drift.txt"))
@@ -349,14 +351,23 @@ def test_a_slope_is_fitted_through_neighbouring_lengths_timed_in_pairs_so_drift_
     assert records[1]["time_ms"] / records[0]["time_ms"] == pytest.approx(6, rel=0.2)  # the drift, as recorded
 
     pairs = read_pairs(tmp_path / "run")
-    assert [(p["case"]["seq_len"], p["peer_case"]["seq_len"]) for p in pairs] == [(128, 64), (256, 128), (512, 256)]
+    steps = [(p["case"]["seq_len"], p["peer_case"]["seq_len"]) for p in pairs]
+    assert steps == [(128, 64), (256, 128), (512, 256)]  # timed once: the ratio's pairs serve the claim too
+    assert CLAIM not in {p["ratio"] for p in pairs}
     for pair in pairs:  # both sides of a pair saw the same speed
         assert statistics.median(pair["impl_ms"]) / statistics.median(pair["peer_ms"]) == pytest.approx(2, rel=0.2)
-    (outcome,) = declared(load_data([tmp_path / "run"]))
+    data = load_data([tmp_path / "run"])
+    (outcome,) = declared(data)
     (figure,) = outcome.figures
     assert figure.value == pytest.approx(1.0, abs=0.1) and figure.note.startswith("paired")
     assert outcome.verdict == "met"
+    (fit,) = scaling_table(data.records, data.declarations, {r.label: r.pairs for r in data.runs}).to_dict("records")
+    assert fit["time_slope"] == pytest.approx(1.0, abs=0.1) and fit["time_fit"].endswith("paired")
+    assert fit["time_verdict"] in ("meets claim", "too noisy") and not fit["time_flag"]  # never "above claim"
 
     (tmp_path / "run" / "pairs.jsonl").unlink()  # the same records fitted without the pairs
-    (unpaired,) = declared(load_data([tmp_path / "run"]))
+    data = load_data([tmp_path / "run"])
+    (unpaired,) = declared(data)
     assert unpaired.verdict == "not met" and unpaired.figures[0].value == pytest.approx(1.31, abs=0.1)
+    (fit,) = scaling_table(data.records, data.declarations).to_dict("records")
+    assert fit["time_verdict"] == "above claim" and fit["time_flag"]  # the drift, blamed on the implementation

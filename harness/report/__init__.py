@@ -45,7 +45,7 @@ def write_report(dirs: list[Path], out: Path | None = None) -> Path:
 def build_context(data: ReportData, target: Path) -> dict[str, Any]:
     """Compute every table and chart, write the CSVs and plots, and return what the templates show."""
     baseline = baseline_name(data)
-    fits = scaling_table(data.records, data.declarations)
+    fits = scaling_table(data.records, data.declarations, {run.label: run.pairs for run in data.runs})
     frames = {
         "summary": tables.summary(data),
         "machines": tables.machines(data),

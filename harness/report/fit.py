@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,8 @@ import pandas as pd
 from scipy import stats
 
 from attnbench.case import GROUP_KEYS, group_label
-from attnbench.report.data import AXIS_SYMBOL
+from attnbench.pairs import CLAIM, case_of, chain, claim_steps
+from attnbench.report.data import AXIS_SYMBOL, records_of
 
 MIN_POINTS = 3
 FLAG_MARGIN = 0.2
@@ -79,6 +80,35 @@ def fit_slope(sizes: Sequence[float], values: Sequence[float], confidence: float
     )
 
 
+#: Resamples of the paired samples behind a chained slope's interval (seeded: a report is stable).
+RESAMPLES = 2000
+
+
+def chained_fit(lengths: list[int], steps: list[dict[str, Any]]) -> Fit | None:
+    """The slope of the times chained through ``steps`` (each length's time is the one before it
+    times their paired ratio of medians), with an interval that covers both the line's 95%
+    interval and the 95% range of the slope over resamples of every pair's samples: the chained
+    points carry each step's noise into all later ones, which the line's interval alone ignores."""
+    x = np.log(np.asarray(lengths, dtype=float))
+    impl = [np.asarray(s["impl_ms"], dtype=float) for s in steps]
+    peer = [np.asarray(s["peer_ms"], dtype=float) for s in steps]
+    logs = np.log([np.median(a) / np.median(b) for a, b in zip(impl, peer, strict=True)])  # [steps]
+    fit = fit_slope(lengths, list(np.exp(np.concatenate([[0.0], np.cumsum(logs)]))))
+    if fit is None:
+        return None
+    rng = np.random.default_rng(0)
+    drawn = np.empty((RESAMPLES, len(steps)))  # [resamples, steps]: log ratio of resampled medians
+    for i, (a, b) in enumerate(zip(impl, peer, strict=True)):
+        ma = np.median(rng.choice(a, (RESAMPLES, len(a))), axis=1)
+        mb = np.median(rng.choice(b, (RESAMPLES, len(b))), axis=1)
+        drawn[:, i] = np.log(ma / mb)
+    y = np.concatenate([np.zeros((RESAMPLES, 1)), np.cumsum(drawn, axis=1)], axis=1)  # [resamples, lengths]
+    xc = x - x.mean()
+    slopes = (y - y.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)  # [resamples]
+    low, high = np.percentile(slopes, [2.5, 97.5])
+    return replace(fit, ci_low=min(fit.ci_low, float(low)), ci_high=max(fit.ci_high, float(high)))
+
+
 def flagged(fit: Fit | None, claim: float | None, margin: float = FLAG_MARGIN) -> bool:
     """True when the measured slope is more than ``margin`` above the claimed exponent."""
     return fit is not None and claim is not None and fit.slope > claim + margin
@@ -103,10 +133,18 @@ def verdict(fit: Fit | None, claim: float | None, sizes: int) -> str:
     return "meets claim"
 
 
-def scaling_table(records: pd.DataFrame, declarations: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def scaling_table(
+    records: pd.DataFrame,
+    declarations: dict[str, dict[str, Any]],
+    paired: dict[str, list[dict[str, Any]]] | None = None,
+) -> pd.DataFrame:
     """One row per (host, implementation, case group) with two or more ok sizes: time and memory
-    slopes (from three sizes on), their CIs, the claims, the flags and each fit's verdict."""
+    slopes (from three sizes on), their CIs, the claims, the flags and each fit's verdict. Where
+    a group's records broke its claimed time growth and its neighbouring lengths were timed in
+    pairs (``paired``: each run's rows of ``pairs.jsonl`` by its label; :mod:`attnbench.pairs`),
+    the time slope is fitted to the times chained through them, and its fit says "paired"."""
     ok = records[records["status"] == "ok"]
+    by_run = {label: claim_steps(rows) for label, rows in (paired or {}).items()}
     rows: list[dict[str, Any]] = []
     for (machine, impl, *group), sub in ok.groupby(["host", "impl", *GROUP_KEYS], sort=True, dropna=False):
         decl = declarations.get(str(impl), {})
@@ -121,18 +159,32 @@ def scaling_table(records: pd.DataFrame, declarations: dict[str, dict[str, Any]]
         distinct = sub["x"].nunique()
         for what, column in (("time", "time_ms"), ("memory", "peak_mem_bytes")):
             fit = fit_slope(list(sizes), list(sub[column].astype(float)))
+            runs = sub["machine"].unique()
+            mine = by_run.get(str(runs[0]), {}) if len(runs) == 1 and what == "time" else {}
+            chained = _claim_chain(sub, str(impl), mine)
             claim = decl.get(f"{what}_growth") if axis == "seq_len" else None  # claims are for Nq = Nk = N
             claim = None if claim is None else float(claim)
+            fit = chained or fit
             row[f"{what}_slope"] = None if fit is None else round(fit.slope, 3)
             row[f"{what}_ci_low"] = None if fit is None else round(fit.ci_low, 3)
             row[f"{what}_ci_high"] = None if fit is None else round(fit.ci_high, 3)
-            row[f"{what}_fit"] = "" if fit is None else fit.describe()
+            row[f"{what}_fit"] = "" if fit is None else fit.describe() + (" paired" if chained else "")
             row[f"{what}_claim"] = claim
             row[f"{what}_flag"] = flagged(fit, claim)
             row[f"{what}_verdict"] = verdict(fit, claim, distinct)
         if distinct >= 2:
             rows.append(row)
     return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def _claim_chain(group: pd.DataFrame, impl: str, paired: dict[tuple[Any, ...], dict[str, Any]]) -> Fit | None:
+    """The time slope of a self-attention group fitted through its claim's paired lengths (None
+    unless every neighbouring pair was timed: :func:`attnbench.pairs.chain`)."""
+    if not paired or str(group["axis"].iloc[0]) != "seq_len" or (group["kv_len"] != group["seq_len"]).any():
+        return None
+    ordered = group.sort_values("seq_len")
+    steps = chain([case_of(r) for r in records_of(ordered)], CLAIM, impl, paired)
+    return None if steps is None else chained_fit([int(n) for n in ordered["seq_len"]], steps)
 
 
 _COLUMNS = ["machine", "impl", "group", "sizes"] + [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from attnbench.case import CASE_KEYS, varying_label
 from attnbench.pairs import by_key, case_of, chain, pair_key
 from attnbench.ratios import Ratio, RatioError, parse_ratios
 from attnbench.report.data import ReportData
-from attnbench.report.fit import Fit, fit_slope
+from attnbench.report.fit import chained_fit, fit_slope
 
 
 def _row(row: pd.Series | dict[Any, Any]) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def _slopes(
 ) -> Outcome:
     """A fitted slope per group of lengths (the other case fields, and ``kv_rel``, held equal): to
     the times chained through the paired timings of neighbouring lengths where every step has
-    them (noted "paired"; :func:`_chained_fit`), else to the records' times."""
+    them (noted "paired"; :func:`~attnbench.report.fit.chained_fit`), else to the records' times."""
     mine = frame[(frame["impl"] == ratio.impl) & _matches(frame, ratio.where)]
     keys = [k for k in (*CASE_KEYS, "kv_rel") if k in frame and k not in ("seq_len", "kv_len")]
     shown = _varying(mine)
@@ -192,7 +192,7 @@ def _slopes(
         ok = group[group["status"] == "ok"].sort_values(["seq_len", "kv_len"])
         lengths = [int(n) for n in ok["seq_len"]]
         steps = chain([case_of(r) for r in _records(ok)], ratio.name, ratio.impl, paired or {}) if len(ok) else None
-        fit = _chained_fit(lengths, steps) if steps is not None else None
+        fit = chained_fit(lengths, steps) if steps is not None else None
         how = "paired, " if fit is not None else ""
         fit = fit or fit_slope(lengths, ok["time_ms"].astype(float).tolist())
         if fit is None:
@@ -201,35 +201,6 @@ def _slopes(
         note = f"{how}N {lengths[0]}–{lengths[-1]}, {len(lengths)} lengths, R² {fit.r2:.3f}"
         figures.append(Figure(words, fit.slope, fit.ci_low, fit.ci_high, ratio.holds(fit.slope), note))
     return Outcome(ratio, machine, figures, missing)
-
-
-#: Resamples of the paired samples behind a chained slope's interval (seeded: a report is stable).
-RESAMPLES = 2000
-
-
-def _chained_fit(lengths: list[int], steps: list[dict[str, Any]]) -> Fit | None:
-    """The slope of the times chained through ``steps`` (each length's time is the one before it
-    times their paired ratio of medians), with an interval that covers both the line's 95%
-    interval and the 95% range of the slope over resamples of every pair's samples: the chained
-    points carry each step's noise into all later ones, which the line's interval alone ignores."""
-    x = np.log(np.asarray(lengths, dtype=float))
-    impl = [np.asarray(s["impl_ms"], dtype=float) for s in steps]
-    peer = [np.asarray(s["peer_ms"], dtype=float) for s in steps]
-    logs = np.log([np.median(a) / np.median(b) for a, b in zip(impl, peer, strict=True)])  # [steps]
-    fit = fit_slope(lengths, list(np.exp(np.concatenate([[0.0], np.cumsum(logs)]))))
-    if fit is None:
-        return None
-    rng = np.random.default_rng(0)
-    drawn = np.empty((RESAMPLES, len(steps)))  # [resamples, steps]: log ratio of resampled medians
-    for i, (a, b) in enumerate(zip(impl, peer, strict=True)):
-        ma = np.median(rng.choice(a, (RESAMPLES, len(a))), axis=1)
-        mb = np.median(rng.choice(b, (RESAMPLES, len(b))), axis=1)
-        drawn[:, i] = np.log(ma / mb)
-    y = np.concatenate([np.zeros((RESAMPLES, 1)), np.cumsum(drawn, axis=1)], axis=1)  # [resamples, lengths]
-    xc = x - x.mean()
-    slopes = (y - y.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)  # [resamples]
-    low, high = np.percentile(slopes, [2.5, 97.5])
-    return replace(fit, ci_low=min(fit.ci_low, float(low)), ci_high=max(fit.ci_high, float(high)))
 
 
 def declared(data: ReportData) -> list[Outcome]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from attnbench import Implementation, Problem, register
+from attnbench import Growth, Implementation, Problem, register
 
 Tensor = torch.Tensor
 
@@ -151,6 +151,7 @@ class DriftingLinear(Implementation):
     exact = True
     devices = ("cpu",)
     features = frozenset({"causal"})
+    growth = Growth(1.0, 1.0)  # the truth: a slope fitted to the drifting records breaks it
 
     def prepare(self, problem: Problem) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         import os
