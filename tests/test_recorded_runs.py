@@ -159,3 +159,22 @@ def test_kernels_on_a_bf16_machine_states_each_ratio_from_paired_timings() -> No
     dense = next(o for name, o in outcomes.items() if name.startswith("chunked at least 0.85x"))
     assert len(dense.figures) == 10  # interleaved with SDPA already: never re-timed
     assert all(f.note == "interleaved" and f.value > 0.95 for f in dense.figures)
+
+
+def test_naive_growth_in_the_kernels_run_is_judged_on_paired_lengths() -> None:
+    """naive's records read N^2.20 (full) and N^2.21 (causal) against its N^2 claim: "above claim".
+    Timed two lengths at a time, full grows as N^2.08 (the flag was the drift between records)
+    and causal as N^2.27 (a real cost: 4.8x per doubling from 8K to 16K, as the scores outgrow
+    memory), which stays flagged."""
+    from attnbench.report.data import load_data
+    from attnbench.report.fit import scaling_table
+
+    data = load_data([RECORDED / "kernels-avx512bf16"])
+    table = scaling_table(data.records, data.declarations, {r.label: r.pairs for r in data.runs})
+    naive = {row["group"].split(" · ")[-1]: row for row in table[table["impl"] == "naive"].to_dict("records")}
+    assert naive["full"]["time_fit"].endswith("paired") and naive["full"]["time_verdict"] == "meets claim"
+    assert naive["full"]["time_slope"] == pytest.approx(2.08, abs=0.01)
+    assert naive["causal"]["time_fit"].endswith("paired") and naive["causal"]["time_verdict"] == "above claim"
+    assert naive["causal"]["time_slope"] == pytest.approx(2.27, abs=0.01)
+    unpaired = scaling_table(data.records, data.declarations)
+    assert set(unpaired[unpaired["impl"] == "naive"]["time_verdict"]) == {"above claim"}
