@@ -171,7 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite = parse_suite(suite.text, suite.path, catalog.known())  # the names, now that they are known
         only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
         runner = Runner(suite, catalog, Path(args.out) if args.out else None, plugins=plugins, only=only,
-                        resume=args.resume, pool=pool, executor=executor, shard=shard)  # fmt: skip
+                        resume=args.resume, pool=pool, executor=executor, shard=shard,
+                        paired=not args.no_paired_timings)  # fmt: skip
         out = runner.run()
     except (SuiteError, RegistryError, RunError, ModelConfigError, executors.ExecutorError) as exc:
         return _fail(str(exc))
@@ -298,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAMES", help="comma-separated implementations to run")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument(
+        "--no-paired-timings", action="store_true",
+        help="skip the paired timings after the sweep (ratios and slopes then come from records timed apart)",
+    )  # fmt: skip
     p.add_argument("--model", metavar="CONFIG", help="run the suite made from a model's config.json or preset")
     p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the suite (join: merge)")
     p.add_argument(

@@ -1,9 +1,11 @@
 """``attnbench merge``: the shards of one suite joined into one result folder.
 
 The merged folder is like any other: a ``run.json`` for the whole suite (its text and hash, no
-shard) and a ``results.jsonl`` with every record, in the suite's order, so that ``report``,
+shard), a ``results.jsonl`` with every record, in the suite's order, and every shard's paired
+timings in ``pairs.jsonl`` (:mod:`attnbench.pairs`), so that ``report``,
 ``compare`` and ``--resume`` treat it as a run of the whole suite — ``--resume`` then runs only
-the pairs that no shard recorded.
+the pairs that no shard recorded, and the paired timings the shards left (slopes and claims,
+whose lengths span shards).
 
 Merging refuses, naming the folders or the pair, shards of different suites (the hash of the
 suite's text differs) and a pair recorded by two folders. Pairs no folder recorded are listed:
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.case import case_label, record_key
+from attnbench.pairs import PAIRS_FILE, read_pairs
 from attnbench.records import read_records
 from attnbench.runner import RunError, now, read_run_json, suite_hash
 from attnbench.shards import Shard
@@ -108,6 +111,9 @@ def merge(dirs: list[Path], out: Path) -> Merged:
         (_pair_name(entry), Shard(int(entry["shard"]), count)) for key, entry in plan.items() if key not in by_pair
     ]
     _write(out, _merged_info(dirs, infos, list(plan.values()), by_pair, origin), ordered)
+    timed = [row for d in dirs for row in read_pairs(d)]  # each shard's pairs are of its own records
+    if timed:
+        (out / PAIRS_FILE).write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in timed), encoding="utf-8")
     return Merged(out, len(ordered), missing, planned=bool(plan))
 
 

@@ -108,9 +108,12 @@ def matches(case: dict[str, Any], where: dict[str, list[Any]]) -> bool:
 #: The name under which the neighbouring lengths of a group that breaks its declared time growth
 #: are paired (the ``ratio`` of its pairs).
 CLAIM = "declared time growth"
+#: How far above its declared time growth a fitted slope is flagged (the report's scaling table),
+#: and so where a group's lengths are paired.
+FLAG_MARGIN = 0.2
 
 
-def claims(declarations: dict[str, dict[str, Any]], margin: float) -> list[Ratio]:
+def claims(declarations: dict[str, dict[str, Any]], margin: float = FLAG_MARGIN) -> list[Ratio]:
     """A slope bound per implementation that declares its time growth: the claim plus ``margin``
     (the scaling table's flag), checked where the records break it (``plan(..., claimed=...)``)."""
     out = []
@@ -193,8 +196,8 @@ def _neighbours(ratio: Ratio, records: list[dict[str, Any]], breaking: bool = Fa
 
 def _breaks(ratio: Ratio, members: list[dict[str, Any]]) -> bool:
     """Whether a self-attention group's least-squares slope of log time on log N breaks the bound."""
-    if any(int(r["kv_len"]) != int(r["seq_len"]) for r in members):
-        return False
+    if any(slope_group(case_of(r))[-1] != "self" for r in members):
+        return False  # claims are exponents of N with Nk = N
     points = [(math.log(int(r["seq_len"])), math.log(float(r["time_ms"]))) for r in members if _positive(r)]
     if len({x for x, _ in points}) < MIN_LENGTHS:
         return False
@@ -235,7 +238,7 @@ def run_pairs(
     a worker of ``pool_for(device)``, appending each outcome (samples, or why there are none)."""
     rows = read_pairs(folder)
     done = {pair_key(r["ratio"], r["impl"], r["case"]): _case_text(r["peer_case"]) for r in rows}
-    timed = {step_key(r["impl"], r["case"], r["peer"], r["peer_case"]) for r in rows if r.get("impl_ms")}
+    timed = {step_key(r["impl"], r["case"], r["peer"], r["peer_case"]) for r in rows if usable(r)}
     planned = plan(ratios, read_records(folder / "results.jsonl"), claimed)
     todo = [p for p in planned if done.get(p.key()) != _case_text(p.peer_case)]  # new, or its peer changed
     todo = [p for p in todo if p.ratio != CLAIM or p.step() not in timed]  # a claim reuses any timed step
@@ -309,16 +312,32 @@ def append_pair(folder: Path, pairing: Pairing, result: dict[str, Any]) -> None:
 
 
 def claim_steps(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Every step between two lengths of one implementation (paired for a claim or for any slope
-    ratio), keyed as the claim's pairs are (:func:`pair_key` with :data:`CLAIM`), for :func:`chain`."""
-    return by_key([{**r, "ratio": CLAIM} for r in rows if r.get("impl") == r.get("peer")])
+    """Every usable step between two lengths of one implementation, whatever ratio timed it (a
+    claim's, or a bounded slope's), by :func:`step_key`: what :func:`chain_steps` reads."""
+    return {step_key(r["impl"], r["case"], r["peer"], r["peer_case"]): r for r in rows if usable(r)}
+
+
+def chain_steps(
+    cases: list[dict[str, Any]], impl: str, steps: dict[tuple[Any, ...], dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """The timed steps that link ``cases`` (sorted by length), each length against the one before
+    it (:func:`claim_steps`); None unless every step was timed."""
+    found = []
+    for shorter, longer in itertools.pairwise(cases):
+        step = steps.get(step_key(impl, longer, impl, shorter))
+        if step is None or not (statistics.median(step["impl_ms"]) > 0 and statistics.median(step["peer_ms"]) > 0):
+            return None
+        found.append(step)
+    return found
+
+
+def usable(row: dict[str, Any]) -> bool:
+    """A paired row with samples on both sides, timed on the host of its records (where both are
+    known)."""
+    host = row.get("host")
+    return bool(row.get("impl_ms") and row.get("peer_ms")) and (not host or row.get("timed_on") in (None, host))
 
 
 def by_key(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Paired timings with samples on both sides, timed on the host of their records (where both
-    are known), by :func:`pair_key`."""
-    return {
-        pair_key(r["ratio"], r["impl"], r["case"]): r
-        for r in rows
-        if r.get("impl_ms") and r.get("peer_ms") and (not r.get("host") or r.get("timed_on") in (None, r["host"]))
-    }
+    """Usable paired timings (:func:`usable`) by :func:`pair_key`."""
+    return {pair_key(r["ratio"], r["impl"], r["case"]): r for r in rows if usable(r)}

@@ -37,7 +37,6 @@ from attnbench.executors.local import LocalExecutor
 from attnbench.machine import git_commit, machine_info, versions
 from attnbench.records import SCHEMA_VERSION, Record, RecordWriter, read_records
 from attnbench.registry import Catalog
-from attnbench.report.fit import FLAG_MARGIN
 from attnbench.status import BUDGET_FAILURES
 from attnbench.suite import Case, Suite
 from attnbench.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
@@ -152,8 +151,10 @@ class Runner:
         pool: WorkerPool | None = None,
         executor: Executor | None = None,
         shard: shards.Shard | None = None,
+        paired: bool = True,
     ) -> None:
         self.suite = suite
+        self.paired = paired
         self.catalog = catalog
         self.plugins = [str(Path(p).resolve()) for p in (plugins or [])]
         self.machine = machine_info()
@@ -298,13 +299,18 @@ class Runner:
     def pair_ratios(self) -> None:
         """Time the two sides of each bounded ratio alternately, and the neighbouring lengths of a
         group whose records break its declared time growth (:mod:`attnbench.pairs`); on the local
-        executor only (a Ray run keeps its records' figures)."""
+        executor only (a Ray run keeps its records' figures), unless ``paired`` is off. A shard
+        holds only some lengths of a group: its slopes and claims are left to a resume of the
+        merged folder."""
+        if not self.paired:
+            return
+        ratios = [r for r in self.suite.ratios if not (self.shard and r.metric == "slope")]
         declared = {n: self.catalog.declarations.get(n, {}) for n in self.impls}
-        claimed = pairs.claims(declared, FLAG_MARGIN)
-        if (self.suite.ratios or claimed) and isinstance(self.executor, LocalExecutor):
+        claimed = [] if self.shard else pairs.claims(declared)
+        if (ratios or claimed) and isinstance(self.executor, LocalExecutor):
             pool_for = self.executor.pool_for
             budget, show = self.suite.budget, self.show_progress
-            pairs.run_pairs(self.out_dir, self.suite.ratios, budget, pool_for, show, claimed)
+            pairs.run_pairs(self.out_dir, ratios, budget, pool_for, show, claimed)
 
     def calibrate(self, info: dict[str, Any], pool_for: Callable[[str], WorkerPool] | None = None) -> None:
         """Measure the matmul peak and bandwidth of each (device, dtype, threads) of the sweep

@@ -345,7 +345,7 @@ def test_a_declared_growth_is_paired_only_where_the_records_break_it() -> None:
     """An implementation claiming N^1.0 (flagged above 1.2): its group whose records read N^1.5 gets
     neighbouring pairs, the group that keeps the claim none, a cross-attention group none (claims
     are for Nk = N), and a step a bounded slope ratio times already is not timed twice."""
-    from attnbench.pairs import CLAIM, claim_steps, claims, plan
+    from attnbench.pairs import CLAIM, case_of, chain_steps, claim_steps, claims, plan
     from attnbench.ratios import parse_ratios
 
     def rec(n: int, ms: float, dtype: str = "float32", kv: int | None = None) -> dict[str, Any]:
@@ -365,6 +365,68 @@ def test_a_declared_growth_is_paired_only_where_the_records_break_it() -> None:
     planned = [(p.ratio, p.case["dtype"], p.case["seq_len"]) for p in plan(ratio, records, claimed)]
     assert planned == [("slope", "float32", 2048), ("slope", "float32", 4096), (CLAIM, "float32", 8192)]
 
-    timed = [{"ratio": "slope", "impl": "mine", "peer": "mine", "case": records[1], "peer_case": records[0],
-              "impl_ms": [2.8], "peer_ms": [1.0]}]  # fmt: skip
-    assert len(claim_steps(timed)) == 1 and claim_steps([{**timed[0], "peer": "sdpa"}]) == {}
+    cases = [case_of(r) for r in records[:3]]  # float32 at 1K, 2K, 4K
+    slope = [{"ratio": "slope", "impl": "mine", "peer": "mine", "case": cases[i + 1], "peer_case": cases[i],
+              "impl_ms": [2.8], "peer_ms": [1.0]} for i in range(2)]  # fmt: skip
+    causal = [{**row, "ratio": "causal / full", "peer_case": {**row["case"], "causal": True}} for row in slope]
+    steps = claim_steps(slope + causal)  # a same-implementation ratio written after hides no length step
+    assert chain_steps(cases, "mine", steps) == slope
+    assert chain_steps(cases, "mine", claim_steps(slope[:1] + causal)) is None  # 2K -> 4K was never timed
+
+
+def test_a_claim_reuses_a_step_any_ratio_timed_and_times_only_the_others(tmp_path: Path) -> None:
+    """The records break a claimed N^1.0; pairs.jsonl already holds the 1K -> 2K step, timed for a
+    slope ratio: only 2K -> 4K reaches a worker, and its row is kept under the claim's name."""
+    import socket
+
+    from attnbench.pairs import CLAIM, case_of, claims, read_pairs, run_pairs
+
+    host = socket.gethostname()
+    recs = [{"impl": "mine", "status": "ok", "seq_len": n, "kv_len": n, "time_ms": n**1.5 / 1000, "host": host}
+            for n in (1024, 2048, 4096)]  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    cases = [case_of(r) for r in recs]
+    earlier = {"ratio": "slope", "impl": "mine", "peer": "mine", "case": cases[1], "peer_case": cases[0],
+               "host": host, "impl_ms": [2.0], "peer_ms": [1.0], "timed_on": host}  # fmt: skip
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(earlier) + "\n")
+    asked: list[int] = []
+
+    class Pool:
+        def request(self, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+            asked.append(int(job["case"]["seq_len"]))
+            return {"pair": {"impl_ms": [2.0], "peer_ms": [1.0], "timed_on": host}}
+
+    budget = {"timeout_s": 1.0, "max_time_s": 1.0}
+    run_pairs(tmp_path, [], budget, lambda device: Pool(), False, claims({"mine": {"time_growth": 1.0}}))  # type: ignore[arg-type,return-value]
+    assert asked == [4096]
+    assert [(r["ratio"], r["case"]["seq_len"]) for r in read_pairs(tmp_path)] == [("slope", 2048), (CLAIM, 4096)]
+
+
+def test_a_claim_broken_only_by_drift_between_records_is_kept_on_paired_lengths(tmp_path: Path) -> None:
+    """Records of an N^1.0 implementation (declared N^1.0) timed while the machine was 3x slower
+    for N=2K and 8K: fitted to them the slope reads 1.31, "above claim". Chained through each
+    length timed alternately with the one before it (2x a step), it reads 1.0, and the flag goes."""
+    from attnbench.pairs import CLAIM, case_of
+    from attnbench.records import read_records
+    from attnbench.report.fit import scaling_table
+
+    lengths = [1024, 2048, 4096, 8192]
+    drift = [rec("ours", n, 0.01 * n * (3 if i % 2 else 1)) for i, n in enumerate(lengths)]
+    for record, n in zip(drift, lengths, strict=True):
+        record.case["kv_len"] = n  # self-attention, as a run records it
+    folder = run_folder(tmp_path, GRID, drift)
+    info = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**info, "implementations": [{"name": "ours", "time_growth": 1.0}]}))
+    cases = [case_of(r) for r in read_records(folder / "results.jsonl")]
+    steps = [{"ratio": CLAIM, "impl": "ours", "peer": "ours", "case": cases[i + 1], "peer_case": cases[i],
+              "impl_ms": [0.0201 * lengths[i], 0.02 * lengths[i], 0.0199 * lengths[i]],
+              "peer_ms": [0.0101 * lengths[i], 0.01 * lengths[i], 0.0099 * lengths[i]]} for i in range(3)]  # fmt: skip
+    data = load_data([folder])
+    (alone,) = scaling_table(data.records, data.declarations).to_dict("records")
+    assert alone["time_slope"] == pytest.approx(1.31, abs=0.02) and alone["time_verdict"] == "above claim"
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    data = load_data([folder])
+    (paired,) = scaling_table(data.records, data.declarations, {r.label: r.pairs for r in data.runs}).to_dict("records")
+    assert paired["time_fit"].endswith("paired") and paired["time_slope"] == pytest.approx(1.0, abs=0.01)
+    assert paired["time_verdict"] == "meets claim" and not paired["time_flag"]

@@ -13,6 +13,7 @@ from cli_helpers import attnbench
 
 from attnbench.compare import compare_runs
 from attnbench.merge import MergeError, merge
+from attnbench.pairs import read_pairs
 from attnbench.problem import Problem
 from attnbench.records import Record, read_records, record_key
 from attnbench.registry import Catalog, load_registry
@@ -248,11 +249,15 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
     assert info["suite"]["hash"] == suite_hash(TINY.read_text())
     assert {"ok", "unsupported", "unavailable", "crashed", "skipped"} <= set(whole.values())
 
+    for name in ("s1", "s2"):  # a shard's paired timings, of its own records, join the merged folder
+        with (tmp_path / name / "pairs.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"ratio": "r", "impl": name, "case": {}, "peer": "p", "peer_case": {}}) + "\n")
     merged = tmp_path / "merged"
     proc = attnbench("merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(merged))
     assert proc.returncode == 0, proc.stderr
     assert "missing" not in proc.stdout
     assert statuses(merged) == whole  # crashed, then skipped: the group stayed in one shard
+    assert {"s1", "s2"} <= {row["impl"] for row in read_pairs(merged)}
 
     assert write_report([merged]).is_file()  # a report, and a comparison, as of any run
     compared = compare_runs(tmp_path / "whole", merged, 10.0, tmp_path / "cmp")

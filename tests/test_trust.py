@@ -311,7 +311,7 @@ def test_a_ratio_between_records_is_timed_again_in_pairs_so_drift_between_them_i
 
 SLOPE_SUITE = """
 [suite]
-implementations = ["drifting_linear"]
+implementations = ["sleeps_linearly"]
 baseline = ""
 [budget]
 timeout_s = 60
@@ -324,50 +324,27 @@ seq_len = [64, 128, 256, 512]
 head_dim = [16]
 dtype = ["float32"]
 causal = [false]
-
-[[ratio]]
-name = "time slope at most 1.1"
-impl = "drifting_linear"
-metric = "slope"
-at_most = 1.1
 """
 
 
-def test_a_slope_is_fitted_through_neighbouring_lengths_timed_in_pairs_so_drift_is_not_blamed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The machine is 3x slower while the records of N=128 and N=512 run (a planted drift): the
-    slope fitted to the records reads 1.31, breaks its bound of 1.1 and the implementation's
-    declared N^1.0 growth; each length timed alternately with the next shorter one gives the
-    N^1.0 the calls cost: the ratio is "met" and the scaling table finds the claim kept."""
+def test_a_group_that_breaks_its_declared_growth_is_timed_in_pairs_and_judged_on_them(tmp_path: Path) -> None:
+    """An implementation costing N^1 declares N^0.5, and its suite declares no ratio: after the
+    sweep the run times each length alternately with the next shorter one (each step 2x), and the
+    scaling table fits the slope to those pairs ("paired"): N^1.0, still above its claim. (That a
+    drift between records is not flagged is tested on planted records in test_ratios.py.)"""
     from attnbench.pairs import CLAIM, read_pairs
     from attnbench.report.data import load_data
     from attnbench.report.fit import scaling_table
-    from attnbench.report.ratios import declared
 
-    monkeypatch.setenv("ATTNBENCH_TEST_DRIFT", str(tmp_path / "drift.txt"))
     records = run_suite(tmp_path, SLOPE_SUITE)
     assert [r["seq_len"] for r in records] == [64, 128, 256, 512] and all(r["status"] == "ok" for r in records)
-    assert records[1]["time_ms"] / records[0]["time_ms"] == pytest.approx(6, rel=0.2)  # the drift, as recorded
-
     pairs = read_pairs(tmp_path / "run")
-    steps = [(p["case"]["seq_len"], p["peer_case"]["seq_len"]) for p in pairs]
-    assert steps == [(128, 64), (256, 128), (512, 256)]  # timed once: the ratio's pairs serve the claim too
-    assert CLAIM not in {p["ratio"] for p in pairs}
-    for pair in pairs:  # both sides of a pair saw the same speed
+    assert [(p["ratio"], p["case"]["seq_len"], p["peer_case"]["seq_len"]) for p in pairs] == [
+        (CLAIM, 128, 64), (CLAIM, 256, 128), (CLAIM, 512, 256)
+    ]  # fmt: skip
+    for pair in pairs:
         assert statistics.median(pair["impl_ms"]) / statistics.median(pair["peer_ms"]) == pytest.approx(2, rel=0.2)
     data = load_data([tmp_path / "run"])
-    (outcome,) = declared(data)
-    (figure,) = outcome.figures
-    assert figure.value == pytest.approx(1.0, abs=0.1) and figure.note.startswith("paired")
-    assert outcome.verdict == "met"
     (fit,) = scaling_table(data.records, data.declarations, {r.label: r.pairs for r in data.runs}).to_dict("records")
-    assert fit["time_slope"] == pytest.approx(1.0, abs=0.1) and fit["time_fit"].endswith("paired")
-    assert fit["time_verdict"] in ("meets claim", "too noisy") and not fit["time_flag"]  # never "above claim"
-
-    (tmp_path / "run" / "pairs.jsonl").unlink()  # the same records fitted without the pairs
-    data = load_data([tmp_path / "run"])
-    (unpaired,) = declared(data)
-    assert unpaired.verdict == "not met" and unpaired.figures[0].value == pytest.approx(1.31, abs=0.1)
-    (fit,) = scaling_table(data.records, data.declarations).to_dict("records")
-    assert fit["time_verdict"] == "above claim" and fit["time_flag"]  # the drift, blamed on the implementation
+    assert fit["time_fit"].endswith("paired") and fit["time_slope"] == pytest.approx(1.0, abs=0.1)
+    assert fit["time_claim"] == 0.5 and fit["time_verdict"] == "above claim"

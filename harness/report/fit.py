@@ -25,11 +25,10 @@ import pandas as pd
 from scipy import stats
 
 from attnbench.case import GROUP_KEYS, group_label
-from attnbench.pairs import CLAIM, case_of, chain, claim_steps
+from attnbench.pairs import FLAG_MARGIN, case_of, chain_steps, claim_steps
 from attnbench.report.data import AXIS_SYMBOL, records_of
 
 MIN_POINTS = 3
-FLAG_MARGIN = 0.2
 CONFIDENCE = 0.95
 
 
@@ -140,9 +139,10 @@ def scaling_table(
 ) -> pd.DataFrame:
     """One row per (host, implementation, case group) with two or more ok sizes: time and memory
     slopes (from three sizes on), their CIs, the claims, the flags and each fit's verdict. Where
-    a group's records broke its claimed time growth and its neighbouring lengths were timed in
-    pairs (``paired``: each run's rows of ``pairs.jsonl`` by its label; :mod:`attnbench.pairs`),
-    the time slope is fitted to the times chained through them, and its fit says "paired"."""
+    every neighbouring pair of a group's lengths was timed alternately (``paired``: each run's
+    rows of ``pairs.jsonl`` by its label; :mod:`attnbench.pairs`: because the records broke the
+    claim, or for a slope the suite declares), the time slope is fitted to the times chained
+    through them, and its fit says "paired"."""
     ok = records[records["status"] == "ok"]
     by_run = {label: claim_steps(rows) for label, rows in (paired or {}).items()}
     rows: list[dict[str, Any]] = []
@@ -183,7 +183,7 @@ def _claim_chain(group: pd.DataFrame, impl: str, paired: dict[tuple[Any, ...], d
     if not paired or str(group["axis"].iloc[0]) != "seq_len" or (group["kv_len"] != group["seq_len"]).any():
         return None
     ordered = group.sort_values("seq_len")
-    steps = chain([case_of(r) for r in records_of(ordered)], CLAIM, impl, paired)
+    steps = chain_steps([case_of(r) for r in records_of(ordered)], impl, paired)
     return None if steps is None else chained_fit([int(n) for n in ordered["seq_len"]], steps)
 
 

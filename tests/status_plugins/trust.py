@@ -140,30 +140,22 @@ class Drifting(Implementation):
         return self.prepare(problem)(q, k, v)
 
 
-@register("drifting_linear")
-class DriftingLinear(Implementation):
-    """The planted drift of ``drifting`` on a call whose cost is linear in N: a call sleeps
-    5 ms per 64 tokens, three times longer while the counter in ``$ATTNBENCH_TEST_DRIFT`` is
-    even. Records of N = 64, 128, 256, 512 prepared in that order run fast, slow, fast, slow:
-    a slope fitted to them reads 1.31 where the calls scale as N^1.0."""
+@register("sleeps_linearly")
+class SleepsLinearly(Implementation):
+    """A call that sleeps 5 ms per 64 tokens (time linear in N) and declares N^0.5: a claim its
+    records break for real, so the run times its lengths in pairs and the claim stays broken."""
 
-    description = "SDPA plus a sleep linear in N, and 3x slower while its counter is even"
+    description = "SDPA plus a sleep linear in N, declaring N^0.5"
     exact = True
     devices = ("cpu",)
     features = frozenset({"causal"})
-    growth = Growth(1.0, 1.0)  # the truth: a slope fitted to the drifting records breaks it
+    growth = Growth(0.5, 1.0)
 
     def prepare(self, problem: Problem) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        import os
-        from pathlib import Path
-
-        counter = Path(os.environ["ATTNBENCH_TEST_DRIFT"])
-        counter.write_text(str(int(counter.read_text() or 0) + 1 if counter.exists() else 1))
-        base = 0.005 * problem.seq_len / 64
+        pause = 0.005 * problem.seq_len / 64
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            slow = 1 if int(counter.read_text()) % 2 else 3
-            time.sleep(base * slow)
+            time.sleep(pause)
             return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=problem.scale)
 
         return run
