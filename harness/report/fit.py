@@ -179,7 +179,7 @@ def scaling_table(
 
 def _claim_chain(group: pd.DataFrame, impl: str, paired: dict[tuple[Any, ...], dict[str, Any]]) -> Fit | None:
     """The time slope of a self-attention group fitted through its claim's paired lengths (None
-    unless every neighbouring pair was timed: :func:`attnbench.pairs.chain`)."""
+    unless every neighbouring pair was timed: :func:`attnbench.pairs.chain_steps`)."""
     if not paired or str(group["axis"].iloc[0]) != "seq_len" or (group["kv_len"] != group["seq_len"]).any():
         return None
     ordered = group.sort_values("seq_len")
