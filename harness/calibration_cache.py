@@ -1,4 +1,5 @@
-"""Reusing a host's calibration across runs, when asked to (``ATTNBENCH_CALIBRATION_CACHE``).
+"""A run's calibrations: measured on a worker (:func:`measure`, :func:`calibrate_run`), or reused
+across runs when asked to (``ATTNBENCH_CALIBRATION_CACHE``).
 
 Every run measures the matrix-product peak and the bandwidth of each (device, dtype, threads) it
 sweeps: about two seconds each on a two-core CPU. Many short runs in a row (a test suite, a
@@ -14,8 +15,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from attnbench.workers import WorkerFailure, WorkerPool
 
 ENV = "ATTNBENCH_CALIBRATION_CACHE"
 KEY_FIELDS = ("host", "torch", "device", "dtype", "requested_threads")
@@ -59,3 +63,41 @@ class CalibrationCache:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump([*kept, entry], out, indent=1)
         os.replace(tmp, self.path)
+
+
+def measure(pool: WorkerPool, where: str, dtype: str, threads: int) -> dict[str, Any]:
+    """One calibration measured on a worker of ``pool`` (:mod:`attnbench.calibrate`); a failed one
+    is an entry with no peak and its ``error``."""
+    job = {"op": "calibrate", "device": where, "dtype": dtype, "threads": threads}
+    try:
+        entry: dict[str, Any] = pool.request(job, 600)["calibration"]
+    except (WorkerFailure, KeyError) as exc:
+        entry = {"device": where, "dtype": dtype, "threads": threads, "gflops": None, "error": str(exc)}
+    return entry
+
+
+def calibrate_run(
+    info: dict[str, Any],
+    host: str,
+    torch_version: str | None,
+    wanted: Iterable[tuple[str, str, int]],
+    pool_for: Callable[[str], WorkerPool],
+    stamp: Callable[[], str],
+) -> None:
+    """Add to ``info["calibration"]`` each (device, dtype, threads) of ``wanted`` that this host has
+    not measured yet: from the cache where one is set and holds it (labelled ``reused``), else
+    measured on ``pool_for(device)`` (and stored in the cache when it succeeded)."""
+    mine = [c for c in info["calibration"] if c.get("host", host) == host]
+    have = {(c["device"], c["dtype"], c["requested_threads"]) for c in mine}
+    cache = CalibrationCache.from_env()
+    for where, dtype, threads in sorted(set(wanted) - have):
+        key = {"host": host, "torch": torch_version, "device": where, "dtype": dtype, "requested_threads": threads}
+        found = cache.find(**key) if cache else None
+        if found is not None:
+            info["calibration"].append({**found, "reused": found.get("measured_at") or "unknown"})
+            continue
+        entry = measure(pool_for(where), where, dtype, threads)
+        entry.update(key, measured_at=stamp())
+        info["calibration"].append(entry)
+        if cache is not None and entry.get("gflops") and entry.get("rates") and not entry.get("error"):
+            cache.add(entry)

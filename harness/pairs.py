@@ -24,7 +24,7 @@ moves the fitted slope by log(1.2)/log(16) = 0.07. So each length of such a grou
 fields, and the key length as "the query length" or a fixed one, held equal; at least
 :data:`MIN_LENGTHS` query lengths, all recorded on one host) is also timed alternately with the
 next shorter one: the pair's ``case`` is the longer length, its ``peer_case`` the shorter. The
-report fits the slope to the lengths' times chained through those ratios (:func:`chain`): every
+report fits the slope to the lengths' times chained through those steps (:func:`chain`): every
 step between neighbouring lengths is measured in one worker.
 
 The report's scaling table holds each implementation to the time growth it declares, and flags
@@ -124,6 +124,17 @@ def claims(declarations: dict[str, dict[str, Any]], margin: float = FLAG_MARGIN)
     return out
 
 
+def for_run(
+    ratios: list[Ratio], declarations: dict[str, dict[str, Any]], sharded: bool
+) -> tuple[list[Ratio], list[Ratio]]:
+    """What a run pairs after its sweep: its suite's ratios and its implementations' claims
+    (:func:`claims`). A shard holds only some lengths of a group: its slopes and claims are left
+    to a resume of the merged folder."""
+    if sharded:
+        return [r for r in ratios if r.metric != "slope"], []
+    return ratios, claims(declarations)
+
+
 def plan(ratios: list[Ratio], records: list[dict[str, Any]], claimed: list[Ratio] | None = None) -> list[Pairing]:
     """The pairs to time for the bounded ``speed`` ratios: every ``ok`` record of the ratio's
     implementation in its cases whose peer record is ``ok`` too on the same host, unless the peer
@@ -178,8 +189,9 @@ def _neighbours(ratio: Ratio, records: list[dict[str, Any]], breaking: bool = Fa
     the self-attention groups (``Nk = N``) whose records' fitted slope breaks the bound."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
-        if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case_of(record), ratio.where):
-            groups.setdefault(slope_group(case_of(record)), []).append(record)
+        case = case_of(record)
+        if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case, ratio.where):
+            groups.setdefault(slope_group(case), []).append(record)
     out: list[Pairing] = []
     for members in groups.values():
         hosts = {str(r.get("host") or "") for r in members}
@@ -208,22 +220,6 @@ def _breaks(ratio: Ratio, members: list[dict[str, Any]]) -> bool:
 def _positive(record: dict[str, Any]) -> bool:
     t = record.get("time_ms")
     return isinstance(t, int | float) and math.isfinite(t) and t > 0
-
-
-def chain(
-    cases: list[dict[str, Any]], ratio: str, impl: str, paired: dict[tuple[Any, ...], dict[str, Any]]
-) -> list[dict[str, Any]] | None:
-    """The paired rows that link ``cases`` (sorted by length), each length to the one before it:
-    None unless every step has one with samples on both sides, timed against that very length."""
-    rows = []
-    for shorter, longer in itertools.pairwise(cases):
-        pair = paired.get(pair_key(ratio, impl, longer))
-        if pair is None or _case_text(pair["peer_case"]) != _case_text(shorter):
-            return None
-        if not (statistics.median(pair["impl_ms"]) > 0 and statistics.median(pair["peer_ms"]) > 0):
-            return None
-        rows.append(pair)
-    return rows
 
 
 def run_pairs(
@@ -311,17 +307,17 @@ def append_pair(folder: Path, pairing: Pairing, result: dict[str, Any]) -> None:
         out.write(json.dumps({**asdict(pairing), **result}, allow_nan=True) + "\n")
 
 
-def claim_steps(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Every usable step between two lengths of one implementation, whatever ratio timed it (a
-    claim's, or a bounded slope's), by :func:`step_key`: what :func:`chain_steps` reads."""
+def length_steps(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Every usable paired row by :func:`step_key`: what was timed against what, whatever ratio
+    timed it (a bounded slope's or a claim's step serves both), for :func:`chain`."""
     return {step_key(r["impl"], r["case"], r["peer"], r["peer_case"]): r for r in rows if usable(r)}
 
 
-def chain_steps(
+def chain(
     cases: list[dict[str, Any]], impl: str, steps: dict[tuple[Any, ...], dict[str, Any]]
 ) -> list[dict[str, Any]] | None:
     """The timed steps that link ``cases`` (sorted by length), each length against the one before
-    it (:func:`claim_steps`); None unless every step was timed."""
+    it (:func:`length_steps`); None unless every step was timed."""
     found = []
     for shorter, longer in itertools.pairwise(cases):
         step = steps.get(step_key(impl, longer, impl, shorter))

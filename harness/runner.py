@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnbench import pairs, shards, steps
-from attnbench.calibration_cache import CalibrationCache
+from attnbench.calibration_cache import calibrate_run
 from attnbench.case import CASE_KEYS, record_key
 from attnbench.devices import device
 from attnbench.executors import Sweep
@@ -297,44 +297,22 @@ class Runner:
         return self.out_dir
 
     def pair_ratios(self) -> None:
-        """Time the two sides of each bounded ratio alternately, and the neighbouring lengths of a
-        group whose records break its declared time growth (:mod:`attnbench.pairs`); on the local
-        executor only (a Ray run keeps its records' figures), unless ``paired`` is off. A shard
-        holds only some lengths of a group: its slopes and claims are left to a resume of the
-        merged folder."""
-        if not self.paired:
+        """The paired timings after the sweep (:func:`attnbench.pairs.for_run`), on the local
+        executor only (a Ray run keeps its records' figures), unless ``paired`` is off."""
+        if not self.paired or not isinstance(self.executor, LocalExecutor):
             return
-        ratios = [r for r in self.suite.ratios if not (self.shard and r.metric == "slope")]
         declared = {n: self.catalog.declarations.get(n, {}) for n in self.impls}
-        claimed = [] if self.shard else pairs.claims(declared)
-        if (ratios or claimed) and isinstance(self.executor, LocalExecutor):
-            pool_for = self.executor.pool_for
+        ratios, claimed = pairs.for_run(self.suite.ratios, declared, sharded=self.shard is not None)
+        if ratios or claimed:
             budget, show = self.suite.budget, self.show_progress
-            pairs.run_pairs(self.out_dir, ratios, budget, pool_for, show, claimed)
+            pairs.run_pairs(self.out_dir, ratios, budget, self.executor.pool_for, show, claimed)
 
     def calibrate(self, info: dict[str, Any], pool_for: Callable[[str], WorkerPool] | None = None) -> None:
         """Measure the matmul peak and bandwidth of each (device, dtype, threads) of the sweep
         that this host has not measured yet, each on ``pool_for(device)`` (default: the pool)."""
-        host = self.machine["hostname"]
-        mine = [c for c in info["calibration"] if c.get("host", host) == host]
-        have = {(c["device"], c["dtype"], c["requested_threads"]) for c in mine}
         wanted = {(c.device, c.dtype, c.threads) for c in self.cases if c.device in self.devices}
-        cache, torch_version = CalibrationCache.from_env(), versions().get("torch")
-        for where, dtype, threads in sorted(wanted - have):
-            key = {"host": host, "torch": torch_version, "device": where, "dtype": dtype, "requested_threads": threads}
-            found = cache.find(**key) if cache else None
-            if found is not None:
-                info["calibration"].append({**found, "reused": found.get("measured_at") or "unknown"})
-                continue
-            try:
-                job = {"op": "calibrate", "device": where, "dtype": dtype, "threads": threads}
-                entry = (pool_for(where) if pool_for else self.pool).request(job, 600)["calibration"]
-            except (WorkerFailure, KeyError) as exc:
-                entry = {"device": where, "dtype": dtype, "threads": threads, "gflops": None, "error": str(exc)}
-            entry.update(key, measured_at=now())
-            info["calibration"].append(entry)
-            if cache is not None and entry.get("gflops") and entry.get("rates") and not entry.get("error"):
-                cache.add(entry)
+        host, torch_version = self.machine["hostname"], versions().get("torch")
+        calibrate_run(info, host, torch_version, wanted, pool_for or (lambda where: self.pool), now)
 
     def decide(self, case: Case, name: str, failures: Failures) -> Record | None:
         """The record of a pair settled without a worker — no such device here, the

@@ -345,7 +345,7 @@ def test_a_declared_growth_is_paired_only_where_the_records_break_it() -> None:
     """An implementation claiming N^1.0 (flagged above 1.2): its group whose records read N^1.5 gets
     neighbouring pairs, the group that keeps the claim none, a cross-attention group none (claims
     are for Nk = N), and a step a bounded slope ratio times already is not timed twice."""
-    from attnbench.pairs import CLAIM, case_of, chain_steps, claim_steps, claims, plan
+    from attnbench.pairs import CLAIM, case_of, chain, claims, length_steps, plan
     from attnbench.ratios import parse_ratios
 
     def rec(n: int, ms: float, dtype: str = "float32", kv: int | None = None) -> dict[str, Any]:
@@ -369,9 +369,9 @@ def test_a_declared_growth_is_paired_only_where_the_records_break_it() -> None:
     slope = [{"ratio": "slope", "impl": "mine", "peer": "mine", "case": cases[i + 1], "peer_case": cases[i],
               "impl_ms": [2.8], "peer_ms": [1.0]} for i in range(2)]  # fmt: skip
     causal = [{**row, "ratio": "causal / full", "peer_case": {**row["case"], "causal": True}} for row in slope]
-    steps = claim_steps(slope + causal)  # a same-implementation ratio written after hides no length step
-    assert chain_steps(cases, "mine", steps) == slope
-    assert chain_steps(cases, "mine", claim_steps(slope[:1] + causal)) is None  # 2K -> 4K was never timed
+    steps = length_steps(slope + causal)  # a same-implementation ratio written after hides no length step
+    assert chain(cases, "mine", steps) == slope
+    assert chain(cases, "mine", length_steps(slope[:1] + causal)) is None  # 2K -> 4K was never timed
 
 
 def test_a_claim_reuses_a_step_any_ratio_timed_and_times_only_the_others(tmp_path: Path) -> None:
@@ -398,7 +398,7 @@ def test_a_claim_reuses_a_step_any_ratio_timed_and_times_only_the_others(tmp_pat
             return {"pair": {"impl_ms": [2.0], "peer_ms": [1.0], "timed_on": host}}
 
     budget = {"timeout_s": 1.0, "max_time_s": 1.0}
-    run_pairs(tmp_path, [], budget, lambda device: Pool(), False, claims({"mine": {"time_growth": 1.0}}))  # type: ignore[arg-type,return-value]
+    run_pairs(tmp_path, [], budget, lambda device: Pool(), False, claims({"mine": {"time_growth": 1.0}}))
     assert asked == [4096]
     assert [(r["ratio"], r["case"]["seq_len"]) for r in read_pairs(tmp_path)] == [("slope", 2048), (CLAIM, 4096)]
 

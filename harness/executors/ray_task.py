@@ -99,6 +99,8 @@ def _calibration(
 ) -> tuple[dict[str, Any], bool]:
     """The calibration of this task's host and device for the case's dtype and threads, and
     whether the driver has yet to learn it (then it keeps it for the next tasks)."""
+    from attnbench.calibration_cache import measure
+
     where = node.gpu_name or "cpu"
     key = (node.host, where, case["dtype"], case["threads"])
     for entry in known:
@@ -113,23 +115,11 @@ def _calibration(
         text = fh.read()
         if text.strip():
             return json.loads(text), True
-        entry = _measure(pool, case, node)
+        entry = measure(pool, node.device, case["dtype"], case["threads"])
         entry.update(host=node.host, device_name=where, requested_threads=case["threads"], gpu_index=node.gpu_index)
         fh.write(json.dumps(entry))
         fh.flush()
     return entry, True
-
-
-def _measure(pool: Any, case: dict[str, Any], node: Node) -> dict[str, Any]:
-    from attnbench.workers import WorkerFailure
-
-    job = {"op": "calibrate", "device": node.device, "dtype": case["dtype"], "threads": case["threads"]}
-    try:
-        entry: dict[str, Any] = pool.request(job, 600)["calibration"]
-    except (WorkerFailure, KeyError) as exc:
-        entry = {"device": node.device, "dtype": case["dtype"], "threads": case["threads"], "gflops": None}
-        entry["error"] = str(exc)
-    return entry
 
 
 def run_pair(

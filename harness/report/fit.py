@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from attnbench.case import GROUP_KEYS, group_label
-from attnbench.pairs import FLAG_MARGIN, case_of, chain_steps, claim_steps
+from attnbench.pairs import FLAG_MARGIN, case_of, chain, length_steps
 from attnbench.report.data import AXIS_SYMBOL, records_of
 
 MIN_POINTS = 3
@@ -144,7 +144,7 @@ def scaling_table(
     claim, or for a slope the suite declares), the time slope is fitted to the times chained
     through them, and its fit says "paired"."""
     ok = records[records["status"] == "ok"]
-    by_run = {label: claim_steps(rows) for label, rows in (paired or {}).items()}
+    by_run = {label: length_steps(rows) for label, rows in (paired or {}).items()}
     rows: list[dict[str, Any]] = []
     for (machine, impl, *group), sub in ok.groupby(["host", "impl", *GROUP_KEYS], sort=True, dropna=False):
         decl = declarations.get(str(impl), {})
@@ -157,11 +157,10 @@ def scaling_table(
         axis = str(sub["axis"].iloc[0])
         row["sizes"] = _sizes(sub["x"], AXIS_SYMBOL.get(axis, "N"))
         distinct = sub["x"].nunique()
+        chained = _claim_chain(sub, str(impl), by_run.get(str(sub["machine"].iloc[0]), {}))  # a run per host label
         for what, column in (("time", "time_ms"), ("memory", "peak_mem_bytes")):
             fit = fit_slope(list(sizes), list(sub[column].astype(float)))
-            runs = sub["machine"].unique()
-            mine = by_run.get(str(runs[0]), {}) if len(runs) == 1 and what == "time" else {}
-            chained = _claim_chain(sub, str(impl), mine)
+            chained = chained if what == "time" else None
             claim = decl.get(f"{what}_growth") if axis == "seq_len" else None  # claims are for Nq = Nk = N
             claim = None if claim is None else float(claim)
             fit = chained or fit
@@ -179,11 +178,11 @@ def scaling_table(
 
 def _claim_chain(group: pd.DataFrame, impl: str, paired: dict[tuple[Any, ...], dict[str, Any]]) -> Fit | None:
     """The time slope of a self-attention group fitted through its claim's paired lengths (None
-    unless every neighbouring pair was timed: :func:`attnbench.pairs.chain_steps`)."""
+    unless every neighbouring pair was timed: :func:`attnbench.pairs.chain`)."""
     if not paired or str(group["axis"].iloc[0]) != "seq_len" or (group["kv_len"] != group["seq_len"]).any():
         return None
     ordered = group.sort_values("seq_len")
-    steps = chain_steps([case_of(r) for r in records_of(ordered)], impl, paired)
+    steps = chain([case_of(r) for r in records_of(ordered)], impl, paired)
     return None if steps is None else chained_fit([int(n) for n in ordered["seq_len"]], steps)
 
 

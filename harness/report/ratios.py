@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case import CASE_KEYS, varying_label
-from attnbench.pairs import by_key, case_of, chain, pair_key
+from attnbench.pairs import by_key, case_of, chain, length_steps, pair_key
 from attnbench.ratios import Ratio, RatioError, parse_ratios
 from attnbench.report.data import ReportData
 from attnbench.report.fit import chained_fit, fit_slope
@@ -69,14 +69,14 @@ def evaluate(ratios: list[Ratio], records: pd.DataFrame, paired: list[dict[str, 
     """Every ratio on the records of each machine (``records``: the report's frame, one row per
     record with the case fields, ``impl``, ``status``, times, samples and ``machine``), a speed
     from its ``paired`` timings where the run has them (:mod:`attnbench.pairs`)."""
-    found = by_key(paired or [])
+    found, steps = by_key(paired or []), length_steps(paired or [])
     out: list[Outcome] = []
     if not len(records):
         return [Outcome(r, "", [], []) for r in ratios]
     for machine, mine in records.groupby("machine", sort=False):
         for ratio in ratios:
             if ratio.metric == "slope":
-                out.append(_slopes(ratio, str(machine), mine, found))
+                out.append(_slopes(ratio, str(machine), mine, steps))
             else:
                 out.append(_pairs(ratio, str(machine), mine, found))
     return out
@@ -174,7 +174,8 @@ def _slopes(
 ) -> Outcome:
     """A fitted slope per group of lengths (the other case fields, and ``kv_rel``, held equal): to
     the times chained through the paired timings of neighbouring lengths where every step has
-    them (noted "paired"; :func:`~attnbench.report.fit.chained_fit`), else to the records' times."""
+    them (noted "paired"; :func:`~attnbench.report.fit.chained_fit`), else to the records' times.
+    ``paired``: the run's timed steps by what was timed (:func:`attnbench.pairs.length_steps`)."""
     mine = frame[(frame["impl"] == ratio.impl) & _matches(frame, ratio.where)]
     keys = [k for k in (*CASE_KEYS, "kv_rel") if k in frame and k not in ("seq_len", "kv_len")]
     shown = _varying(mine)
@@ -191,8 +192,8 @@ def _slopes(
             missing.append(f"{words} N={row['seq_len']}: {row['status']}")
         ok = group[group["status"] == "ok"].sort_values(["seq_len", "kv_len"])
         lengths = [int(n) for n in ok["seq_len"]]
-        steps = chain([case_of(r) for r in _records(ok)], ratio.name, ratio.impl, paired or {}) if len(ok) else None
-        fit = chained_fit(lengths, steps) if steps is not None else None
+        timed = chain([case_of(r) for r in _records(ok)], ratio.impl, paired or {}) if len(ok) else None
+        fit = chained_fit(lengths, timed) if timed is not None else None
         how = "paired, " if fit is not None else ""
         fit = fit or fit_slope(lengths, ok["time_ms"].astype(float).tolist())
         if fit is None:
