@@ -612,8 +612,8 @@ def test_linear_quadratic_computes_linears_function_at_4k(causal: bool) -> None:
 
 
 def test_linear_quadratic_catches_a_wrong_causal_offset() -> None:
-    """The check fails a quadratic form whose causal diagonal is one key off (top-left aligned
-    instead of bottom-right, for cross attention)."""
+    """The check fails a quadratic form whose causal diagonal is aligned top-left instead of
+    bottom-right for cross attention (Nk - Nq = 20: each row misses its last 20 keys)."""
     impl = load_registry().get("linear_quadratic")
     problem = Problem(heads=2, head_dim=32, seq_len=80, kv_len=100, causal=True)
     wrong = impl.prepare(problem.with_(kv_len=80))

@@ -109,6 +109,16 @@ def temporaries(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) 
     return out
 
 
+def _sdpa_after(pause: Callable[[], float], problem: Problem) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """SDPA after sleeping ``pause()`` seconds: a call whose cost the test plants."""
+
+    def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        time.sleep(pause())
+        return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=problem.scale)
+
+    return run
+
+
 @register("drifting")
 class Drifting(Implementation):
     """A machine whose speed drifts between records, planted: every ``prepare`` (one per record,
@@ -128,13 +138,7 @@ class Drifting(Implementation):
         counter = Path(os.environ["ATTNBENCH_TEST_DRIFT"])
         counter.write_text(str(int(counter.read_text() or 0) + 1 if counter.exists() else 1))
         base = 0.010 if problem.causal else 0.020
-
-        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            slow = 3 if int(counter.read_text()) % 2 else 1
-            time.sleep(base * slow)
-            return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=problem.scale)
-
-        return run
+        return _sdpa_after(lambda: base * (3 if int(counter.read_text()) % 2 else 1), problem)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
@@ -153,12 +157,7 @@ class SleepsLinearly(Implementation):
 
     def prepare(self, problem: Problem) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         pause = 0.005 * problem.seq_len / 64
-
-        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            time.sleep(pause)
-            return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=problem.scale)
-
-        return run
+        return _sdpa_after(lambda: pause, problem)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
