@@ -421,8 +421,10 @@ def run_compare(base: Path, new: Path, threshold_pct: float, fail_on_regression:
     target = Path(out) if out is not None else default_out(Path(base), Path(new))
     for run in (Path(base), Path(new)):
         folder = run if run.is_dir() else run.parent
-        if target.resolve() == folder.resolve():
-            raise CompareError(f"--out {target} is one of the runs compared: choose a folder of its own")
+        if target.resolve().is_relative_to(folder.resolve()):
+            raise CompareError(
+                f"--out {target} is inside {folder}, one of the runs compared: choose a folder of its own"
+            )
     result = compare_runs(Path(base), Path(new), threshold_pct, target)
     for line in summary_lines(result):
         print(line)

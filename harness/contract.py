@@ -148,11 +148,19 @@ class Implementation:
         return int(scores * 2 * problem.kind.memory_factor)
 
     def work(self, problem: Problem) -> Work:
-        """FLOPs and bytes of one call. Exact implementations compute softmax attention and count its
-        pairs; an approximation declares its own FLOPs (by overriding this) or gets none."""
+        """FLOPs and bytes of one call. An exact implementation computes softmax attention and, unless
+        it declares its own work (by overriding this), is counted as it: the pairs its case
+        computes; an approximation declares its own FLOPs or gets none (:mod:`attnbench.work`)."""
         if self.exact:
             return softmax_work(problem)
-        return Work(None, io_bytes(problem))
+        return Work(None, io_bytes(problem), "none")
+
+    @property
+    def work_counted(self) -> str:
+        """How its FLOPs are counted: "declared", "softmax" or "none" (:data:`attnbench.work.COUNTED`)."""
+        if type(self).work is not Implementation.work:
+            return "declared"
+        return "softmax" if self.exact else "none"
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Set-up outside the timing (compile, build masks); returns the call to time."""
@@ -205,6 +213,7 @@ class Implementation:
             "time_growth": None if self.growth is None else self.growth.time,
             "memory_growth": None if self.growth is None else self.growth.memory,
             "own_reference": self.own_reference,
+            "work": self.work_counted,
             "tolerance": self.tolerance,
             "source": self.source,
             "available": avail.ok,
@@ -321,7 +330,15 @@ class FunctionImplementation(Implementation):
 
     def work(self, problem: Problem) -> Work:
         base = super().work(problem)
+        if self.flops_fn is None and self.bytes_fn is None:
+            return base
         factor = problem.kind.flops_factor
         flops = base.flops if self.flops_fn is None else float(self.flops_fn(problem)) * factor
         moved = base.bytes if self.bytes_fn is None else float(self.bytes_fn(problem))
-        return Work(flops, moved)
+        return Work(flops, moved, base.counted if self.flops_fn is None else "declared")
+
+    @property
+    def work_counted(self) -> str:
+        if self.flops_fn is not None:
+            return "declared"
+        return "softmax" if self.exact else "none"

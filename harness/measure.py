@@ -4,22 +4,30 @@
    asked here (in the worker) so that no plugin code runs in the runner;
 2. *baseline*: the baseline's set-up and a first call, under its own budget;
 3. *prepare*: the implementation's set-up (compilation, masks), outside the timing;
-4. *accuracy check*: one call on seeded inputs (also the warm-up), its sampled rows kept, and in
-   modes with gradients a backward pass (:func:`attnbench.verify.run_implementation`);
-5. *timing*: the implementation, the baseline and the machine probe interleaved;
-6. *memory pass*: the peak memory of one call, in a pass of its own;
-7. *reference*: the float64 reference and the verdicts, with the implementation's memory cap
+4. *first call*: the mode's bench (:class:`attnbench.modes.base.Bench`) is built and called once
+   on the inputs scrambled in place (the warm-up; a wrong output shape is found here);
+5. *timing*: the implementation, the baseline and the machine probe interleaved, still on the
+   scrambled inputs; the worker tells the runner whenever a baseline call starts and ends, so a
+   baseline that hangs or crashes there is the baseline's failure;
+6. *accuracy check*: the inputs restored, one more call through the same bench on the same
+   tensors, its sampled rows kept (and in modes with gradients its backward pass): the call that
+   is judged is the call that was timed;
+7. *memory pass*: the peak memory of one call, in a pass of its own;
+8. *reference*: the float64 reference and the verdicts, with the implementation's memory cap
    lifted and under a budget of its own; a record that is complete but for this step is sent to
-   the runner first, so a failure here costs the accuracy verdict, never the measurement.
+   the runner first, so a failure here leaves the record ``unchecked``, never without its
+   measurement; the verdicts are sent as soon as they exist;
+9. *own reference*: for an exact implementation with a ``reference()`` of its own, whether that
+   is the case's function. It runs after the verdicts were sent, so whatever it does (differs,
+   raises, runs out of memory, kills the worker) adds a note and never changes the verdict.
 
 Exceptions in the implementation's steps become records (``error`` or ``oom``) with the step
-they happened in; an exception in the reference step becomes a note on which checks did not run.
+they happened in; an exception in the reference step leaves the record ``unchecked``.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import os
 import socket
 import time
@@ -29,18 +37,19 @@ from typing import Any
 
 import torch
 
-from attnbench import fidelity, steps
+from attnbench import fidelity, figures, steps
 from attnbench.calibrate import GemmProbe, StreamProbe
 from attnbench.case import CASE_KEYS
 from attnbench.contract import Implementation
 from attnbench.devices import device
+from attnbench.load import LoadMeter
 from attnbench.memory import MemoryUnavailable, vm_size_bytes
 from attnbench.modes.decode import ADAPTER
 from attnbench.problem import Problem
 from attnbench.records import Record
 from attnbench.registry import BrokenPlugin, Registry
 from attnbench.timing import measure
-from attnbench.verify import Outputs, check_rows
+from attnbench.verify import CheckResult, Outputs, check_rows, compare_own_reference
 from attnbench.work import dense_flops
 
 Tensor = torch.Tensor
@@ -102,7 +111,8 @@ class CaseRun:
             impl = self.declared()
             base_call, inputs = self.baseline()
             self.measure(impl, base_call, inputs)
-            self.record.step = steps.DONE
+            if self.record.status != "unchecked":  # an unchecked record ended where its reference failed
+                self.record.step = steps.DONE
         except Stop:
             pass
         except BaseException as exc:
@@ -161,7 +171,7 @@ class CaseRun:
             if reason:
                 raise RuntimeError(f"does not support this case: {reason}")
             kind = self.problem.kind
-            call = kind.timed_call(kind.prepare(base, self.problem, inputs), self.problem, inputs)
+            call = kind.bench(kind.prepare(base, self.problem, inputs), self.problem, inputs).call
             call()  # warm-up: fails here, not inside the timing loop
             self.baseline_first_ms = self.device.clock().time(call)
             self.baseline_spent_s = time.perf_counter() - started
@@ -193,27 +203,34 @@ class CaseRun:
         fn, record.setup_s = _prepare(impl, problem, inputs)
         if problem.mode == "decode" and "decode" not in impl.features:
             record.adapter = ADAPTER
-        self.enter(steps.CHECK)
-        rows = check_rows(problem, int(self.budget["accuracy_rows"]))
-        got = problem.kind.run_check(fn, problem, inputs, rows)
+        self.enter(steps.FIRST_CALL)
+        bench = problem.kind.bench(fn, problem, inputs)
+        bench.scramble()  # timed on other values of the same distribution; judged on the seeded ones
+        bench.first()
         self.device.synchronize()
         self.enter(steps.TIMING)
-        call = problem.kind.timed_call(fn, problem, inputs)
-        self.time(call, base_call)
+        self.time(bench.call, base_call)
         del base_call
+        bench.restore()
         gc.collect()
+        self.enter(steps.CHECK)
+        rows = check_rows(problem, int(self.budget["accuracy_rows"]))
+        got = bench.check(rows)
+        self.device.synchronize()
         self.enter(steps.MEMORY)
         try:
-            record.peak_mem_bytes = self.device.peak_bytes(call)
+            record.peak_mem_bytes = self.device.peak_bytes(bench.call)
         except MemoryUnavailable as exc:
             record.check_note = _join(record.check_note, f"memory not measured: {exc}")
         self.work(impl)
         self.set_cap(None)
-        del call
+        del bench
         gc.collect()
         self.report({"partial": record.as_dict()})
         self.enter(steps.REFERENCE)
-        self.reference(impl, inputs, got, rows)
+        result = self.reference(impl, inputs, got, rows)
+        if result is not None:
+            self.own_reference(impl, result)
         self.fidelity(fn, inputs, got, rows)
 
     def time(self, call: Callable[[], object], base_call: Callable[[], object] | None) -> None:
@@ -221,10 +238,13 @@ class CaseRun:
         probe = self.probe()
         if probe is not None:
             self.widen_cap(probe[3])
+        meter = LoadMeter()
+        meter.start()
         timing = measure(
             call,
             base_call,
             self.device.clock(),
+            on_switch=lambda callee: self.report({"callee": callee}),
             probe=probe[1] if probe else None,
             min_time_s=budget["min_time_s"],
             max_time_s=budget["max_time_s"],
@@ -234,23 +254,26 @@ class CaseRun:
             baseline_spent_s=self.baseline_spent_s,
             probe_budget_s=budget["max_time_s"] / 2,
         )
-        q1, median, q3 = timing.impl.quartiles()
-        record.time_ms, record.time_q1_ms, record.time_q3_ms = median, q1, q3
-        record.time_min_ms = min(timing.impl.ms)
+        record.machine_load = meter.stop()
         record.samples_ms = timing.impl.ms
         record.inner = timing.impl.inner
         record.unstable = timing.unstable
-        if base_call is not None and timing.baseline is None:
+        record.update(figures.timing(timing.impl.ms, [], ok=True))
+        if timing.baseline_error:
+            record.baseline_note = (
+                f"baseline {self.job['baseline']} failed during the interleaved timing ({timing.baseline_error});"
+                " the implementation's samples are its own"
+            )
+        elif base_call is not None and timing.baseline is None:
             record.baseline_note = f"baseline {self.job['baseline']}: no sample fitted in its own budget"
         if timing.baseline is not None:
             record.baseline = self.job["baseline"]
             record.baseline_samples_ms = timing.baseline.ms
-            record.baseline_time_ms = timing.baseline.median
-            record.speedup = record.baseline_time_ms / median
+            record.update(figures.timing(timing.impl.ms, timing.baseline.ms, ok=True))
         if probe is not None and timing.probe is not None:
             record.machine_probe, record.machine_probe_ms = probe[0], timing.probe.ms
             record.machine_probe_work = probe[2]
-            self.probe_rate = probe[2] / (min(timing.probe.ms) / 1e3)
+            self.probe_rate = figures.probe_rate(timing.probe.ms, probe[2])
 
     def probe(self) -> tuple[str, Callable[[], object], float, int] | None:
         """``(label, call, work per call, bytes it holds)`` of the machine probe for this case, or None."""
@@ -269,48 +292,63 @@ class CaseRun:
 
     def work(self, impl: Implementation) -> None:
         """FLOPs and bytes, the rates, and the ceilings they are set against: the larger of the
-        run's calibration and the probe timed beside this case."""
-        record, problem, cal = self.record, self.problem, self.job.get("calibration") or {}
+        run's calibration and the probe timed beside this case (:mod:`attnbench.figures`)."""
+        record, problem = self.record, self.problem
         done = impl.work(problem)
-        seconds = (record.time_ms or math.nan) / 1e3
         record.flops, record.bytes = done.flops, done.bytes
+        record.flops_counted = done.counted
         record.dense_flops = dense_flops(problem)
-        memory_bound = problem.kind.memory_bound
-        if done.flops is not None:
-            record.gflops = done.flops / seconds / 1e9
-            peaks = [cal.get("gflops")] + ([] if memory_bound or self.probe_rate is None else [self.probe_rate / 1e9])
-            record.peak_gflops = _largest(peaks)
-            if record.peak_gflops:
-                record.peak_fraction = record.gflops / record.peak_gflops
-        if problem.mode == "decode":
-            record.tokens_per_s = problem.batch * problem.seq_len / seconds
-        if done.bytes is not None:
-            record.gbps = done.bytes / seconds / 1e9
-            peaks = [cal.get("gbps")] + ([self.probe_rate / 1e9] if memory_bound and self.probe_rate else [])
-            record.peak_gbps = _largest(peaks)
-            if record.peak_gbps:
-                record.bandwidth_fraction = record.gbps / record.peak_gbps
+        record.update(
+            figures.rates(
+                time_ms=record.time_ms,
+                flops=done.flops,
+                bytes_moved=done.bytes,
+                mode=problem.mode,
+                batch=problem.batch,
+                seq_len=problem.seq_len,
+                calibration=self.job.get("calibration") or {},
+                probe=self.probe_rate,
+            )
+        )
 
-    def reference(self, impl: Implementation, inputs: Any, got: Outputs, rows: Tensor) -> None:
+    def reference(self, impl: Implementation, inputs: Any, got: Outputs, rows: Tensor) -> CheckResult | None:
+        """The harness's verdicts; sent to the runner as soon as they exist. A reference that
+        fails leaves the record ``unchecked`` (never ranked), with the reason."""
         record = self.record
         try:
             result = self.problem.kind.judge(impl, self.problem, inputs, got, rows)
         except Exception as exc:
-            record.check_note = _join(
-                record.check_note, f"accuracy not checked: the reference step failed: {_short(exc)}"
-            )
-            return
+            record.status = "unchecked"
+            judge = "the float64 reference" if impl.exact else "its own reference()"
+            record.check_note = _join(record.check_note, f"accuracy not checked: {judge} {_short(exc)}")
+            return None
         out = result.output
         record.checks = result.checks
+        record.check_figures = result.figures()
         record.max_abs_err, record.rel_err, record.accuracy_bound = out.max_abs_err, out.rel_err, out.bound
+        record.accuracy_plain_err = out.plain_err
         record.accuracy_rows = result.rows
         record.full_max_abs_err, record.full_rel_err = result.full_max_abs_err, result.full_rel_err
         record.uniform_rel_err = result.uniform_rel_err
-        record.own_reference_differs = result.own_reference_differs
         record.check_note = _join(record.check_note, result.note)
         if not result.ok:
             record.status, record.reason = "inaccurate", result.failures()
             record.speedup = None  # a wrong answer's time is no evidence of speed
+        self.report({"partial": record.as_dict()})  # the verdicts reach the runner before any plugin code runs again
+        return result
+
+    def own_reference(self, impl: Implementation, result: CheckResult) -> None:
+        """An exact implementation's own ``reference()`` against the case's function: a note only."""
+        if not impl.exact or not impl.own_reference:
+            return
+        self.enter(steps.OWN_REFERENCE)
+        record = self.record
+        try:
+            note = compare_own_reference(impl, result)
+        except Exception as exc:
+            note = f"its own reference() could not be compared: {_short(exc)}"
+        record.own_reference_differs = result.own_reference_differs
+        record.check_note = _join(record.check_note, note)
 
     def fidelity(self, fn: Callable[..., Tensor], inputs: Any, got: Outputs, rows: Tensor) -> None:
         """On a probe: the share of the planted targets the output recovers, and (short cases)
@@ -337,11 +375,6 @@ def _prepare(impl: Implementation, problem: Problem, inputs: Any) -> tuple[Calla
     fn = problem.kind.prepare(impl, problem, inputs)
     measured = time.perf_counter() - start
     return fn, float(getattr(fn, "setup_s", measured))
-
-
-def _largest(values: list[Any]) -> float | None:
-    found = [float(v) for v in values if v is not None and math.isfinite(float(v)) and float(v) > 0]
-    return max(found) if found else None
 
 
 def _short(exc: BaseException) -> str:
@@ -379,7 +412,7 @@ def time_pair(registry: Registry, job: dict[str, Any]) -> dict[str, Any]:
     for name, problem in zip((job["impl"], job["peer"]), problems, strict=True):
         inputs = problem.kind.make_inputs(problem)
         fn, _ = _prepare(registry.get(name), problem, inputs)
-        call = problem.kind.timed_call(fn, problem, inputs)
+        call = problem.kind.bench(fn, problem, inputs).call
         call()  # warm-up, and a failure here rather than in the loop
         calls.append(call)
     timing = measure(

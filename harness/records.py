@@ -58,10 +58,12 @@ class Record:
     machine_probe: str = ""
     machine_probe_ms: list[float] = field(default_factory=list)
     machine_probe_work: float | None = None  # FLOPs (matmul) or bytes (triad) of one probe call
+    machine_load: float | None = None  # share of the usable cores' time other processes took while it was timed
     # memory
     peak_mem_bytes: int | None = None
     # work
-    flops: float | None = None  # as the implementation counts it (softmax: the pairs computed); None: not declared
+    flops: float | None = None  # as the implementation counts it (softmax: the pairs computed); None: not counted
+    flops_counted: str = ""  # how: "softmax", "declared" or "none" (attnbench.work.COUNTED)
     dense_flops: float | None = None  # softmax attention over every pair of the same shapes
     gflops: float | None = None
     peak_gflops: float | None = None  # the matmul ceiling it is set against (calibration or the probe beside it)
@@ -74,8 +76,10 @@ class Record:
     max_abs_err: float | None = None  # against the reference of its own semantics
     rel_err: float | None = None
     accuracy_bound: float | None = None
+    accuracy_plain_err: float | None = None  # the plain computation's error in the same dtype (exact)
     accuracy_rows: int | None = None  # query rows checked (all rows when equal to seq_len)
     checks: list[str] = field(default_factory=list)  # what was compared: output, dq, dk, dv
+    check_figures: list[list[Any]] = field(default_factory=list)  # [[what, error, plain error, bound], ...]
     check_note: str = ""  # a check that did not run, and why; an own reference() that differs
     full_max_abs_err: float | None = None  # against full softmax attention (approximations)
     full_rel_err: float | None = None
@@ -115,6 +119,13 @@ class Record:
         if values:
             raise TypeError(f"Record: unknown fields {sorted(values)}")
 
+    def update(self, values: dict[str, Any]) -> None:
+        """Set several fields at once (every key must be a field of the record)."""
+        for key, value in values.items():
+            if key not in _FIELD_NAMES:
+                raise TypeError(f"Record: unknown field {key!r}")
+            setattr(self, key, value)
+
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Record:
         """A record read back (fields it does not know — from another version — are dropped)."""
@@ -135,6 +146,7 @@ class Record:
         return json.dumps(self.as_dict(), allow_nan=True, separators=(",", ":"))
 
 
+_FIELD_NAMES = frozenset(f.name for f in fields(Record))
 #: The columns of a record, in the order they are written.
 RECORD_FIELDS: tuple[str, ...] = tuple(Record(impl="", status="ok").as_dict())
 

@@ -269,8 +269,10 @@ class Registry:
             self._load_entry_point(ep)
 
     def load_file(self, path: str | Path) -> None:
-        """Import a plugin file; its ``@register`` calls add to this registry. A missing file,
-        or one that registers a name already taken, raises :class:`RegistryError`."""
+        """Import a plugin file; its ``@register`` calls add to this registry. A missing file, one
+        that raises on import, or one that registers a name already taken raises
+        :class:`RegistryError` (a file the user names is never dropped in silence; an installed
+        entry point that fails is listed as unavailable instead)."""
         resolved = Path(path).resolve()
         if resolved in self._loaded_files:
             return
@@ -295,10 +297,11 @@ class Registry:
                 sys.modules.pop(module_name, None)
                 _DECLARED.pop(module_name, None)
                 raise
-            except Exception as exc:
+            except Exception as exc:  # a file the user named: never dropped in silence
                 sys.modules.pop(module_name, None)
                 _DECLARED.pop(module_name, None)
-                self._broken(resolved.stem, source, exc)
+                last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+                raise RegistryError(f"plugin file {str(path)!r} failed to import: {last}") from None
 
     def load_all(self, plugins: list[str] | tuple[str, ...] = ()) -> Registry:
         """Built-ins, then entry points, then plugin files."""

@@ -370,14 +370,22 @@ def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> 
     except WorkerFailure as exc:
         what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
         owner = steps.owner(exc.step)
-        if owner == "baseline":
-            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}; not timed"}
+        if owner == "baseline" or (owner == "timing" and exc.callee == "baseline"):
+            during = " during the interleaved timing" if owner == "timing" else ""
+            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}{during}; the"
+                     " implementation was timed alone"}  # fmt: skip
             return run_job(pool, retry, budget)
         if owner == "reference" and exc.partial is not None:
             record = Record.from_dict(exc.partial)
-            record.check_note = "; ".join(
-                n for n in (record.check_note, f"accuracy not checked: the float64 reference {what}") if n
-            )
+            if exc.step == steps.OWN_REFERENCE:  # the verdicts were reached and sent before it ran
+                record.step = exc.step
+                note = f"its own reference() {what}; not compared (the verdict stands: judged against the case)"
+            else:
+                if record.status == "ok":
+                    record.status = "unchecked"
+                judge = "the float64 reference" if record.exact is not False else "its own reference()"
+                note = f"accuracy not checked: {judge} {what}"
+            record.check_note = "; ".join(n for n in (record.check_note, note) if n)
             return record
         if isinstance(exc, WorkerTimeout):
             why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"

@@ -27,6 +27,7 @@ class Status(StrEnum):
 
     OK = "ok"
     INACCURATE = "inaccurate"
+    UNCHECKED = "unchecked"
     ERROR = "error"
     TIMEOUT = "timeout"
     CRASHED = "crashed"
@@ -61,6 +62,15 @@ _INFO: dict[Status, StatusInfo] = {
         "magenta",
         "#ffe2b8",
         "#7a4100",
+    ),
+    Status.UNCHECKED: StatusInfo(
+        "ran, but its accuracy could not be checked (the reference failed); never ranked, its time not shown"
+        " as a speedup",
+        False,
+        False,
+        "bright_magenta",
+        "#fff3c4",
+        "#6b5300",
     ),
     Status.ERROR: StatusInfo("raised an exception", True, False, "red", "#f8c9c9", "#7a0f0f"),
     Status.TIMEOUT: StatusInfo("ran past the time budget and was stopped", True, True, "yellow", "#e3d4f5", "#4a2479"),

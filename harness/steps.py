@@ -5,7 +5,8 @@ ended in. A step is owned by the implementation, by the baseline, or by the harn
 check; each owner has a time budget of its own (``timeout_s``), so the baseline's or the
 reference's cost is never charged to the implementation. Running out of time or crashing in a
 step the implementation does not own never becomes the implementation's status: without the
-baseline, the record simply has no speedup; without the reference, it says which checks ran.
+baseline, the record simply has no speedup (or the implementation is timed again alone); without
+the reference, it is ``unchecked`` and says why.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 Owner = Literal["impl", "baseline", "timing", "reference"]
+Callee = Literal["impl", "baseline"]
 
 LOAD = "load"
 AVAILABILITY = "availability"
@@ -20,14 +22,19 @@ SUPPORTS = "supports"
 ESTIMATE = "memory estimate"
 BASELINE = "baseline"
 PREPARE = "prepare"
-CHECK = "accuracy check"
+FIRST_CALL = "first call"
 TIMING = "timing"
+CHECK = "accuracy check"
 MEMORY = "memory pass"
 REFERENCE = "reference"
+OWN_REFERENCE = "own reference"
 DONE = "done"
 
 #: Every step in order, with its owner ("timing" interleaves the implementation, the baseline and
-#: the machine probe, and may spend the implementation's and the baseline's remaining time).
+#: the machine probe, and may spend the implementation's and the baseline's remaining time; while
+#: a baseline call runs in it, that call is the baseline's, on the baseline's budget). The judged
+#: call (*accuracy check*) comes after the timing, on the same tensors; *own reference* compares an
+#: exact implementation's own ``reference()`` once the verdicts exist, so it can only add a note.
 STEPS: dict[str, Owner] = {
     LOAD: "impl",
     AVAILABILITY: "impl",
@@ -35,10 +42,12 @@ STEPS: dict[str, Owner] = {
     ESTIMATE: "impl",
     BASELINE: "baseline",
     PREPARE: "impl",
-    CHECK: "impl",
+    FIRST_CALL: "impl",
     TIMING: "timing",
+    CHECK: "impl",
     MEMORY: "impl",
     REFERENCE: "reference",
+    OWN_REFERENCE: "reference",
     DONE: "impl",
 }
 

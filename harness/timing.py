@@ -76,6 +76,7 @@ class Timing:
     impl: Samples
     baseline: Samples | None
     probe: Samples | None
+    baseline_error: str = ""  # the baseline raised during the interleaved timing (its samples dropped)
 
     @property
     def inner(self) -> int:
@@ -116,14 +117,28 @@ def measure(
     baseline_spent_s: float = 0.0,
     probe_budget_s: float = math.inf,
     warmup: int = 1,
+    on_switch: Callable[[str], None] | None = None,
 ) -> Timing:
     """Warm up, then time ``fn``, ``baseline`` and ``probe`` alternately (see the module).
 
     The baseline (warmed up already, in ``baseline_spent_s``, when ``baseline_first_ms`` gives its
     first call) is sampled like the implementation — ``min_repeats`` samples, then until
-    ``max_time_s`` of its own — but never past ``baseline_budget_s`` of its own time."""
+    ``max_time_s`` of its own — but never past ``baseline_budget_s`` of its own time. A baseline
+    that raises is dropped (``baseline_error`` says why) and the implementation's samples stand.
+    ``on_switch("baseline")`` is called before each baseline call and ``on_switch("impl")`` after
+    it, so that the worker's runner knows whose call a hang or a crash happened in."""
+    switch = on_switch or (lambda callee: None)
     impl = _start(clock, fn, warmup)
-    base = _start(clock, baseline, warmup, baseline_first_ms) if baseline is not None else None
+    base: Samples | None = None
+    error = ""
+    if baseline is not None:
+        try:
+            switch("baseline")
+            base = _start(clock, baseline, warmup, baseline_first_ms)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            switch("impl")
     if base is not None and baseline_spent_s:
         base.spent_s = baseline_spent_s
     machine = _start(clock, probe, 0) if probe is not None else None
@@ -131,7 +146,13 @@ def measure(
         impl.take(clock, fn)
         wanted = base is not None and (len(base.ms) < min_repeats or base.spent_s < max_time_s)
         if baseline is not None and base is not None and wanted and base.fits(baseline_budget_s):
-            base.take(clock, baseline)
+            try:
+                switch("baseline")
+                base.take(clock, baseline)
+            except Exception as exc:
+                error, base = f"{type(exc).__name__}: {exc}", None
+            finally:
+                switch("impl")
         if probe is not None and machine is not None and (not machine.ms or machine.fits(probe_budget_s)):
             machine.take(clock, probe)
         spent = impl.spent_s
@@ -143,4 +164,4 @@ def measure(
         base = None
     if machine is not None and not machine.ms:
         machine = None
-    return Timing(impl, base, machine)
+    return Timing(impl, base, machine, error[:300])

@@ -1,29 +1,43 @@
 """Check an implementation against the correctness contract on one problem.
 
-Two halves, so that the worker can time the implementation between them and keep the
-harness's own work (the float64 reference) out of the implementation's budget:
+Three parts, so that the worker can time the implementation first and keep the harness's own work
+(the float64 reference) out of the implementation's budget, and so that nothing the
+implementation supplies can discard a verdict:
 
-1. :func:`run_implementation` — the implementation's own code: one call on seeded inputs, its
-   output kept on a seeded sample of query rows; in modes with gradients, one backward pass with
-   an output gradient that is zero outside those rows, its ``dq`` on the rows (and the largest
-   ``dq`` elsewhere, which must be zero), ``dk`` and ``dv`` kept.
+1. the implementation's call: the mode's bench (:class:`attnbench.modes.base.Bench`) calls it on
+   the very tensors it was timed on, restored to the case's seeded values, and keeps its output
+   on a seeded sample of query rows; in modes with gradients, one backward pass with an output
+   gradient that is zero outside those rows, its ``dq`` on the rows (and the largest ``dq``
+   elsewhere, which must be zero), ``dk`` and ``dv`` (:class:`Outputs`);
 2. :func:`judge` — the harness's work: the float64 reference (:mod:`attnbench.reference`) of
-   those rows, the comparator (:func:`comparator`: the plain computation in the case's dtype, on
-   the same rows) and the verdicts (:mod:`attnbench.accuracy`). An exact implementation is always judged
-   against the case's own function; an approximation against its own ``reference()``, with its
-   distance from softmax attention and from uniform attention reported beside.
+   those rows, the plain computation in the case's dtype on the same rows (:func:`comparator`)
+   and the verdicts (:mod:`attnbench.accuracy`). An exact implementation is judged against the
+   case's own function only; an approximation against its own ``reference()``, with its distance
+   from softmax attention and from uniform attention reported beside;
+3. :func:`compare_own_reference` — for an exact implementation that defines a ``reference()`` of
+   its own, after the verdicts exist: whether that reference is the case's function. Whatever it
+   does (differs, raises, runs out of memory) it can only add a note.
 
-:func:`check` runs both, for the tests and ``attnbench check``.
+:func:`check` runs all three, for the tests and ``attnbench check``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from attnbench.accuracy import Verdict, judge_approximate, judge_exact, max_abs_diff, relative_distance, ulp
+from attnbench.accuracy import (
+    LOW_DTYPES,
+    Verdict,
+    judge_approximate,
+    judge_exact,
+    max_abs_diff,
+    relative_distance,
+    ulp,
+)
 from attnbench.contract import Implementation
 from attnbench.problem import Problem
 from attnbench.reference import (
@@ -63,6 +77,9 @@ class CheckResult:
     uniform_rel_err: float | None = None  # uniform attention's distance from softmax attention
     own_reference_differs: bool | None = None  # exact implementations with a reference() of their own
     note: str = ""
+    #: What an own ``reference()`` is compared with afterwards: per judged (sub-)problem, its
+    #: inputs, rows, the float64 reference of the output and the plain computation's output.
+    compared: list[tuple[Problem, Inputs, Tensor, Tensor, Tensor]] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +96,10 @@ class CheckResult:
     def failures(self) -> str:
         return "; ".join(v.explain() for v in self.verdicts if not v.ok)
 
+    def figures(self) -> list[list[object]]:
+        """``[what, error, plain error, bound]`` of every tensor compared."""
+        return [v.figures() for v in self.verdicts]
+
 
 def check_rows(problem: Problem, max_rows: int) -> Tensor:
     """The query rows a check compares: a seeded sample of ``max_rows`` (all when fewer)."""
@@ -86,27 +107,13 @@ def check_rows(problem: Problem, max_rows: int) -> Tensor:
     return torch.arange(problem.seq_len) if rows is None else rows
 
 
-def run_implementation(
-    fn: Callable[[Tensor, Tensor, Tensor], Tensor], problem: Problem, inputs: Inputs, rows: Tensor, grads: bool
-) -> Outputs:
-    """The implementation's half of the check (see the module docstring)."""
-    q, k, v = inputs  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
-    index = rows.to(q.device)
-    if not grads:
-        with torch.no_grad():
-            out = fn(q, k, v)  # [B, H, Nq, D]
-        _same_shape(out, q)
-        return Outputs(out[:, :, index].detach().cpu())
-    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
-    out = fn(*leaves)  # [B, H, Nq, D]
-    _same_shape(out, q)
-    gen = problem.generator(salt=2)
-    dout_rows = torch.randn(q.shape[0], q.shape[1], len(rows), q.shape[-1], generator=gen).to(out.dtype)  # [B,H,R,D]
-    dout = torch.zeros_like(out)
-    dout[:, :, index] = dout_rows.to(out.device)
-    out.backward(dout)
+def gradient_outputs(out: Tensor, leaves: list[Tensor], rows: Tensor, dout_rows: Tensor) -> Outputs:
+    """What a backward pass produced, for an output gradient that is ``dout_rows`` on ``rows``
+    and zero elsewhere: the output and ``dq`` on the rows, ``dk``, ``dv`` in full, and the largest
+    ``dq`` outside the rows (which must be zero)."""
+    index = rows.to(out.device)
     dq, dk, dv = (t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves)
-    outside = torch.ones(q.shape[2], dtype=torch.bool, device=dq.device)
+    outside = torch.ones(dq.shape[2], dtype=torch.bool, device=dq.device)
     outside[index] = False
     rest = dq[:, :, outside]
     return Outputs(
@@ -119,27 +126,57 @@ def run_implementation(
     )
 
 
-def _same_shape(out: Tensor, q: Tensor) -> None:
-    if tuple(out.shape) != tuple(q.shape):
-        raise ValueError(f"output shape {tuple(out.shape)} differs from the query's {tuple(q.shape)}")
+class _Round(torch.autograd.Function):
+    """Round to the case's dtype, forward and backward: a low-precision operation's result, and the
+    low-precision gradient autograd hands back through it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: torch.dtype) -> Tensor:
+        ctx.low = low
+        return x.to(low).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.to(ctx.low).to(grad.dtype), None
+
+
+class _Softmax(torch.autograd.Function):
+    """``softmax`` of low-precision scores as PyTorch computes it: in float32, the probabilities
+    rounded to the dtype; its backward from those rounded probabilities, rounded again."""
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor, low: torch.dtype) -> Tensor:
+        p = torch.softmax(s, dim=-1).to(low).to(s.dtype)
+        ctx.save_for_backward(p)
+        ctx.low = low
+        return p
+
+    @staticmethod
+    def backward(ctx: Any, dp: Tensor) -> tuple[Tensor, None]:
+        (p,) = ctx.saved_tensors
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+        return ds.to(ctx.low).to(ds.dtype), None
 
 
 def comparator(
     q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor, dout: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """The plain computation in the case's dtype, on the sampled ``rows`` — FlashAttention's
-    "PyTorch implementation in the same low precision": the scores ``q kᵀ`` rounded to the dtype,
-    the softmax in float32, the probabilities rounded to the dtype, ``P V`` rounded to it. Each
-    product accumulates in float32 (as a low-precision matrix product does), so the comparator
-    needs no low-precision matrix unit. Returns ``out [B, H, R, D]`` and, given the rows' output
-    gradient ``dout``, ``dq`` on the rows and ``dk``, ``dv`` (autograd through the same steps).
+    """The plain computation in the case's dtype on the sampled ``rows``: FlashAttention's "PyTorch
+    implementation in the same low precision" (``attention_ref(upcast=False, reorder_ops=True)``
+    in its tests). The keys are scaled and rounded (``reorder_ops``), the scores ``q kᵀ`` rounded to
+    the dtype, the softmax taken in float32 and its probabilities rounded, ``P V`` rounded; the
+    backward rounds what a low-precision autograd rounds (each product's result, the softmax
+    backward taken from the rounded probabilities). Products accumulate in float32, as a
+    low-precision matrix product does, so the comparator needs no low-precision matrix unit.
+    Returns ``out [B, H, R, D]`` and, given the rows' output gradient ``dout``, ``dq`` on the rows
+    and ``dk``, ``dv``.
 
     Query heads are grouped over their shared K/V (never repeated) and rows are batched so that no
     more than :data:`COMPARATOR_ELEMENTS` scores exist at once. Rows that see no key are zero."""
     b, h, _, d = q.shape
     hkv = k.shape[1]
     g = h // hkv
-    low = q.dtype
+    low = LOW_DTYPES.get(problem.dtype, q.dtype)
     acc = torch.float64 if low == torch.float64 else torch.float32
     index = rows.to(q.device)
     mask = problem.pattern.mask(problem.seq_len, problem.kv_len, device=q.device, rows=rows)  # [R, Nk]
@@ -151,20 +188,21 @@ def comparator(
     per = max(1, COMPARATOR_ELEMENTS // max(1, b * h * k.shape[2]))
     outs = []
     with torch.set_grad_enabled(grads):
-        kf, vf = kl.to(acc), vl.to(acc)  # [B, Hkv, Nk, D]
+        ks = _Round.apply(kl.to(acc) * problem.scale, low)  # [B, Hkv, Nk, D]: the keys scaled, rounded
+        vf = vl.to(acc)
         for r0 in range(0, len(rows), per):
             r1 = min(len(rows), r0 + per)
             qb = qr[:, :, r0:r1].reshape(b, hkv, g * (r1 - r0), d).to(acc)  # [B, Hkv, G·r, D]: head = hkv·G + g
-            s = (qb @ kf.transpose(-1, -2)).to(low).to(acc) * problem.scale  # [B, Hkv, G·r, Nk]
+            s = _Round.apply(qb @ ks.transpose(-1, -2), low)  # [B, Hkv, G·r, Nk]
             keep = mask[r0:r1].repeat(g, 1)  # [G·r, Nk]
             s = s.masked_fill(~(keep | empty[r0:r1].repeat(g)[:, None]), float("-inf"))
-            p = torch.softmax(s, dim=-1).to(low).to(acc)
-            o = (p @ vf).to(low).reshape(b, h, r1 - r0, d)  # [B, H, r, D]
+            p = _Softmax.apply(s, low)
+            o = _Round.apply(p @ vf, low).reshape(b, h, r1 - r0, d)  # [B, H, r, D]
             o = torch.where(empty[r0:r1, None].to(o.device), torch.zeros_like(o), o)
             if dout is not None:
                 o.backward(dout[:, :, r0:r1].to(o.device, o.dtype))
             outs.append(o.detach())
-    out = torch.cat(outs, dim=2)  # [B, H, R, D]
+    out = torch.cat(outs, dim=2).to(low)  # [B, H, R, D]
     if not grads:
         return out, None, None, None
     return out, _grad(qr), _grad(kl), _grad(vl)
@@ -174,34 +212,19 @@ def _grad(t: Tensor) -> Tensor:
     return t.grad if t.grad is not None else torch.zeros_like(t)
 
 
-def judge(
-    impl: Implementation,
-    problem: Problem,
-    inputs: Inputs,
-    got: Outputs,
-    rows: Tensor,
-    *,
-    own_reference: bool = True,
-) -> CheckResult:
-    """The harness's half of the check (see the module docstring)."""
+def judge(impl: Implementation, problem: Problem, inputs: Inputs, got: Outputs, rows: Tensor) -> CheckResult:
+    """The harness's verdicts (see the module): an exact implementation against the case's own
+    function, an approximation against its own ``reference()``."""
     result = CheckResult(rows=len(rows))
     with torch.no_grad():
         if impl.exact:
-            _judge_exact(impl, problem, inputs, got, rows, result, own_reference)
+            _judge_exact(problem, inputs, got, rows, result)
         else:
             _judge_approximation(impl, problem, inputs, got, rows, result)
     return result
 
 
-def _judge_exact(
-    impl: Implementation,
-    problem: Problem,
-    inputs: Inputs,
-    got: Outputs,
-    rows: Tensor,
-    result: CheckResult,
-    own_reference: bool,
-) -> None:
+def _judge_exact(problem: Problem, inputs: Inputs, got: Outputs, rows: Tensor, result: CheckResult) -> None:
     q, k, v = inputs
     dtype = problem.dtype
     if got.dout is None:
@@ -220,15 +243,32 @@ def _judge_exact(
         result.verdicts.append(_dq_verdict(dq, got, g.dq, problem))
         result.verdicts.append(judge_exact(got.dk, g.dk, cdk, dtype, "dk", terms=g.dk_terms))
         result.verdicts.append(judge_exact(got.dv, g.dv, cdv, dtype, "dv", terms=g.dv_terms))
-    if own_reference and impl.own_reference:
-        own = impl.reference(q, k, v, problem, rows=rows).detach()  # [B, H, R, D]
-        agrees = judge_exact(own, ref, comp, dtype, "its own reference()")
-        result.own_reference_differs = not agrees.ok
+    result.compared.append((problem, inputs, rows, ref, comp))
+
+
+def compare_own_reference(impl: Implementation, result: CheckResult) -> str:
+    """Whether an exact implementation's own ``reference()`` is the case's function, judged like
+    its output: sets ``own_reference_differs`` and returns a note (empty when it agrees or there is
+    none). The verdicts are not touched: they were reached against the case's own function before
+    this runs. Exceptions propagate (the caller turns them into a note)."""
+    if not impl.exact or not impl.own_reference:
+        return ""
+    for problem, (q, k, v), rows, ref, comp in result.compared:
+        with torch.no_grad():
+            own = impl.reference(q, k, v, problem, rows=rows).detach()  # [B, H, R, D]
+        agrees = judge_exact(own, ref, comp, problem.dtype, "its own reference()")
         if not agrees.ok:
-            result.note = (
+            result.own_reference_differs = True
+            return (
                 f"its own reference() is not the case's function (max difference {agrees.max_abs_err:.3g},"
                 f" bound {agrees.bound:.3g}): approximate by its own account; judged against the case"
             )
+    result.own_reference_differs = False
+    return ""
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def _dq_verdict(verdict: Verdict, got: Outputs, dq_ref: Tensor, problem: Problem) -> Verdict:
@@ -271,19 +311,36 @@ def check(
     impl: Implementation,
     problem: Problem,
     *,
-    fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    fn: Callable[..., Tensor] | None = None,
     max_rows: int = 256,
     grads: bool | None = None,
-    inputs: Inputs | None = None,
+    inputs: Any = None,
 ) -> CheckResult:
-    """Run ``impl`` on the problem's seeded inputs and judge it.
+    """Run ``impl`` on the problem's seeded inputs and judge it, as a run's worker does: a first
+    call on the inputs scrambled, then the judged call on them restored (:class:`Bench`).
 
     ``fn`` is the prepared call (``impl.prepare(problem)`` when None). Outputs (and gradients,
-    when ``grads`` is true — default: when the problem's mode has them) are compared on a seeded
-    sample of at most ``max_rows`` query rows, which is exact for those rows at any size."""
-    fn = fn or impl.prepare(problem)
-    inputs = inputs or problem.make_inputs()
-    rows = check_rows(problem, max_rows)
+    when ``grads`` is true — default: when the problem's mode has them; true on a forward case
+    judges a forward+backward call) are compared on a seeded sample of at most ``max_rows`` query
+    rows, which is exact for those rows at any size. An own ``reference()`` that fails adds a note."""
     wants = problem.kind.gradients if grads is None else grads
-    got = run_implementation(fn, problem, inputs, rows, wants)
-    return judge(impl, problem, inputs, got, rows)
+    timed = problem
+    if wants != problem.kind.gradients:
+        timed = problem.with_(mode="forward_backward" if wants else "forward")
+    kind = timed.kind
+    inputs = inputs or kind.make_inputs(timed)
+    fn = fn or kind.prepare(impl, timed, inputs)
+    rows = check_rows(problem, max_rows)
+    bench = kind.bench(fn, timed, inputs)
+    bench.scramble()
+    try:
+        bench.first()
+    finally:
+        bench.restore()
+    got = bench.check(rows)
+    result = kind.judge(impl, problem, inputs, got, rows)
+    try:
+        result.note = _join(result.note, compare_own_reference(impl, result))
+    except Exception as exc:
+        result.note = _join(result.note, f"its own reference() could not be compared: {type(exc).__name__}: {exc}")
+    return result

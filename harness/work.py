@@ -5,9 +5,11 @@ is two matrix products, ``QKᵀ`` and ``PV``, of ``2·D`` operations per (query,
 ``4·B·H·pairs·D``; ``pairs`` is ``Nq·Nk`` for full attention and counts only the pairs really
 computed for causal (bottom-right aligned), windowed and block-sparse patterns. Other modes
 scale it by their factor (:mod:`attnbench.modes`: backward 2.5×, forward+backward 3.5×).
-That is the work of *softmax attention*: implementations that compute it count it; one that
-computes something else (``linear``) declares its own, and one that declares nothing gets no
-FLOP figure.
+That is the work of *softmax attention*: an exact implementation computes that function, so one
+that declares no work of its own is counted as it (``counted = "softmax"``, whatever its kernel
+does inside); one that computes something else (``linear``) declares its own
+(``counted = "declared"``), and an approximation that declares nothing gets no FLOP figure and no
+peak fraction (``counted = "none"``).
 
 Bytes are the least one call must move between memory and the processor: every input read
 once and every output written once (a mode's :meth:`~attnbench.modes.Mode.io_bytes`). Achieved
@@ -21,13 +23,22 @@ from dataclasses import dataclass
 
 from attnbench.problem import Problem
 
+#: How a record's FLOPs were counted (its ``flops_counted``).
+COUNTED = {
+    "softmax": "softmax attention's pairs (an exact implementation that declares no work of its own)",
+    "declared": "as the implementation declares",
+    "none": "not counted (an approximation that declares no work)",
+}
+
 
 @dataclass(frozen=True)
 class Work:
-    """What one call of an implementation does: FLOPs (None: not declared) and bytes moved."""
+    """What one call of an implementation does: FLOPs (None: not counted), bytes moved, and how
+    the FLOPs were counted (a key of :data:`COUNTED`)."""
 
     flops: float | None
     bytes: float | None
+    counted: str = "declared"
 
 
 def softmax_flops(problem: Problem) -> float:
@@ -49,4 +60,4 @@ def io_bytes(problem: Problem) -> float:
 
 def softmax_work(problem: Problem) -> Work:
     """The work of softmax attention on ``problem``: its pairs' FLOPs and its compulsory bytes."""
-    return Work(softmax_flops(problem), io_bytes(problem))
+    return Work(softmax_flops(problem), io_bytes(problem), "softmax")

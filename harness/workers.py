@@ -33,13 +33,17 @@ FINAL_KEYS = ("record", "calibration", "describe", "fatal", "pair")
 
 
 class WorkerFailure(Exception):
-    """A job that ended without an answer: ``step`` is where, ``partial`` the record so far."""
+    """A job that ended without an answer: ``step`` is where, ``partial`` the record so far,
+    ``callee`` whose call was running in the timing step (the implementation's or the baseline's)."""
 
-    def __init__(self, reason: str = "", step: str = "", partial: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, reason: str = "", step: str = "", partial: dict[str, Any] | None = None, callee: str = "impl"
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.step = step
         self.partial = partial
+        self.callee = callee
 
 
 class WorkerTimeout(WorkerFailure):
@@ -67,14 +71,18 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class Budgets:
-    """Seconds left to each owner of a job's steps; ``timing`` may spend the implementation's and
-    the baseline's remaining time plus ``extra`` (the machine probe), and charges no one."""
+    """Seconds left to each owner of a job's steps. ``timing`` may spend the implementation's and
+    the baseline's remaining time plus ``extra`` (the machine probe); while a baseline call runs in
+    it (the worker says so), that call is on the baseline's own remaining time, which its calls
+    spend, so a baseline that hangs there is stopped at its own budget and found to be the one."""
 
     def __init__(self, timeout_s: float, extra_s: float = 0.0) -> None:
         self.left: dict[str, float] = {"impl": timeout_s, "baseline": timeout_s, "reference": timeout_s}
         self.extra_s = extra_s
         self.step = steps.LOAD
         self.since = time.monotonic()
+        self.callee = "impl"
+        self.callee_since = self.since
 
     def allowance(self) -> float:
         owner = steps.owner(self.step)
@@ -83,14 +91,25 @@ class Budgets:
         return self.left[owner]
 
     def deadline(self) -> float:
-        return self.since + self.allowance()
+        deadline = self.since + self.allowance()
+        if steps.owner(self.step) == "timing" and self.callee == "baseline":
+            deadline = min(deadline, self.callee_since + self.left["baseline"])
+        return deadline
 
     def enter(self, step: str) -> None:
         now = time.monotonic()
+        self.switch("impl")
         owner = steps.owner(self.step)
         if owner != "timing":
             self.left[owner] = max(0.0, self.left[owner] - (now - self.since))
         self.step, self.since = step, now
+
+    def switch(self, callee: str) -> None:
+        """A call of ``callee`` ("impl" or "baseline") starts in the timing step."""
+        now = time.monotonic()
+        if self.callee == "baseline":
+            self.left["baseline"] = max(0.0, self.left["baseline"] - (now - self.callee_since))
+        self.callee, self.callee_since = callee, now
 
 
 class Worker:
@@ -137,15 +156,17 @@ class Worker:
         try:
             os.write(self._jobs_w, (json.dumps(job) + "\n").encode())
         except BrokenPipeError:
-            raise WorkerDied(describe_exit(self.proc.wait(timeout=5)), plan.step) from None
+            raise WorkerDied(describe_exit(self.proc.wait(timeout=5)), plan.step, callee=plan.callee) from None
         while True:
             try:
                 message = self._read(plan.deadline())
             except WorkerFailure as exc:
-                exc.step, exc.partial = plan.step, partial
+                exc.step, exc.partial, exc.callee = plan.step, partial, plan.callee
                 raise
             if "phase" in message:
                 plan.enter(str(message["phase"]))
+            elif "callee" in message:
+                plan.switch(str(message["callee"]))
             elif "partial" in message:
                 partial = message["partial"]
             if any(key in message for key in FINAL_KEYS):

@@ -57,6 +57,15 @@ IMPLS: dict[str, tuple[str, bool, float, float, str, bool, str]] = {
     HOSTILE: ("a plugin whose name is markup", True, 2, 2, "", True, ""),
     "slow_loop": ("a Python loop over query rows", True, 2, 2, "", True, ""),
     "segv_kernel": ("a C extension that crashes at large sizes", True, 2, 1, "", True, ""),
+    "unjudged": (
+        "an approximation whose own reference() runs out of memory",
+        False,
+        1,
+        1,
+        "softmax attention",
+        True,
+        "",
+    ),
     "xformers": (
         "xformers.ops.memory_efficient_attention",
         True,
@@ -194,13 +203,18 @@ class Maker:
             rel_err=err / 4.1,
             accuracy_bound=2.1e-5,
             accuracy_rows=min(n, 256),
+            checks=["output"],
             full_max_abs_err=full_err,
             full_rel_err=None if full_err is None else full_err / 4.1,
             setup_s=0.002,
             worker_pid=4100 + len(self.records),
             **case,
         )
-        if status == "ok":
+        if status == "unchecked":
+            rec.max_abs_err = rec.rel_err = rec.accuracy_bound = rec.accuracy_rows = None
+            rec.checks = []
+            rec.check_note = "accuracy not checked: its own reference() failed: MemoryError: wanted 9 GiB"
+        if status in ("ok", "unchecked"):
             s = self.samples(time_ms, scale)
             bs = self.samples(base_ms, base_scale)
             med, bmed = float(np.median(s)), float(np.median(bs))
@@ -309,6 +323,7 @@ def make_sweep() -> None:
         )
         mk.failed(HOSTILE, "error", HOSTILE_REASON, n)
         mk.failed("xformers", "unavailable", IMPLS["xformers"][6], n)
+        mk.ok("unjudged", n, 0.002 * n, 1e5, 0.004 * n**2 / 1e3, status="unchecked")
         if n <= 1024:
             add_exact(mk, "slow_loop", n)
         elif n == 2048:
@@ -342,6 +357,7 @@ def make_sweep() -> None:
         "slow_loop",
         "segv_kernel",
         "xformers",
+        "unjudged",
     ]
     run = run_json(
         machine("ci-box-cpu", "Intel(R) Xeon(R) Platinum 8488C (AVX-512)", 2, 8), "scaling-demo", impls, 196.4, 2

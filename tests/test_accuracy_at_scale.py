@@ -84,17 +84,21 @@ def test_a_key_gradient_five_percent_wrong_is_inaccurate_at_n4096(dtype: str) ->
     assert failed == ["dk"], planted.failures()
 
 
-def test_sdpa_flash_bfloat16_backward_is_found_less_accurate_than_the_plain_computation() -> None:
-    """A finding, not a planted bug: on the CPU, SDPA's flash back end computes bfloat16 key and
-    value gradients with errors that stay near 1e-3 as N grows while the gradients shrink; at
-    4096 × 8 heads they are several times the plain bfloat16 computation's, which passes."""
+def test_sdpa_flash_bfloat16_backward_is_within_flashattentions_bound_though_less_accurate_than_math() -> None:
+    """A finding about PyTorch's kernel, not a planted bug: on the CPU, SDPA's flash back end
+    computes bfloat16 key and value gradients several times less accurately than its math back end
+    at 4096 × 8 heads, and still within FlashAttention's bound (twice the plain bfloat16
+    computation's error): it is not called inaccurate. (The row-wise bound before fired here.)"""
     problem = Problem(batch=1, heads=8, seq_len=4096, head_dim=64, dtype="bfloat16", mode="backward")
     inputs = problem.make_inputs()
     flash = check(load_registry().get("sdpa_flash"), problem, inputs=inputs)
     math_ = check(load_registry().get("sdpa_math"), problem, inputs=inputs)
     assert math_.ok, math_.failures()
+    assert flash.ok, flash.failures()
     worse = {v.what: v.max_abs_err / m.max_abs_err for v, m in zip(flash.verdicts, math_.verdicts, strict=True)}
-    assert not flash.ok and worse["dk"] > 2 and worse["dv"] > 2, worse
+    assert worse["dk"] > 2 and worse["dv"] > 2, worse
+    for verdict in flash.verdicts:
+        assert verdict.plain_err is not None and verdict.max_abs_err <= 2 * verdict.plain_err + verdict.bound
 
 
 def test_long_exact_implementations_pass_the_scaled_criterion_in_bfloat16() -> None:

@@ -57,6 +57,7 @@ def write_run(
             Record(
                 impl=impl,
                 status="ok",
+                checks=["output"],
                 seq_len=seq,
                 kv_len=seq,
                 heads=8,
@@ -174,9 +175,17 @@ def test_too_few_samples_is_uncertain_not_slower(tmp_path: Path) -> None:
 
 
 def test_pairs_only_in_one_run_and_status_changes_are_listed(tmp_path: Path) -> None:
-    gone = Record(impl="old_kernel", status="ok", seq_len=1024, kv_len=1024, samples_ms=[1.0] * 10, time_ms=1.0)
+    gone = Record(
+        impl="old_kernel", status="ok", checks=["output"], seq_len=1024, kv_len=1024, samples_ms=[1.0] * 10, time_ms=1.0
+    )
     hostile = Record(
-        impl="<script>alert(1)</script>", status="ok", seq_len=1024, kv_len=1024, samples_ms=[2.0] * 10, time_ms=2.0
+        impl="<script>alert(1)</script>",
+        status="ok",
+        checks=["output"],
+        seq_len=1024,
+        kv_len=1024,
+        samples_ms=[2.0] * 10,
+        time_ms=2.0,
     )
     oom = Record(
         impl="chunked",
@@ -192,6 +201,7 @@ def test_pairs_only_in_one_run_and_status_changes_are_listed(tmp_path: Path) -> 
     ran = Record(
         impl="chunked",
         status="ok",
+        checks=["output"],
         seq_len=8192,
         kv_len=8192,
         heads=8,
@@ -234,6 +244,10 @@ def test_run_compare_writes_into_a_folder_of_its_own(tmp_path: Path, monkeypatch
     assert "slower" in (folder / "compare.md").read_text(encoding="utf-8")
     with pytest.raises(CompareError, match="one of the runs"):
         run_compare(base, new, 10.0, fail_on_regression=True, out=new)
+    with pytest.raises(CompareError, match="is inside"):
+        run_compare(base, new, 10.0, fail_on_regression=True, out=base / "comparison")
+    proc = attnbench("compare", str(base), str(new), "--out", str(new / "sub" / "c"))
+    assert proc.returncode == 2 and "is inside" in proc.stderr and not (new / "sub").exists()
 
 
 def test_the_machine_probe_is_a_reference_for_the_baseline_too(tmp_path: Path) -> None:
@@ -297,7 +311,9 @@ def test_load_that_strikes_the_baseline_harder_than_the_probe_is_uncertain(tmp_p
 def test_a_pair_that_leaves_ok_for_any_status_or_vanishes_fails_the_gate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ran = Record(impl="extra", status="ok", seq_len=512, kv_len=512, samples_ms=[1.0] * 10, time_ms=1.0)
+    ran = Record(
+        impl="extra", status="ok", checks=["output"], seq_len=512, kv_len=512, samples_ms=[1.0] * 10, time_ms=1.0
+    )
     base = write_run(tmp_path / "base", seed=1, extra=[ran])
     for status in ("unavailable", "skipped", "unsupported"):
         after = Record(impl="extra", status=status, reason="why", seq_len=512, kv_len=512)
@@ -323,7 +339,9 @@ def test_different_suites_warn_and_nothing_to_compare_is_an_error(tmp_path: Path
 
 def test_a_pair_that_breaks_fails_the_gate(tmp_path: Path) -> None:
     crashed = Record(impl="chunked", status="crashed", reason="worker killed by SIGSEGV", seq_len=8192, kv_len=8192)
-    ran = Record(impl="chunked", status="ok", seq_len=8192, kv_len=8192, samples_ms=[1.0] * 10, time_ms=1.0)
+    ran = Record(
+        impl="chunked", status="ok", checks=["output"], seq_len=8192, kv_len=8192, samples_ms=[1.0] * 10, time_ms=1.0
+    )
     base = write_run(tmp_path / "base", seed=1, extra=[ran])
     new = write_run(tmp_path / "new", seed=1, extra=[crashed])
     assert not compare_runs(base, new).regressions

@@ -17,6 +17,7 @@ from attnbench.kvcache import KVCache, make_cache, parse_cache, parse_lengths, v
 from attnbench.records import read_records
 from attnbench.registry import load_registry
 from attnbench.suite import SuiteError, parse_suite
+from attnbench.verify import check
 
 Tensor = torch.Tensor
 NATIVE = ["naive", "sdpa", "sdpa_math", "split_kv"]
@@ -28,12 +29,8 @@ def decode(**fields: Any) -> Problem:
 
 
 def judged(impl: Implementation, problem: Problem) -> Any:
-    kind = problem.kind
-    inputs = kind.make_inputs(problem)
-    fn = kind.prepare(impl, problem, inputs)
-    rows = torch.arange(problem.seq_len)
-    got = kind.run_check(fn, problem, inputs, rows)
-    return kind.judge(impl, problem, inputs, got, rows)
+    """The worker's check: a first call on the inputs scrambled, the judged call on them restored."""
+    return check(impl, problem, max_rows=problem.seq_len)
 
 
 # -- the cache ----------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_every_status_is_produced_and_every_pair_recorded_once(
     every_status_run: tuple[Path, list[dict[str, Any]]],
 ) -> None:
     _, records = every_status_run
-    assert len(records) == 10 * 2
+    assert len(records) == 11 * 2
     assert len({record_key(r) for r in records}) == len(records)
     assert set(Counter(r["status"] for r in records)) == set(STATUSES)
 
@@ -59,6 +59,7 @@ def test_every_status_is_produced_and_every_pair_recorded_once(
         ("bad_unavailable", "unavailable", "needs a TPU"),
         ("only_float64", "unsupported", "float64"),
         ("huge_estimate", "oom", "declares"),
+        ("bad_reference", "unchecked", ""),
     ],
 )
 def test_each_plugin_ends_with_its_status(
@@ -101,15 +102,16 @@ def test_every_record_says_where_it_ended(every_status_run: tuple[Path, list[dic
     steps = {r["impl"]: r["step"] for r in records if r["seq_len"] == 64}
     assert steps == {
         "good_sdpa": "done",
-        "bad_segfault": "accuracy check",
-        "bad_hang": "accuracy check",
-        "bad_alloc": "accuracy check",
+        "bad_segfault": "first call",
+        "bad_hang": "first call",
+        "bad_alloc": "first call",
         "bad_nan": "done",
-        "bad_shape": "accuracy check",
-        "bad_raise": "accuracy check",
+        "bad_shape": "first call",
+        "bad_raise": "first call",
         "bad_unavailable": "availability",
         "only_float64": "supports",
         "huge_estimate": "memory estimate",
+        "bad_reference": "reference",
     }
     assert all(r["step"] == "" for r in records if r["status"] == "skipped")  # decided by the runner
     run = json.loads((out / "run.json").read_text())

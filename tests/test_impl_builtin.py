@@ -427,15 +427,21 @@ def test_paths(variant: str, dtype: str, shape: str, causal: bool) -> None:
 
 @pytest.mark.parametrize("variant", [f"{name}[matmul-lowp]" for name in TILED])
 def test_low_precision_backward_is_opt_in(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Autograd through bfloat16 tiles misses the dq bound (0.0129 against 0.00099 for chunked,
-    causal, N=200), so a machine with bfloat16 units computes a differentiated call in float32
-    unless low precision is asked for by name; the forward alone stays in bfloat16."""
+    """Autograd through bfloat16 tiles is within FlashAttention's bound (errors of one bfloat16
+    unit at the gradients' largest magnitude, as the plain bfloat16 computation's own), yet far
+    less accurate than float32 tiles: so a machine with bfloat16 units computes a differentiated
+    call in float32 unless low precision is asked for by name; the forward alone stays in
+    bfloat16. (Judged row by row against float64, the criterion before, the forced path failed dq:
+    0.0129 against a bound of 0.00099 for chunked, causal, N=200.)"""
     problem = problem_for(variant, causal=True, dtype="bfloat16", **SHAPES["self"])
     forced = check(make(variant), problem, grads=True)
-    assert not forced.ok and "dq" in forced.failures()  # the defect the dispatch avoids, still there
+    assert forced.ok, forced.failures()
     monkeypatch.setattr(_tiles, "low_precision_units", lambda dtype, device: True)
     auto = make(variant.replace("-lowp]", "]").replace("[lowp]", ""))
-    assert_passes(auto, problem, grads=True)
+    chosen = check(auto, problem, grads=True)
+    assert chosen.ok, chosen.failures()
+    for low, high in zip(forced.verdicts[1:], chosen.verdicts[1:], strict=True):  # dq, dk, dv
+        assert high.max_abs_err * 10 < low.max_abs_err, (low, high)
 
 
 @pytest.mark.parametrize("low_precision", [True, False])

@@ -186,6 +186,9 @@ def test_random_features_agree_between_setup_and_reference_for_any_seed() -> Non
         (["list", "--plugin", str(PLUGINS / "takes_sdpa.py")], "already registered"),
         (["check", "sdpa", "--plugin", "missing.py"], "does not exist"),
         (["run", "smoke", "--plugin", str(PLUGINS / "takes_sdpa.py"), "--no-report"], "already registered"),
+        (["list", "--plugin", str(PLUGINS / "broken_plugin.py")], "failed to import: RuntimeError"),
+        (["check", "sdpa", "--plugin", str(PLUGINS / "broken_plugin.py")], "failed to import: RuntimeError"),
+        (["run", "smoke", "--only", "sdpa", "--plugin", str(PLUGINS / "broken_plugin.py")], "broken_plugin.py"),
     ],
 )
 def test_bad_plugins_exit_2_with_one_sentence(args: list[str], message: str) -> None:

@@ -119,7 +119,10 @@ accuracy_rows = 32
     assert record["peak_mem_bytes"] < 3 * 2**30
 
 
-def test_a_failing_reference_is_a_note_not_the_implementations_status(tmp_path: Path) -> None:
+def test_an_approximation_whose_reference_fails_is_unchecked_never_failed_and_never_ranked(tmp_path: Path) -> None:
+    """An approximation is judged by its own reference() alone: when that raises or kills the
+    worker, its accuracy could not be checked. That is not the implementation's failure (its time
+    and memory are kept), and it is not ``ok`` either: ``unchecked``, with the reason."""
     suite = """
 [suite]
 implementations = ["reference_ooms", "reference_crashes"]
@@ -137,13 +140,92 @@ max_time_s = 0.05
     records = run_suite(tmp_path, suite)
     assert len(records) == 4
     for r in records:
-        assert r["status"] == "ok" and r["time_ms"] > 0 and r["peak_mem_bytes"] is not None
+        assert r["status"] == "unchecked" and r["time_ms"] > 0 and r["peak_mem_bytes"] is not None
         assert r["checks"] == []
-        assert "accuracy not checked" in r["check_note"]
+        assert "accuracy not checked" in r["check_note"] and "its own reference()" in r["check_note"]
     ooms = [r for r in records if r["impl"] == "reference_ooms"]
     assert all("4 GiB buffer" in r["check_note"] for r in ooms)
     crashes = [r for r in records if r["impl"] == "reference_crashes"]
     assert all("SIGSEGV" in r["check_note"] for r in crashes)
+
+
+def test_an_exact_claim_is_judged_before_its_own_reference_runs_and_a_stored_output_is_found_out(
+    tmp_path: Path,
+) -> None:
+    """Nothing a plugin supplies can discard the exact verdict: zeros declared exact are
+    ``inaccurate`` whether their own reference() raises MemoryError or kills the worker (that adds a
+    note). And the call that is judged is the call that was timed: a plugin returning the output it
+    stored for the same tensors is timed on scrambled inputs, judged on the seeded ones, and is
+    ``inaccurate``; SDPA beside it is ``ok``."""
+    suite = """
+[suite]
+implementations = ["zeros_reference_ooms", "zeros_reference_crashes", "stores_outputs", "fast_sdpa"]
+baseline = "fast_sdpa"
+[grid]
+heads = [2]
+seq_len = [256]
+head_dim = [32]
+dtype = ["float32", "bfloat16"]
+causal = [false, true]
+mode = ["forward", "forward_backward"]
+[budget]
+min_time_s = 0.01
+max_time_s = 0.05
+"""
+    records = run_suite(tmp_path, suite)
+    assert len(records) == 32
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault(r["impl"], []).append(r)
+    for r in by["zeros_reference_ooms"]:
+        assert r["status"] == "inaccurate" and r["checks"][0] == "output" and r["speedup"] is None, r
+        assert "its own reference() could not be compared" in r["check_note"] and "4 GiB" in r["check_note"]
+    for r in by["zeros_reference_crashes"]:
+        assert r["status"] == "inaccurate" and r["checks"][0] == "output" and r["step"] == "own reference", r
+        assert "its own reference() crashed the worker" in r["check_note"] and "SIGSEGV" in r["check_note"]
+    for r in by["stores_outputs"]:
+        if r["mode"] == "forward":
+            assert r["status"] == "inaccurate", (r["dtype"], r["causal"], r["status"], r["reason"])
+            assert r["max_abs_err"] > 10 * r["accuracy_bound"]
+        else:
+            assert r["status"] == "unsupported"
+    assert all(r["status"] == "ok" for r in by["fast_sdpa"])
+
+
+@pytest.mark.parametrize(
+    ("baseline", "happened"),
+    [
+        ("baseline_raises_when_timed", "failed during the interleaved timing (RuntimeError"),
+        ("baseline_crashes_when_timed", "crashed the worker (worker killed by SIGSEGV) during the interleaved timing"),
+        ("baseline_hangs_when_timed", "ran past its budget during the interleaved timing"),
+    ],
+)
+def test_a_baseline_that_fails_during_the_interleaved_timing_is_the_baselines_failure(
+    tmp_path: Path, baseline: str, happened: str
+) -> None:
+    """The baseline's first calls succeed, then it raises, kills the worker or hangs while it is
+    timed beside the implementation: the implementation stays ``ok`` with its own samples (timed
+    alone where the worker died), and ``baseline_note`` says what happened."""
+    suite = f"""
+[suite]
+implementations = ["fast_sdpa"]
+baseline = "{baseline}"
+[grid]
+heads = [1]
+seq_len = [64]
+head_dim = [16]
+dtype = ["float32"]
+causal = [false]
+[budget]
+timeout_s = 8
+min_time_s = 0.05
+max_time_s = 0.3
+"""
+    (record,) = run_suite(tmp_path, suite)
+    assert record["status"] == "ok" and record["step"] == "done", record
+    assert record["speedup"] is None and record["baseline_samples_ms"] == []
+    assert len(record["samples_ms"]) >= 5
+    assert happened in record["baseline_note"], record["baseline_note"]
 
 
 def test_resume_with_another_suite_exits_2_and_leaves_the_folder_untouched(tmp_path: Path) -> None:

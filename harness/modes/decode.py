@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from attnbench.kvcache import KVCache, make_cache, parse_cache, valid_lengths
-from attnbench.modes.base import Call, Mode
+from attnbench.modes.base import Bench, Mode, same_shape
 
 if TYPE_CHECKING:
     from attnbench.contract import Implementation
@@ -89,6 +89,34 @@ def dense_cache_adapter(impl: Implementation, problem: Problem, cache: KVCache) 
     return step
 
 
+class DecodeBench(Bench):
+    """One decode step: the new tokens' queries, keys and values and the whole cache are the
+    scrambled inputs (the step rewrites the same slots on every call, so restoring the cache
+    restores the step's inputs exactly)."""
+
+    def __init__(self, fn: DecodeFn, inputs: DecodeInputs) -> None:
+        q, k_new, v_new = inputs.q, inputs.k_new, inputs.v_new
+
+        def step() -> object:
+            with torch.no_grad():
+                return fn(q, k_new, v_new)  # [B, H, S, D]; the cache now holds the new tokens
+
+        super().__init__(step, (q, k_new, v_new, inputs.cache.k, inputs.cache.v))
+        self.q = q
+
+    def first(self) -> None:
+        out = self.call()
+        same_shape(out, self.q)  # type: ignore[arg-type]
+
+    def check(self, rows: Tensor) -> Outputs:
+        from attnbench.verify import Outputs
+
+        out = self.call()
+        assert isinstance(out, torch.Tensor)
+        same_shape(out, self.q)
+        return Outputs(out.detach().cpu())
+
+
 class Decode(Mode):
     name = "decode"
     memory_bound = True
@@ -110,14 +138,8 @@ class Decode(Mode):
     def prepare(self, impl: Implementation, problem: Problem, inputs: DecodeInputs) -> DecodeFn:
         return impl.prepare_decode(problem, inputs.cache)
 
-    def timed_call(self, fn: Callable[..., Tensor], problem: Problem, inputs: DecodeInputs) -> Call:
-        q, k_new, v_new = inputs.q, inputs.k_new, inputs.v_new
-
-        def step() -> object:
-            with torch.no_grad():
-                return fn(q, k_new, v_new)
-
-        return step
+    def bench(self, fn: Callable[..., Tensor], problem: Problem, inputs: DecodeInputs) -> Bench:
+        return DecodeBench(fn, inputs)
 
     def pairs(self, problem: Problem) -> int:
         return sum(problem.pattern.pairs(problem.seq_len, int(n)) for n in attended(problem))
@@ -129,15 +151,6 @@ class Decode(Mode):
         q = problem.batch * problem.heads * problem.seq_len * problem.head_dim  # read, and the output written
         return float((kv_read + new + 2 * q) * elem)
 
-    def run_check(self, fn: Callable[..., Tensor], problem: Problem, inputs: DecodeInputs, rows: Tensor) -> Outputs:
-        from attnbench.verify import Outputs
-
-        with torch.no_grad():
-            out = fn(inputs.q, inputs.k_new, inputs.v_new)  # [B, H, S, D]; the cache now holds the new tokens
-        if tuple(out.shape) != tuple(inputs.q.shape):
-            raise ValueError(f"output shape {tuple(out.shape)} differs from the query's {tuple(inputs.q.shape)}")
-        return Outputs(out.detach().cpu())
-
     def judge(
         self, impl: Implementation, problem: Problem, inputs: DecodeInputs, got: Outputs, rows: Tensor
     ) -> CheckResult:
@@ -146,15 +159,18 @@ class Decode(Mode):
         from attnbench.verify import Outputs, judge
 
         worst: CheckResult | None = None
+        compared = []
         every = torch.arange(problem.seq_len)
         for b in range(problem.batch):
             k_b, v_b = inputs.cache.gather(b)  # [1, Hkv, L_b, D]
             sub = sequence_problem(problem, int(inputs.cache.attended[b]))
             result = judge(impl, sub, (inputs.q[b : b + 1], k_b, v_b), Outputs(got.out[b : b + 1]), every)
+            compared += result.compared
             if worst is None or _badness(result.output) > _badness(worst.output):
                 worst = result
         assert worst is not None
         worst.rows = problem.seq_len * problem.batch
+        worst.compared = compared  # every sequence, for the comparison with an own reference()
         return worst
 
 

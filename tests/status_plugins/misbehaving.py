@@ -95,3 +95,14 @@ class HugeEstimate(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         raise AssertionError("a case predicted out of memory must never run")
+
+
+def _raising_reference(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    raise RuntimeError("deliberate failure from bad_reference's reference()")
+
+
+@register(
+    "bad_reference", exact=False, reference=_raising_reference, description="an approximation whose reference() raises"
+)
+def bad_reference(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, **options: object) -> Tensor:
+    return _sdpa(q, k, v, causal, scale)

@@ -161,3 +161,77 @@ class SleepsLinearly(Implementation):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)
+
+
+@register("zeros_reference_ooms")
+class ZerosReferenceOOMs(Implementation):
+    """Declared exact, returns zeros; its own reference() raises MemoryError. The verdict against
+    the case's own reference is reached first: it is inaccurate, and the failing reference a note."""
+
+    devices = ("cpu",)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        return q * 0  # zeros, differentiable (so its gradients are judged too)
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
+        raise MemoryError("zeros_reference_ooms's reference() wanted a 4 GiB buffer")
+
+
+@register("zeros_reference_crashes")
+class ZerosReferenceCrashes(ZerosReferenceOOMs):
+    """Declared exact, returns zeros; its own reference() kills the worker."""
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
+        ctypes.string_at(0)  # SIGSEGV
+        return q
+
+
+_STORED: dict[tuple[int, ...], Tensor] = {}
+
+
+@register(
+    "stores_outputs",
+    description="SDPA computed once per set of input tensors, then returned from a store",
+    features=("causal",),
+)
+def stores_outputs(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    """Keys its store on the tensors' data pointers: every timed repetition hands it the same
+    tensors, so only the first call computes anything."""
+    key = (q.data_ptr(), k.data_ptr(), v.data_ptr(), *q.shape)
+    if key not in _STORED:
+        _STORED[key] = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return _STORED[key]
+
+
+_CALLS = {"n": 0}
+
+
+def _misbehaves_after_two_calls(how: str) -> None:
+    """Fine for the baseline step's two calls (its warm-up and its first timed call), then ``how``."""
+    _CALLS["n"] += 1
+    if _CALLS["n"] <= 2:
+        return
+    if how == "raises":
+        raise RuntimeError("the baseline broke during the interleaved timing")
+    if how == "crashes":
+        ctypes.string_at(0)  # SIGSEGV
+    if how == "hangs":
+        time.sleep(600)
+
+
+@register("baseline_raises_when_timed", description="SDPA that raises from its third call in a worker")
+def baseline_raises_when_timed(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    _misbehaves_after_two_calls("raises")
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+@register("baseline_crashes_when_timed", description="SDPA that kills its worker from its third call")
+def baseline_crashes_when_timed(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    _misbehaves_after_two_calls("crashes")
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+@register("baseline_hangs_when_timed", description="SDPA that hangs from its third call in a worker")
+def baseline_hangs_when_timed(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+    _misbehaves_after_two_calls("hangs")
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
