@@ -1,4 +1,4 @@
-"""The ``attnbench`` command: list, check, run, suite, report, merge, compare.
+"""The ``attnbench`` command: list, check, run, suite, report, merge, compare, rejudge.
 
 Mistakes a user can make (a bad suite, an unknown name, a missing folder) end with exit code 2
 and one sentence on standard error, never a traceback.
@@ -274,6 +274,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def cmd_rejudge(args: argparse.Namespace) -> int:
+    from attnbench.rejudge import rejudge
+
+    folder = Path(args.dir)
+    if not (folder / "results.jsonl").is_file():
+        return _fail(f"{folder} holds no results.jsonl: not a result folder")
+    try:
+        registry = load_registry(args.plugin)
+        only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+        for name in only or []:
+            registry.get(name)
+        lines = rejudge(folder, registry, only)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    changed = sum(line["status"] != line["was"]["status"] for line in lines)
+    print(f"rejudged {len(lines)} record(s) of {folder}, {changed} changed verdict: {folder / 'rejudged.jsonl'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="Benchmark and compare attention implementations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -327,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--out", metavar="DIR", required=True, help="the merged result folder (new)")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("rejudge", help="judge a run's records again with today's accuracy criterion (no timing)")
+    p.add_argument("dir", metavar="DIR", help="the result folder")
+    p.add_argument("--only", metavar="NAMES", help="these implementations' records (default: every inaccurate one)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file (repeatable)")
+    p.set_defaults(func=cmd_rejudge)
 
     p = sub.add_parser("compare", help="compare two runs: real regressions, not noise")
     p.add_argument("base", metavar="BASE")

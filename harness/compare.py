@@ -26,6 +26,15 @@ against it ×0.99-1.03). A short call loses whole scheduler time slices; a long 
 
 *Faster* is the mirror image (ratio below ``1 / (1 + threshold)``).
 
+**Load.** Under load a call and the reference timed beside it do not slow alike: on this
+project's two-core machine, beside two spinning processes, a two-threaded SDPA call read 3.12×
+its quiet time while the same kernel interleaved with it as the baseline read 1.41×, so the
+relative figure called two runs of the same code a regression. Each record says how busy the
+rest of the machine was while it was timed (``machine_load``, :mod:`attnbench.load`: the share
+of the usable cores' time other processes took). A pair timed under more than
+:data:`LOAD_LIMIT` of load in either run is never *slower* or *faster*: it is *uncertain*, with
+the load named — a real regression reads the same on a quiet machine.
+
 **Alpha and small samples.** With ``n`` and ``m`` samples, no Mann–Whitney p-value can be below
 ``2 / C(n+m, n)`` (two-sided): 0.0079 with 5 against 5, 0.0022 with 6 against 6, 0.00058 with 7
 against 7. :func:`choose_alpha` takes asv's 0.002 where that floor allows it (7 samples a side
@@ -54,6 +63,10 @@ from attnbench.report.html import render
 from attnbench.results import load_results, load_run
 
 ALPHA_STRICT = 0.002  # asv's threshold
+#: The share of the cores' time other processes may take while a pair is timed before its change
+#: cannot be told from the load (a quiet two-core machine reads under 0.1; two spinning
+#: processes beside a run, about 0.5).
+LOAD_LIMIT = 0.25
 ALPHA_LOOSE = 0.01
 Verdict = Literal["slower", "faster", "same", "uncertain"]
 
@@ -276,6 +289,22 @@ def _probe_moved(relative: list[Relative], ratio: float, limit: float) -> bool:
     return moved > limit or moved < 1.0 / limit
 
 
+def machine_load(row: dict[str, Any]) -> float | None:
+    """The load a record was timed under (None when the record does not say)."""
+    value = row.get("machine_load")
+    return float(value) if isinstance(value, int | float) and math.isfinite(float(value)) else None
+
+
+def _loaded(base: dict[str, Any], new: dict[str, Any]) -> str:
+    """``"48% in NEW"`` where either run timed the pair under more than :data:`LOAD_LIMIT` of load."""
+    said = [
+        f"{load:.0%} in {which}"
+        for which, row in (("BASE", base), ("NEW", new))
+        if (load := machine_load(row)) is not None and load > LOAD_LIMIT
+    ]
+    return " and ".join(said)
+
+
 def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold_pct: float) -> PairComparison:
     """Compare one pair that is ok in both runs."""
     limit = 1.0 + threshold_pct / 100.0
@@ -314,6 +343,12 @@ def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold_pct: float
         if moved_alone:
             note = "; ".join(f"relative to the {r.reference} ×{r.ratio:.2f} ({r.verdict})" for r in moved_alone)
             note += ", but the absolute time did not move"
+    if verdict in ("slower", "faster") and (loaded := _loaded(base, new)):
+        verdict = "uncertain"
+        note = (
+            f"other processes took {loaded} of the cores' time while it was timed: under load a call and the"
+            " reference timed beside it slow unevenly; rerun on a quiet machine"
+        )
     return PairComparison(
         str(new["impl"]),
         case_name(new),

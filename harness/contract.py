@@ -117,6 +117,9 @@ class Implementation:
     tolerance: ClassVar[float | None] = None
     #: Where it came from: "built-in", a plugin file, or the module that registered it.
     source: str = "built-in"
+    #: Whose kernel it calls, when it is a library's ("PyTorch", "xformers"): a verdict against it
+    #: is a finding about that library's kernel, and the report states it apart from the rest.
+    library: ClassVar[str] = ""
 
     def available(self) -> Availability:
         """Whether this implementation can run here at all (library present, device present)."""
@@ -214,6 +217,7 @@ class Implementation:
             "memory_growth": None if self.growth is None else self.growth.memory,
             "own_reference": self.own_reference,
             "work": self.work_counted,
+            "library": self.library,
             "tolerance": self.tolerance,
             "source": self.source,
             "available": avail.ok,

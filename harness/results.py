@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from attnbench import rejudge
 from attnbench.case import record_key
 from attnbench.figures import derive
 from attnbench.records import RECORD_FIELDS, Record, read_records
@@ -60,11 +61,11 @@ def load_results(path: Path | str) -> pd.DataFrame:
         raise FileNotFoundError(f"{src}: no such result folder or file")
     if src.is_dir():
         run = load_run(src)
-        rows = _rederived(_dedupe(read_records(src / "results.jsonl")), run)
+        rows = _rederived(rejudge.apply(_dedupe(read_records(src / "results.jsonl")), src), run)
         label = src.name
     elif src.suffix == ".jsonl":
         run = load_run(src)
-        rows = _rederived(_dedupe(read_records(src)), run)
+        rows = _rederived(rejudge.apply(_dedupe(read_records(src)), src.parent), run)
         label = src.parent.name
     elif src.suffix == ".json":
         rows, run = read_pytest_benchmark(src)

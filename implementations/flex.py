@@ -174,6 +174,7 @@ def _availability() -> Availability:
 class FlexAttention(Implementation):
     description = "FlexAttention under torch.compile with a BlockMask from the pattern (block-sparse skipping)"
     exact = True
+    library = "PyTorch"
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")

@@ -111,6 +111,7 @@ class _SDPA(Implementation):
 
     backend: ClassVar[SDPBackend | None] = None
     exact = True
+    library = "PyTorch"
     computes = ("full", "causal", "window", "block-sparse")
     dtypes = ALL_DTYPES
     features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})

@@ -148,6 +148,7 @@ def _from_xformers(out: Tensor, shape: torch.Size) -> Tensor:
 class XFormers(Implementation):
     description = "xformers.ops.memory_efficient_attention with xFormers' bottom-right causal/local biases (CUDA)"
     exact = True
+    library = "xformers"
     computes = ("full", "causal", "window")
     devices = ("cuda",)
     dtypes = ("float32", "bfloat16", "float16")

@@ -84,12 +84,14 @@ def write_run(
     return folder
 
 
-def scaled_copy(src: Path, dst: Path, factor: float, impl: str = "chunked") -> Path:
-    """The same run with one implementation's samples multiplied by ``factor`` (its baseline untouched)."""
+def scaled_copy(src: Path, dst: Path, factor: float, impl: str = "chunked", load: float | None = None) -> Path:
+    """The same run with one implementation's samples multiplied by ``factor`` (its baseline
+    untouched), every record saying it was timed under ``load``."""
     dst.mkdir(parents=True, exist_ok=True)
     lines = []
     for line in (src / "results.jsonl").read_text(encoding="utf-8").splitlines():
         rec: dict[str, Any] = json.loads(line)
+        rec["machine_load"] = load
         if rec["impl"] == impl and rec["status"] == "ok":
             rec["samples_ms"] = [s * factor for s in rec["samples_ms"]]
             rec["time_ms"] = float(np.median(rec["samples_ms"]))
@@ -121,6 +123,19 @@ def test_deliberately_slower_is_a_regression(tmp_path: Path) -> None:
     assert all(p.verdict == "same" for p in result.pairs if p.impl == "sdpa")
     assert run_compare(base, new, 10.0, fail_on_regression=True, out=tmp_path / "out") == 1
     assert run_compare(base, new, 10.0, fail_on_regression=False, out=tmp_path / "out") == 0
+
+
+def test_a_change_timed_under_load_is_uncertain_never_slower(tmp_path: Path) -> None:
+    """The same 1.3× slowdown is a regression when the new run was timed on a quiet machine, and
+    uncertain, with the load named, when other processes took half the cores' time meanwhile."""
+    base = write_run(tmp_path / "base", seed=1)
+    quiet = compare_runs(base, scaled_copy(base, tmp_path / "quiet", 1.3, load=0.03))
+    assert {(p.impl, p.verdict) for p in quiet.pairs if p.impl == "chunked"} == {("chunked", "slower")}
+    busy = compare_runs(base, scaled_copy(base, tmp_path / "busy", 1.3, load=0.52))
+    chunked = [p for p in busy.pairs if p.impl == "chunked"]
+    assert [p.verdict for p in chunked] == ["uncertain", "uncertain"] and not busy.regressions
+    assert all("52% in NEW" in p.note for p in chunked)
+    assert run_compare(base, tmp_path / "busy", 10.0, True, tmp_path / "out") == 0
 
 
 def test_below_threshold_is_not_a_regression(tmp_path: Path) -> None:

@@ -4,19 +4,30 @@ figures the trust issue asked for, checked on the output attnbench actually wrot
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
+from attnbench.case import record_key
 from attnbench.records import read_records
+from attnbench.report import write_report
+from attnbench.results import load_results
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 NOT_RUN = ("ok", "unavailable", "unsupported")  # ran fine, or not applicable here
 
 
 def records(name: str) -> list[dict[str, Any]]:
-    return read_records(RECORDED / name / "results.jsonl")
+    """A recorded run's records as today's code reads them: every figure derived again from the raw
+    samples (:func:`attnbench.results.load_results`), not the fields the run froze."""
+    frame = load_results(RECORDED / name)
+    return [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]
 
 
 def test_quick_no_record_exceeds_the_peak_it_is_set_against() -> None:
@@ -178,3 +189,75 @@ def test_naive_growth_in_the_kernels_run_is_judged_on_paired_lengths() -> None:
     assert naive["causal"]["time_slope"] == pytest.approx(2.27, abs=0.01)
     unpaired = scaling_table(data.records, data.declarations)
     assert set(unpaired[unpaired["impl"] == "naive"]["time_verdict"]) == {"above claim"}
+
+
+# -- every recorded run read with today's code ------------------------------------------------------
+
+RUNS = sorted(p.name for p in RECORDED.iterdir() if (p / "results.jsonl").is_file())
+#: Figures a recorded record holds that today's formulas derive again from its raw samples.
+FIGURES = ("time_ms", "time_q1_ms", "time_q3_ms", "speedup", "gflops", "peak_gflops", "peak_fraction", "gbps")
+
+
+def assert_figures_rederived(name: str) -> int:
+    """Every ok record of a recorded run, read back (:func:`attnbench.results.load_results`), has
+    the figures today's formulas derive from its raw samples, its work and the run's calibration:
+    the recorded ones, and never a rate above the ceiling it is set against. Returns the records
+    checked."""
+    raw = {record_key(r): r for r in read_records(RECORDED / name / "results.jsonl")}
+    frame = load_results(RECORDED / name)
+    checked = 0
+    for row in frame.to_dict("records"):
+        if row["status"] != "ok":
+            continue
+        original = raw[record_key(row)]
+        assert row["time_ms"] == pytest.approx(statistics.median(original["samples_ms"]))
+        for field in FIGURES:
+            was = original.get(field)
+            if was is not None and was == was:
+                assert row[field] == pytest.approx(was, rel=1e-6), (name, row["impl"], field, row[field], was)
+        for fraction in ("peak_fraction", "bandwidth_fraction"):
+            value = row.get(fraction)
+            if value is not None and value == value:
+                assert 0 < value <= 1.0, (name, row["impl"], fraction, value)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_every_recorded_runs_figures_are_todays_formulas_on_its_raw_samples(name: str) -> None:
+    assert assert_figures_rederived(name) > 0
+
+
+@pytest.mark.parametrize("planted", ["ceiling: the smaller of calibration and probe", "speedup inverted"])
+def test_a_broken_formula_fails_the_recorded_runs(planted: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a formula error in today's code: the records read back no longer agree with what the
+    runs measured (or exceed their ceilings), and the check above fails."""
+    from attnbench import figures
+
+    if planted.startswith("ceiling"):
+        monkeypatch.setattr(figures, "largest", lambda values: min((float(v) for v in values if v), default=None))
+    else:
+        real = figures.timing
+        monkeypatch.setattr(
+            figures,
+            "timing",
+            lambda samples, base, ok: (
+                {**real(samples, base, ok), "speedup": real(base, samples, ok).get("speedup")}
+                if base
+                else real(samples, base, ok)
+            ),
+        )
+    with pytest.raises(AssertionError):
+        for name in RUNS:
+            assert_figures_rederived(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUNS)
+def test_every_recorded_run_renders_a_full_report_with_todays_code(name: str, tmp_path: Path) -> None:
+    page = write_report([RECORDED / name], tmp_path).read_text(encoding="utf-8")
+    for section in ('id="summary"', 'id="status"', 'id="accuracy"', 'id="scaling"', 'ul class="answers"'):
+        assert section in page, section
+    summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    assert len(summary) and summary["fastest"].notna().any()
+    assert (tmp_path / "report.md").read_text(encoding="utf-8").count("| ") > 10

@@ -71,6 +71,27 @@ def test_smoke_gives_every_available_builtin_an_ok_case(smoke: tuple[Path, list[
     assert "block_sparse" in sparse
 
 
+def test_no_ok_record_of_a_real_run_exceeds_its_peak_or_its_bandwidth(
+    smoke: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    """Every ok record of this live run, as written and as read back by today's formulas, stays
+    at or under the ceiling it is set against, compute-bound (prefill) and memory-bound (decode)."""
+    from attnbench import load_results
+
+    out, records = smoke
+    read_back = load_results(out).to_dict("records")
+    ok = [r for r in records + read_back if r["status"] == "ok"]
+    compute = [r for r in ok if r["peak_fraction"] is not None and r["peak_fraction"] == r["peak_fraction"]]
+    memory = [
+        r for r in ok if r["bandwidth_fraction"] is not None and r["bandwidth_fraction"] == r["bandwidth_fraction"]
+    ]
+    assert len(compute) >= 20 and any(r["mode"] == "decode" for r in memory)
+    for r in compute:
+        assert 0 < r["peak_fraction"] <= 1.0 and r["gflops"] <= r["peak_gflops"], (r["impl"], r["peak_fraction"])
+    for r in memory:
+        assert 0 < r["bandwidth_fraction"] <= 1.0 and r["gbps"] <= r["peak_gbps"], (r["impl"], r["bandwidth_fraction"])
+
+
 def test_smoke_records_unavailable_with_reasons(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
     _, records = smoke
     for r in records:

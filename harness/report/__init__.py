@@ -16,8 +16,10 @@ from typing import Any
 import pandas as pd
 
 from attnbench.report import fidelity, ratios, tables
+from attnbench.report.answer import answers
 from attnbench.report.data import ReportData, baseline_name, load_data, records_of, suite_of
 from attnbench.report.figure import Plot
+from attnbench.report.findings import library_findings
 from attnbench.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
 from attnbench.report.heatmaps import draw_heatmaps
 from attnbench.report.html import render
@@ -56,6 +58,9 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "scaling": fits,
         "records": tables.records_csv(data),
     }
+    findings = library_findings(data)
+    if len(findings):
+        frames["library_findings"] = findings
     fidelity_table = fidelity.table(data)
     if len(fidelity_table):
         frames["fidelity"] = fidelity_table
@@ -74,6 +79,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "suites": sorted({str(suite_of(r.info).get("name", "")) for r in data.runs} - {""}),
         "machines": _rows(frames["machines"]),
         "summary": _grouped(frames["summary"]),
+        "answers": answers(frames["summary"], bool(data.records["host"].nunique() > 1) if len(data.records) else False),
         "notes": notes(data, fits),
         "status": tables.status_matrix(data, baseline),
         "status_meaning": STATUS_MEANING,
@@ -84,6 +90,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "accuracy": _rows(frames["accuracy"]),
         "accuracy_summary": _rows(tables.accuracy_summary(data)),
         "check_notes": _rows(tables.check_notes(data)),
+        "library_findings": _rows(findings),
         "fits": _rows(fits),
         "ratios": ratios.context(declared),
         "flag_margin": FLAG_MARGIN,
@@ -129,10 +136,11 @@ def notes(data: ReportData, fits: pd.DataFrame) -> list[str]:
         for what in ("time", "memory"):
             if row[f"{what}_flag"]:
                 low, high, claim = row[f"{what}_ci_low"], row[f"{what}_ci_high"], row[f"{what}_claim"]
-                hedge = " The interval includes the claim: more sizes would tell." if low <= claim <= high else ""
+                if low <= claim <= high:
+                    continue  # the interval includes the claim: the scaling table says so, the summary does not
                 out.append(
                     f"{row['impl']} ({row['group']}, {row['machine']}): {what} grows as "
-                    f"N^{row[f'{what}_slope']:.2f} (95% CI {low:.2f}–{high:.2f}) but claims N^{claim:g}." + hedge
+                    f"N^{row[f'{what}_slope']:.2f} (95% CI {low:.2f}–{high:.2f}) but claims N^{claim:g}."
                 )
     counts = data.records["status"].value_counts()
     failed = ", ".join(f"{int(counts[s])} {s}" for s in STATUSES if s != "ok" and counts.get(s, 0))

@@ -7,6 +7,7 @@ wrong answer, and its time is no evidence of anything.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,11 @@ def summary(data: ReportData) -> pd.DataFrame:
     baseline, so its time relative to that baseline does not depend on when it ran; that ratio
     times the baseline's median over the whole case (``comparable_ms``) ranks them. Where the
     baseline's own medians across the case's pairs differ by more than 10%, the row says so
-    (``baseline_spread``): the machine's load changed while the case ran."""
+    (``baseline_spread``) with how far the machine probe timed beside each pair moved meanwhile
+    (``probe_spread``): measured on this project's two-core VMs, a neighbouring call changes the
+    next one's time by at most 4-7% (SDPA after each implementation, round-robin in one process),
+    while the machine's own speed drifts by 20-50% between pairs timed seconds apart, and the
+    probe moves with it."""
     rows: list[dict[str, Any]] = []
     rank = {g: i for i, g in enumerate(group_order(data.records))}
     keyed = data.records.assign(_rank=data.records["group"].map(rank))
@@ -90,7 +95,9 @@ def summary(data: ReportData) -> pd.DataFrame:
             "tried": len(sub),
             "baseline_ms": good.attrs.get("baseline_ms"),
             "baseline_spread": good.attrs.get("baseline_spread"),
+            "probe_spread": good.attrs.get("probe_spread"),
             "ranked_by": good.attrs.get("ranked_by", "time"),
+            "ranked_why": good.attrs.get("ranked_why", ""),
         }
         is_special = exact["impl"].map(lambda n: specialised(data, str(n))).astype(bool)
         general, special = exact[~is_special], exact[is_special]
@@ -123,7 +130,8 @@ def summary(data: ReportData) -> pd.DataFrame:
 
 
 SUMMARY_COLUMNS = [
-    "host", "group", "length", "case", "ran", "tried", "ranked_by", "baseline_ms", "baseline_spread",
+    "host", "group", "length", "case", "ran", "tried", "ranked_by", "ranked_why", "baseline_ms", "baseline_spread",
+    "probe_spread",
     "fastest", "time_ms", "speedup", "runner_up",
     "special_fastest", "special_time_ms", "special_speedup", "special_runner_up", "special_vs_fastest",
     "lowest_memory", "memory_bytes",
@@ -151,10 +159,37 @@ def comparable(good: pd.DataFrame) -> pd.DataFrame:
         spread = (float(base.max()) - float(base.min())) / reference if reference > 0 else 0.0
         out.attrs["baseline_spread"] = spread if spread > BASELINE_SPREAD else None
         out.attrs["baseline_range"] = (float(base.min()), float(base.max()))
+        out.attrs["probe_spread"] = _probe_spread(out) if spread > BASELINE_SPREAD else None
     else:
         out["comparable_ms"] = own
         out.attrs["ranked_by"] = "median time"
+        out.attrs["ranked_why"] = _why_raw(out[base.isna()])
     return out
+
+
+def _probe_spread(good: pd.DataFrame) -> float | None:
+    """How far the machine probe timed beside each of a case's pairs moved across them (its median
+    time per unit of work, (max − min) / median), or None without probes. A baseline that varied
+    with the probe varied with the machine's speed between the pairs; one that varied while the
+    probe held steady varied for another reason."""
+    per_unit = []
+    for row in records_of(good):
+        ms, work = row.get("machine_probe_ms"), row.get("machine_probe_work")
+        if isinstance(ms, list) and ms and isinstance(work, int | float) and work == work and work > 0:
+            per_unit.append(statistics.median(ms) / float(work))
+    if len(per_unit) < 2:
+        return None
+    middle = statistics.median(per_unit)
+    return (max(per_unit) - min(per_unit)) / middle if middle > 0 else None
+
+
+def _why_raw(lacking: pd.DataFrame) -> str:
+    """Why a case is ranked by raw medians: the records with no interleaved baseline, and why each has none."""
+    parts = []
+    for row in records_of(lacking):
+        note = str(row.get("baseline_note") or "") if isinstance(row.get("baseline_note"), str) else ""
+        parts.append(f"{row['impl']} has no interleaved baseline" + (f" ({note})" if note else ""))
+    return "; ".join(parts)
 
 
 def specialised(data: ReportData, name: str) -> bool:
@@ -283,9 +318,10 @@ def timings(data: ReportData) -> pd.DataFrame:
 
 
 def accuracy(data: ReportData) -> pd.DataFrame:
-    """Error against each implementation's reference, and against full attention for approximations."""
+    """Error against each implementation's reference, and against full attention for approximations
+    (records whose accuracy could not be checked included, with no figures)."""
     rec = data.records
-    out = rec[rec["status"].isin(["ok", "inaccurate"])].copy()
+    out = rec[rec["status"].isin(["ok", "inaccurate", "unchecked"])].copy()
     out["checks"] = [" ".join(c) if isinstance(c, list) else str(c or "") for c in out["checks"]]
     return out.sort_values(["host", "impl", "group", "x"], kind="stable")[ACCURACY_COLUMNS].reset_index(drop=True)
 
