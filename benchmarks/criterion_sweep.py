@@ -46,8 +46,9 @@ class _Planted(Implementation):
         if k.requires_grad and self.dk_factor != 1.0:
             k = k * 1.0
             k.register_hook(lambda g: g * self.dk_factor)
+        scale = problem.scale * self.scale_factor
         with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=problem.scale * self.scale_factor)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal, scale=scale)
 
 
 class Scale5(_Planted):

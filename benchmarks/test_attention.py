@@ -4,8 +4,9 @@ Built from the same registry, suites and seeded inputs as ``attnbench run``, so 
 ``pytest benchmarks/ --benchmark-json=out.json`` and pytest-benchmark's own
 ``--benchmark-compare`` work, and ``attnbench report out.json`` reads the result. Unlike
 ``attnbench run`` these tests run in the pytest process itself: no isolation from a crash, no
-memory pass. Each test first checks the output against the float64 reference and fails when
-the implementation is inaccurate.
+memory pass. Each test judges the call it timed (on the inputs scrambled for the timing, then
+restored) against the float64 reference, records the verdict, and fails when the implementation is
+inaccurate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from attnbench.devices import device
 from attnbench.registry import load_registry
 from attnbench.suite import Case, Suite
-from attnbench.verify import check
+from attnbench.verify import check_rows
 
 
 def test_attention(benchmark: Any, pair: tuple[Case, str], suite: Suite) -> None:
@@ -32,11 +33,17 @@ def test_attention(benchmark: Any, pair: tuple[Case, str], suite: Suite) -> None
     if reason := impl.supports(problem):
         pytest.skip(f"unsupported: {reason}")
     where.set_threads(case.threads)
-    fn = impl.prepare(problem)
-    inputs = problem.make_inputs()
-    verdict = check(impl, problem, fn=fn, inputs=inputs, max_rows=int(suite.budget["accuracy_rows"]))
-    assert verdict.ok, verdict.failures()
+    inputs = problem.kind.make_inputs(problem)
+    fn = problem.kind.prepare(impl, problem, inputs)
+    bench = problem.kind.bench(fn, problem, inputs)
+    bench.scramble()  # timed on other values of the same distribution, judged on the seeded ones
+    benchmark.pedantic(bench.call, rounds=5, iterations=1, warmup_rounds=1)
+    bench.restore()
+    rows = check_rows(problem, int(suite.budget["accuracy_rows"]))
+    verdict = problem.kind.judge(impl, problem, inputs, bench.check(rows), rows)
     work = impl.work(problem)
-    benchmark.extra_info.update({"impl": name, "status": "ok", **case.fields(), "flops": work.flops})
-    benchmark.extra_info["max_abs_err"] = verdict.output.max_abs_err
-    benchmark.pedantic(problem.kind.timed_call(fn, problem, inputs), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"impl": name, **case.fields(), "flops": work.flops, "flops_counted": work.counted})
+    benchmark.extra_info.update(
+        status="ok" if verdict.ok else "inaccurate", checks=verdict.checks, max_abs_err=verdict.output.max_abs_err
+    )
+    assert verdict.ok, verdict.failures()

@@ -19,6 +19,8 @@ from attnbench.registry import RegistryError, load_registry
 from attnbench.suite import Suite, SuiteError, load_suite, parse_suite
 
 USAGE_ERROR = 2
+#: How ``list`` says an implementation's FLOPs are counted (:data:`attnbench.work.COUNTED`).
+FLOPS_COUNTED = {"softmax": "softmax pairs", "declared": "declared", "none": "none"}
 
 
 def _fail(message: str) -> int:
@@ -56,6 +58,7 @@ def implementation_table(rows: list[dict[str, Any]], aliases: dict[str, str], wi
     if wide:
         table.add_column("devices")
         table.add_column("claims (time, memory)")
+        table.add_column("FLOPs", no_wrap=True)
     table.add_column("ok", no_wrap=True)
     for row in rows:
         kind = "exact" if row["exact"] else "approx."
@@ -66,7 +69,7 @@ def implementation_table(rows: list[dict[str, Any]], aliases: dict[str, str], wi
         if wide:
             growth = row["time_growth"], row["memory_growth"]
             claims = "–" if growth[0] is None else f"N^{growth[0]:g}, N^{growth[1]:g}"
-            cells += [", ".join(row["devices"]), claims]
+            cells += [", ".join(row["devices"]), claims, FLOPS_COUNTED.get(row.get("work", ""), "–")]
         table.add_row(*cells, status)
     return table
 
