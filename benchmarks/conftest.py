@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from attnbench.registry import load_registry
-from attnbench.suite import Case, Suite, load_suite
+from attnbench.plugins.registry import load_registry
+from attnbench.sweep.suite import Case, Suite, load_suite
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,7 +1,7 @@
 """Does the accuracy criterion fire on correct kernels, and does it catch planted bugs?
 
 ``python benchmarks/criterion_sweep.py --out sweep.jsonl`` judges PyTorch's SDPA (its own back-end
-choice) and its math back end with attnbench's check (:func:`attnbench.verify.check`: the timed
+choice) and its math back end with attnbench's check (:func:`attnbench.measure.verify.check`: the timed
 call scrambled, then judged on 256 sampled rows against the float64 reference) over seeds ×
 bfloat16 and float16 × sequence lengths × full and causal × forward and forward+backward, and the
 planted bugs beside them: a softmax scale 5% too large (forward, N = 8192) and a key gradient 5%
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnbench import Implementation, Problem
-from attnbench.registry import load_registry
-from attnbench.verify import check
+from attnbench.measure.verify import check
+from attnbench.plugins.registry import load_registry
 
 Tensor = torch.Tensor
 

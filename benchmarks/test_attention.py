@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from attnbench.devices import device
-from attnbench.registry import load_registry
-from attnbench.suite import Case, Suite
-from attnbench.verify import check_rows
+from attnbench.measure.devices import device
+from attnbench.measure.verify import check_rows
+from attnbench.plugins.registry import load_registry
+from attnbench.sweep.suite import Case, Suite
 
 
 def test_attention(benchmark: Any, pair: tuple[Case, str], suite: Suite) -> None:

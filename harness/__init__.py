@@ -8,12 +8,12 @@ name), it becomes an alias of ``attnbench`` with a deprecation warning.
 from __future__ import annotations
 
 if __name__ == "attnbench":
-    from attnbench._legacy import install as _install_legacy_alias
     from attnbench.api import *  # noqa: F403
     from attnbench.api import __all__, __version__  # noqa: F401
+    from attnbench.plugins.legacy import install as _install_legacy_alias
 
     _install_legacy_alias()
 else:  # imported as "harness" from a checkout
-    from attnbench._legacy import become_alias as _become_alias
+    from attnbench.plugins.legacy import become_alias as _become_alias
 
     _become_alias(__name__)

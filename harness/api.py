@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from attnbench.contract import Availability, FunctionImplementation, Growth, Implementation
-from attnbench.patterns import BlockLayout, Pattern
-from attnbench.problem import Problem
-from attnbench.registry import REGISTRY, Registry, load_registry, register
+from attnbench.case.patterns import BlockLayout, Pattern
+from attnbench.case.problem import Problem
+from attnbench.plugins.contract import Availability, FunctionImplementation, Growth, Implementation
+from attnbench.plugins.registry import REGISTRY, Registry, load_registry, register
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +36,6 @@ __all__ = [
 
 def load_results(path: Any) -> pd.DataFrame:
     """Load a result folder (or its ``results.jsonl``) into a DataFrame, one row per record."""
-    from attnbench.results import load_results as _load
+    from attnbench.results.read import load_results as _load
 
     return _load(path)

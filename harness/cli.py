@@ -15,11 +15,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.registry import RegistryError, load_registry
-from attnbench.suite import Suite, SuiteError, load_suite, parse_suite
+from attnbench.plugins.registry import RegistryError, load_registry
+from attnbench.sweep.suite import Suite, SuiteError, load_suite, parse_suite
 
 USAGE_ERROR = 2
-#: How ``list`` says an implementation's FLOPs are counted (:data:`attnbench.work.COUNTED`).
+#: How ``list`` says an implementation's FLOPs are counted (:data:`attnbench.case.work.COUNTED`).
 FLOPS_COUNTED = {"softmax": "softmax pairs", "declared": "declared", "none": "none"}
 
 
@@ -75,7 +75,7 @@ def implementation_table(rows: list[dict[str, Any]], aliases: dict[str, str], wi
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from attnbench.quickcheck import CaseSpecError, parse_case, run_checks
+    from attnbench.measure.check import CaseSpecError, parse_case, run_checks
 
     try:
         registry = load_registry(args.plugin)
@@ -104,7 +104,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from attnbench.models import ModelConfigError, load_config, presets, shapes_of, suite_text
+    from attnbench.sweep.models import ModelConfigError, load_config, presets, shapes_of, suite_text
 
     if args.list_models:
         for name, path in presets().items():
@@ -130,10 +130,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
 def _suite_for(args: argparse.Namespace) -> Suite:
     """The suite named on the command line (or made from ``--model``), or (resuming without one)
     the suite of the folder."""
-    from attnbench.runner import read_run_json
+    from attnbench.sweep.runner import read_run_json
 
     if getattr(args, "model", None):
-        from attnbench.models import load_config, shapes_of, suite_text
+        from attnbench.sweep.models import load_config, shapes_of, suite_text
 
         name, config = load_config(args.model)
         return parse_suite(suite_text(shapes_of(name, config)), f"model {args.model}")
@@ -146,11 +146,11 @@ def _suite_for(args: argparse.Namespace) -> Suite:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from attnbench import executors
-    from attnbench.models import ModelConfigError
-    from attnbench.runner import RunError, Runner, describe
-    from attnbench.shards import parse_shard
-    from attnbench.workers import WorkerPool
+    from attnbench.sweep import executors
+    from attnbench.sweep.models import ModelConfigError
+    from attnbench.sweep.runner import RunError, Runner, describe
+    from attnbench.sweep.shards import parse_shard
+    from attnbench.sweep.workers import WorkerPool
 
     if args.resume and not args.out:
         return _fail("--resume needs --out DIR: the folder of the run to finish")
@@ -194,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _report(dirs: list[Path], out: Path | None, quiet: bool) -> int:
-    from attnbench.report import write_report
+    from attnbench.results.report import write_report
 
     try:
         html = write_report(dirs, out)
@@ -229,7 +229,7 @@ def _say_ratios(path: Path) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from attnbench.results import load_results
+    from attnbench.results.read import load_results
 
     dirs = [Path(d) for d in args.dirs]
     missing = [str(d) for d in dirs if not d.exists()]
@@ -246,7 +246,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from attnbench.merge import MergeError, merge
+    from attnbench.sweep.merge import MergeError, merge
 
     try:
         merged = merge([Path(d) for d in args.dirs], Path(args.out))
@@ -263,7 +263,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from attnbench.compare import CompareError, run_compare
+    from attnbench.results.compare import CompareError, run_compare
 
     for d in (args.base, args.new):
         if not Path(d).exists():
@@ -278,7 +278,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_rejudge(args: argparse.Namespace) -> int:
-    from attnbench.rejudge import rejudge
+    from attnbench.results.rejudge import rejudge
 
     folder = Path(args.dir)
     if not (folder / "results.jsonl").is_file():

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from attnbench.patterns import Pattern
+from attnbench.case.patterns import Pattern
 
 Tensor = torch.Tensor
 NEG_INF = float("-inf")

@@ -2,7 +2,7 @@
 
 The pattern
 -----------
-A block layout (:class:`attnbench.patterns.BlockLayout`: BigBird, Longformer, local) cuts the
+A block layout (:class:`attnbench.case.patterns.BlockLayout`: BigBird, Longformer, local) cuts the
 score matrix into ``block × block`` tiles and keeps some of them: a band of local blocks around
 the (bottom-right aligned) diagonal, a few global blocks, a few random ones. Blocks are cut by
 key position (query ``i`` sits at ``p = i + Nk - Nq``), so query ``i`` may attend key ``j`` when
@@ -55,9 +55,9 @@ from __future__ import annotations
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
+from attnbench.case.patterns import BlockLayout, Pattern
 from attnbench.implementations import _plan, _tiles
-from attnbench.patterns import BlockLayout, Pattern
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 

@@ -28,7 +28,7 @@ score matrix never exists.
 Tiles and patterns
 ------------------
 The queries are cut into blocks of ``block_q`` rows. Query block ``[q0, q0 + block_q)`` has its
-first row at key position ``d0 = q0 + Nk - Nq`` (bottom-right alignment, :mod:`attnbench.patterns`);
+first row at key position ``d0 = q0 + Nk - Nq`` (bottom-right alignment, :mod:`attnbench.case.patterns`);
 its keys are cut into the *diagonal* tile ``[d0, d0 + block_q)`` and tiles of ``block_k`` keys on
 either side, clipped to the range its rows may see (``pattern.row_ranges``). Before any data is
 seen, :meth:`Chunked.prepare` classifies every tile once (:func:`~attnbench.implementations._plan.plan_pattern`):
@@ -83,8 +83,8 @@ from __future__ import annotations
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
 from attnbench.implementations import _plan, _tiles
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 

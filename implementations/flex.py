@@ -7,7 +7,7 @@ q_idx, kv_idx) -> bool``. ``create_block_mask`` evaluates it once per problem in
 (mask applied element-wise). Under ``torch.compile`` Inductor fuses the whole attention into one
 kernel, so work follows the kept tiles: dense attention costs ``N²``, a sliding window ``N·W``.
 
-The mask function is built from :class:`attnbench.patterns.Pattern`, bottom-right aligned
+The mask function is built from :class:`attnbench.case.patterns.Pattern`, bottom-right aligned
 (query ``i`` sits at key position ``p = i + Nk - Nq``): causal ``j <= p``; window ``|p - j| < W``
 (with causal, ``p - W < j <= p``); a block layout indexes the layout's block table, captured as
 a tensor. A query that may see no key outputs zeros (FlexAttention's convention, as SDPA's).
@@ -41,9 +41,9 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from attnbench import Availability, Growth, Implementation, Problem, register
-from attnbench.devices import device
-from attnbench.kvcache import KVCache
-from attnbench.patterns import Pattern
+from attnbench.case.kvcache import KVCache
+from attnbench.case.patterns import Pattern
+from attnbench.measure.devices import device
 
 Tensor = torch.Tensor
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]

@@ -65,10 +65,10 @@ import torch
 import torch.nn.functional as F
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
+from attnbench.case.reference import expand_kv
+from attnbench.case.work import Work, io_bytes
 from attnbench.implementations import _buffers
-from attnbench.reference import expand_kv
-from attnbench.work import Work, io_bytes
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 

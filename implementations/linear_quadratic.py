@@ -32,9 +32,9 @@ from __future__ import annotations
 import torch
 
 from attnbench import Growth, Problem, register
-from attnbench.contract import AttentionFn
+from attnbench.case.work import Work, io_bytes
 from attnbench.implementations.linear import Linear, _features, _with_ones
-from attnbench.work import Work, io_bytes
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 

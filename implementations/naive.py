@@ -12,7 +12,7 @@ entry and head) to
 
 with ``scale = 1/sqrt(D)``. Every step is one PyTorch operation, so autograd provides the
 backward pass for free. The mask ``M`` comes from the problem's pattern (causal, sliding
-window, block layout: see :mod:`attnbench.patterns`), so this implementation computes every
+window, block layout: see :mod:`attnbench.case.patterns`), so this implementation computes every
 pattern — but always at the price of the full, dense computation.
 
 A query row that may attend no key (possible with causal cross attention when ``Nq > Nk``)
@@ -40,8 +40,8 @@ from collections.abc import Callable
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
-from attnbench.kvcache import KVCache
+from attnbench.case.kvcache import KVCache
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 

@@ -40,8 +40,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from attnbench import Availability, Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
-from attnbench.kvcache import KVCache
+from attnbench.case.kvcache import KVCache
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 Mask = Tensor | CausalBias | None

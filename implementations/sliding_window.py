@@ -2,7 +2,7 @@
 
 The pattern
 -----------
-With a window ``W`` (:mod:`attnbench.patterns`), query ``i`` sits at key position
+With a window ``W`` (:mod:`attnbench.case.patterns`), query ``i`` sits at key position
 ``p = i + Nk - Nq`` (bottom-right alignment) and attends key ``j`` when ``|p - j| < W``; with
 ``causal`` also ``j <= p``. So a row sees at most ``W`` keys (causal: ``p-W+1 .. p``) or
 ``2W - 1`` keys (non-causal: ``p-W+1 .. p+W-1``), however long the sequence is. A dense score
@@ -53,9 +53,9 @@ from __future__ import annotations
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
+from attnbench.case.patterns import Pattern
 from attnbench.implementations import _plan, _tiles
-from attnbench.patterns import Pattern
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 

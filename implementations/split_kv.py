@@ -47,7 +47,7 @@ from collections.abc import Callable
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.kvcache import KVCache
+from attnbench.case.kvcache import KVCache
 
 Tensor = torch.Tensor
 #: Keys per chunk (a multiple of the page size for a paged cache).

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from attnbench import Availability, Growth, Implementation, Problem, register
-from attnbench.contract import AttentionFn
-from attnbench.kvcache import KVCache
+from attnbench.case.kvcache import KVCache
+from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 

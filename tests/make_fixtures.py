@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from attnbench.records import Record
+from attnbench.measure.records import Record
 
 DATA = Path(__file__).parent / "data" / "generated"
 HOSTILE = "<script>alert(1)</script>"

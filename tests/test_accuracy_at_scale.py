@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnbench import Implementation, Problem
-from attnbench.accuracy import judge_exact
-from attnbench.reference import softmax_attention, softmax_attention_grads, softmax_attention_terms
-from attnbench.registry import load_registry
-from attnbench.verify import check, check_rows, comparator
+from attnbench.case.reference import softmax_attention, softmax_attention_grads, softmax_attention_terms
+from attnbench.measure.accuracy import judge_exact
+from attnbench.measure.verify import check, check_rows, comparator
+from attnbench.plugins.registry import load_registry
 
 Tensor = torch.Tensor
 
@@ -143,8 +143,8 @@ def test_reference_gradients_equal_autograd_on_the_rows() -> None:
 #: the test process's other threads and caches once added a second 130 MiB to it (268 MiB).
 LONG_CACHE_PEAK = """
 from attnbench import Problem
-from attnbench.memory import cpu_peak_bytes
-from attnbench.reference import softmax_attention_terms
+from attnbench.measure.memory import cpu_peak_bytes
+from attnbench.case.reference import softmax_attention_terms
 problem = Problem(batch=1, heads=32, kv_heads=8, seq_len=1, kv_len=65536, head_dim=128)
 q, k, v = problem.make_inputs()
 softmax_attention_terms(q, k, v, problem)  # once first: the code paths' libraries mapped in

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from attnbench.report import write_report
+from attnbench.results.report import write_report
 
 DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from cli_helpers import attnbench
 
-from attnbench.compare import (
+from attnbench.measure.records import Record
+from attnbench.results.compare import (
     ALPHA_LOOSE,
     ALPHA_STRICT,
     CompareError,
@@ -20,7 +21,6 @@ from attnbench.compare import (
     p_floor,
     run_compare,
 )
-from attnbench.records import Record
 
 DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 MEDIANS = {("sdpa", 1024): 11.9, ("sdpa", 2048): 47.7, ("chunked", 1024): 16.4, ("chunked", 2048): 65.5}

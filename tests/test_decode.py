@@ -13,11 +13,11 @@ import torch
 from cli_helpers import attnbench
 
 from attnbench import Implementation, Problem
-from attnbench.kvcache import KVCache, make_cache, parse_cache, parse_lengths, valid_lengths
-from attnbench.records import read_records
-from attnbench.registry import load_registry
-from attnbench.suite import SuiteError, parse_suite
-from attnbench.verify import check
+from attnbench.case.kvcache import KVCache, make_cache, parse_cache, parse_lengths, valid_lengths
+from attnbench.measure.records import read_records
+from attnbench.measure.verify import check
+from attnbench.plugins.registry import load_registry
+from attnbench.sweep.suite import SuiteError, parse_suite
 
 Tensor = torch.Tensor
 NATIVE = ["naive", "sdpa", "sdpa_math", "split_kv"]

@@ -17,8 +17,8 @@ import psutil
 import pytest
 from cli_helpers import attnbench
 
-from attnbench.records import read_records, record_key
-from attnbench.status import STATUSES
+from attnbench.case.status import STATUSES
+from attnbench.measure.records import read_records, record_key
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "status_plugins" / "misbehaving.py"
@@ -235,7 +235,7 @@ def test_a_calibration_cache_reuses_this_hosts_measurement_and_says_so(tmp_path:
 
 
 def test_without_the_variable_no_calibration_cache_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnbench.calibration_cache import ENV, CalibrationCache
+    from attnbench.sweep.calibration_cache import ENV, CalibrationCache
 
     monkeypatch.delenv(ENV, raising=False)
     assert CalibrationCache.from_env() is None

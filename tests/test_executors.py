@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from attnbench.cli import main
-from attnbench.executors import ExecutorError, create, ray_task
-from attnbench.executors.ray_driver import GPU_SHARE, NODE_RESOURCE, cluster_devices, task_options
-from attnbench.records import Record
+from attnbench.measure.records import Record
+from attnbench.sweep.executors import ExecutorError, create, ray_task
+from attnbench.sweep.executors.ray_driver import GPU_SHARE, NODE_RESOURCE, cluster_devices, task_options
 
 
 def node(cpus: float, gpus: float = 0, alive: bool = True, **extra: float) -> dict[str, Any]:

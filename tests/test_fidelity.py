@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from attnbench import Problem
-from attnbench import fidelity as fid
-from attnbench.probes import KINDS, TOY, TOY_QUERY, TOY_TARGET, parse_probe
-from attnbench.registry import load_registry
-from attnbench.verify import check_rows
+from attnbench.case.probes import KINDS, TOY, TOY_QUERY, TOY_TARGET, parse_probe
+from attnbench.measure import fidelity as fid
+from attnbench.measure.verify import check_rows
+from attnbench.plugins.registry import load_registry
 
 PROBES = [k for k in KINDS if k not in ("random", "toy")]
 

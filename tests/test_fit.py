@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnbench.report.data import load_data
-from attnbench.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table, verdict
+from attnbench.results.report.data import load_data
+from attnbench.results.report.fit import FLAG_MARGIN, Fit, fit_slope, flagged, scaling_table, verdict
 
 DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 SIZES = [256, 512, 1024, 2048, 4096, 8192]

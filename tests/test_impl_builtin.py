@@ -1,6 +1,6 @@
 """Tests of the five built-in implementations: naive, chunked, sliding_window, block_sparse, linear.
 
-Every case runs ``attnbench.verify.check``: exact implementations against the float64 reference
+Every case runs ``attnbench.measure.verify.check``: exact implementations against the float64 reference
 within twice SDPA's error, ``linear`` against its own float64 definition. Besides the registered
 instances, "small" variants with tiny blocks run the same cases so that short sequences still
 cross many tiles, chunks and steps. The cost claims are checked structurally: FLOPs counted by
@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench import Implementation, Problem
 from attnbench.implementations import _fused_work, _plan, _tiles
-from attnbench.registry import load_registry
-from attnbench.verify import check
+from attnbench.measure.verify import check
+from attnbench.plugins.registry import load_registry
 
 Tensor = torch.Tensor
 

@@ -1,5 +1,5 @@
 """The library-backed implementations — SDPA and its backends, FlexAttention, xFormers — pass the
-correctness contract (``attnbench.verify.check``) on every pattern they declare.
+correctness contract (``attnbench.measure.verify.check``) on every pattern they declare.
 
 SDPA runs wherever it is available; FlexAttention compiles a kernel per shape (seconds on the
 CPU), so its cases are few and share one instance (which caches compiled calls); xFormers and
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnbench import Problem
-from attnbench.contract import Implementation
-from attnbench.registry import load_registry
-from attnbench.verify import check
+from attnbench.measure.verify import check
+from attnbench.plugins.contract import Implementation
+from attnbench.plugins.registry import load_registry
 
 SDPA_VARIANTS = ("sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
 BIGBIRD = "bigbird:block=16,local=1,global=1,random=2,seed=0"
@@ -245,8 +245,8 @@ def test_xformers_biases_and_layout_on_cpu(problem: Problem) -> None:
     """Without running xFormers' kernels: its biases, materialized, equal the pattern's mask, and
     the ``[B, N, Hkv, G, D]`` rearrangement, computed with that bias in plain PyTorch, gives the
     reference output (rows that see no key: softmax of all ``-inf`` is NaN, zeroed here)."""
+    from attnbench.case.reference import softmax_attention
     from attnbench.implementations.xformers_impl import _from_xformers, _to_xformers, attention_bias
-    from attnbench.reference import softmax_attention
 
     nq, nk = problem.seq_len, problem.kv_len
     allowed = problem.pattern.mask(nq, nk)  # [Nq, Nk]

@@ -12,14 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbench.devices import Clock, device
-from attnbench.memory import cpu_peak_bytes
-from attnbench.patterns import BlockLayout, Pattern
-from attnbench.problem import Problem
-from attnbench.records import Record, RecordWriter, read_records
-from attnbench.reference import sample_rows
-from attnbench.timing import Samples, measure
-from attnbench.work import dense_flops, softmax_flops
+from attnbench.case.patterns import BlockLayout, Pattern
+from attnbench.case.problem import Problem
+from attnbench.case.reference import sample_rows
+from attnbench.case.work import dense_flops, softmax_flops
+from attnbench.measure.devices import Clock, device
+from attnbench.measure.memory import cpu_peak_bytes
+from attnbench.measure.records import Record, RecordWriter, read_records
+from attnbench.measure.timing import Samples, measure
 
 
 def test_full_forward_flops_follow_the_convention() -> None:
@@ -193,7 +193,7 @@ def test_measure_times_the_probe_beside_the_case() -> None:
 
 MEMORY_PROBE = """
 import torch
-from attnbench.memory import cpu_peak_bytes
+from attnbench.measure.memory import cpu_peak_bytes
 
 mib = 2**20
 print(cpu_peak_bytes(lambda: torch.ones(64 * mib // 4)), cpu_peak_bytes(lambda: None))
@@ -208,7 +208,7 @@ def test_memory_sees_a_tensor_allocation() -> None:
     import subprocess
     import sys
 
-    from attnbench.workers import WORKER_ENV
+    from attnbench.sweep.workers import WORKER_ENV
 
     env = {**os.environ, **WORKER_ENV}
     proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE], env=env, capture_output=True, text=True, check=True)
@@ -230,7 +230,7 @@ def test_memory_is_not_hidden_by_reclaimed_file_pages(tmp_path: Path, monkeypatc
     """A call that peaks at 96 MiB of temporaries, during which the kernel drops 200 MiB of the
     process's library pages: the first pass's high-water mark is below the resident set it
     started from. The pass is repeated, and the quiet second pass gives the figure."""
-    import attnbench.memory as memory
+    import attnbench.measure.memory as memory
 
     status, clear = tmp_path / "status", tmp_path / "clear_refs"
     clear.write_text("")
@@ -254,7 +254,7 @@ def test_memory_is_not_hidden_by_reclaimed_file_pages(tmp_path: Path, monkeypatc
 
 def test_memory_floor_is_the_anonymous_growth_of_a_held_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reclaim in every pass: the figure is still at least what the held result occupies."""
-    import attnbench.memory as memory
+    import attnbench.measure.memory as memory
 
     status, clear = tmp_path / "status", tmp_path / "clear_refs"
     clear.write_text("")
@@ -299,7 +299,7 @@ def test_no_record_field_shadows_a_case_field() -> None:
     things would lose one of them (the machine probe's label once overwrote the input probe)."""
     from dataclasses import fields as dataclass_fields
 
-    from attnbench.case import CASE_KEYS
+    from attnbench.case.keys import CASE_KEYS
 
     measured = {f.name for f in dataclass_fields(Record)} - {"case"}
     assert not set(CASE_KEYS) & measured

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import attnbench
 
-from attnbench.models import ModelConfigError, load_config, presets, shapes_of, suite_text
-from attnbench.records import read_records
-from attnbench.suite import parse_suite
+from attnbench.measure.records import read_records
+from attnbench.sweep.models import ModelConfigError, load_config, presets, shapes_of, suite_text
+from attnbench.sweep.suite import parse_suite
 
 MISTRAL_LIKE = {
     "model_type": "mistral",

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from cli_helpers import attnbench
 
 from attnbench import Problem
-from attnbench.contract import FunctionImplementation
-from attnbench.registry import Registry, load_registry
-from attnbench.verify import check
+from attnbench.measure.verify import check
+from attnbench.plugins.contract import FunctionImplementation
+from attnbench.plugins.registry import Registry, load_registry
 
 Tensor = torch.Tensor
 PLUGINS = Path(__file__).parent / "plugins"
@@ -317,7 +317,7 @@ def test_local_attention_joins_a_shipped_suite_through_the_command_line(tmp_path
         "run", "smoke", "--plugin", str(plugin), "--only", "local_attention,sdpa", "--out", str(out), "--no-report"
     )
     assert proc.returncode == 0, proc.stderr
-    from attnbench.records import read_records
+    from attnbench.measure.records import read_records
 
     mine = [r for r in read_records(out / "results.jsonl") if r["impl"] == "local_attention"]
     assert mine and all(r["status"] == "ok" for r in mine), [(r["status"], r["reason"]) for r in mine]

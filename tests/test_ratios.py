@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from attnbench.cli import main
-from attnbench.records import Record, RecordWriter
-from attnbench.report.data import load_data
-from attnbench.report.ratios import declared
-from attnbench.suite import SuiteError, parse_suite
+from attnbench.measure.records import Record, RecordWriter
+from attnbench.results.report.data import load_data
+from attnbench.results.report.ratios import declared
+from attnbench.sweep.suite import SuiteError, parse_suite
 
 GRID = """
 [suite]
@@ -47,7 +47,7 @@ def run_folder(tmp_path: Path, text: str, records: list[Record]) -> Path:
 def rec(impl: str, n: int, ms: float, causal: bool = False, **extra: Any) -> Record:
     case = {"seq_len": n, "heads": 8, "head_dim": 64, "causal": causal, "dtype": "float32"}
     samples = [ms * f for f in (0.98, 0.99, 1.0, 1.01, 1.02)]
-    return Record(impl, "ok", case=case, exact=True, time_ms=ms, samples_ms=samples, **extra)
+    return Record(impl, "ok", case=case, exact=True, checks=["output"], time_ms=ms, samples_ms=samples, **extra)
 
 
 def outcomes(tmp_path: Path, text: str, records: list[Record]) -> list[Any]:
@@ -165,7 +165,9 @@ def test_a_ratio_across_dtypes_names_the_machines_rate_in_each(tmp_path: Path) -
     """bf16 against float32 on a CPU without bf16 matrix units: the figure comes with the rate the
     calibration measured for products in each dtype (not its overall peak, which is float32's)."""
     body = 'impl = "ours"\npeer_case = { dtype = "float32" }\nwhere = { dtype = "bfloat16" }\nat_least = 1.5\n'
-    bf16 = Record("ours", "ok", case={**rec("ours", 1024, 1.0).case, "dtype": "bfloat16"}, time_ms=1.1)
+    bf16 = Record(
+        "ours", "ok", case={**rec("ours", 1024, 1.0).case, "dtype": "bfloat16"}, time_ms=1.1, checks=["output"]
+    )
     folder = run_folder(tmp_path, ratio(body), [rec("ours", 1024, 1.0), bf16])
     info = json.loads((folder / "run.json").read_text())
     info["calibration"] = [
@@ -182,8 +184,8 @@ def test_a_ratio_across_dtypes_names_the_machines_rate_in_each(tmp_path: Path) -
 def test_pairs_are_planned_only_where_the_records_were_not_timed_together() -> None:
     """A bounded speed ratio gets a paired timing per case whose peer record is ok and was not
     its interleaved baseline; an unbounded ratio, another thread count or a failed peer none."""
-    from attnbench.pairs import plan
-    from attnbench.ratios import parse_ratios
+    from attnbench.sweep.pairs import plan
+    from attnbench.sweep.ratios import parse_ratios
 
     def rec(impl: str, status: str = "ok", **case: Any) -> dict[str, Any]:
         return {"impl": impl, "status": status, "seq_len": 1024, "causal": False, "threads": 0, **case}
@@ -220,9 +222,9 @@ def test_a_bounded_slope_pairs_each_length_with_the_next_shorter_ok_one_in_its_g
     """Neighbouring lengths of one group (here: per dtype and key length) are paired, longer
     against shorter; a length whose record failed drops out of the chain; a group with fewer
     lengths than a fit needs, and an unbounded slope, get no pairs."""
-    from attnbench.pairs import MIN_LENGTHS, plan
-    from attnbench.ratios import parse_ratios
-    from attnbench.report.fit import MIN_POINTS
+    from attnbench.results.report.fit import MIN_POINTS
+    from attnbench.sweep.pairs import MIN_LENGTHS, plan
+    from attnbench.sweep.ratios import parse_ratios
 
     def rec(n: int, dtype: str = "float32", status: str = "ok") -> dict[str, Any]:
         return {"impl": "linear", "status": status, "seq_len": n, "kv_len": n, "dtype": dtype, "threads": 0}
@@ -258,8 +260,8 @@ def test_a_pair_is_timed_only_on_the_host_its_two_records_ran_on(
     import json
     import socket
 
-    from attnbench.pairs import by_key, plan, read_pairs, run_pairs
-    from attnbench.ratios import parse_ratios
+    from attnbench.sweep.pairs import by_key, plan, read_pairs, run_pairs
+    from attnbench.sweep.ratios import parse_ratios
 
     def rec(impl: str, host: str, n: int = 1024) -> dict[str, Any]:
         return {"impl": impl, "status": "ok", "seq_len": n, "kv_len": n, "causal": False, "threads": 0, "host": host}
@@ -301,8 +303,8 @@ def test_a_chained_slope_uses_only_pairs_timed_against_the_length_before_it(tmp_
     neighbouring lengths, each 2x, chain to 1.0 with an interval that widens with the pairs'
     noise; a pair timed against another length than the one before it (a stale row) breaks the
     chain, and the slope falls back to the records; a group whose every record failed is listed."""
-    from attnbench.pairs import case_of
-    from attnbench.records import read_records
+    from attnbench.measure.records import read_records
+    from attnbench.sweep.pairs import case_of
 
     body = 'name = "slope"\nimpl = "ours"\nmetric = "slope"\nat_most = 1.1\nwhere = { causal = false }\n'
     lengths = [1024, 2048, 4096, 8192]
@@ -345,8 +347,8 @@ def test_a_declared_growth_is_paired_only_where_the_records_break_it() -> None:
     """An implementation claiming N^1.0 (flagged above 1.2): its group whose records read N^1.5 gets
     neighbouring pairs, the group that keeps the claim none, a cross-attention group none (claims
     are for Nk = N), and a step a bounded slope ratio times already is not timed twice."""
-    from attnbench.pairs import CLAIM, case_of, chain, claims, length_steps, plan
-    from attnbench.ratios import parse_ratios
+    from attnbench.sweep.pairs import CLAIM, case_of, chain, claims, length_steps, plan
+    from attnbench.sweep.ratios import parse_ratios
 
     def rec(n: int, ms: float, dtype: str = "float32", kv: int | None = None) -> dict[str, Any]:
         return {"impl": "mine", "status": "ok", "seq_len": n, "kv_len": kv or n, "dtype": dtype, "time_ms": ms}
@@ -379,7 +381,7 @@ def test_a_claim_reuses_a_step_any_ratio_timed_and_times_only_the_others(tmp_pat
     slope ratio: only 2K -> 4K reaches a worker, and its row is kept under the claim's name."""
     import socket
 
-    from attnbench.pairs import CLAIM, case_of, claims, read_pairs, run_pairs
+    from attnbench.sweep.pairs import CLAIM, case_of, claims, read_pairs, run_pairs
 
     host = socket.gethostname()
     recs = [{"impl": "mine", "status": "ok", "seq_len": n, "kv_len": n, "time_ms": n**1.5 / 1000, "host": host}
@@ -407,9 +409,9 @@ def test_a_claim_broken_only_by_drift_between_records_is_kept_on_paired_lengths(
     """Records of an N^1.0 implementation (declared N^1.0) timed while the machine was 3x slower
     for N=2K and 8K: fitted to them the slope reads 1.31, "above claim". Chained through each
     length timed alternately with the one before it (2x a step), it reads 1.0, and the flag goes."""
-    from attnbench.pairs import CLAIM, case_of
-    from attnbench.records import read_records
-    from attnbench.report.fit import scaling_table
+    from attnbench.measure.records import read_records
+    from attnbench.results.report.fit import scaling_table
+    from attnbench.sweep.pairs import CLAIM, case_of
 
     lengths = [1024, 2048, 4096, 8192]
     drift = [rec("ours", n, 0.01 * n * (3 if i % 2 else 1)) for i, n in enumerate(lengths)]

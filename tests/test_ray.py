@@ -24,7 +24,7 @@ import psutil
 import pytest
 from cli_helpers import attnbench
 
-from attnbench.records import read_records, record_key
+from attnbench.measure.records import read_records, record_key
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
@@ -60,7 +60,7 @@ def _attnbench_workers(plugin: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "attnbench.worker" in cmdline and str(plugin) in cmdline:
+        if "attnbench.sweep.worker" in cmdline and str(plugin) in cmdline:
             found.append(proc)
     return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 

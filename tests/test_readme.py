@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.records import read_records
+from attnbench.measure.records import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -15,9 +15,9 @@ import pytest
 from test_shards import make_shard
 
 from attnbench.cli import build_parser
-from attnbench.records import read_records
-from attnbench.shards import Shard, parse_shard
-from attnbench.suite import load_suite
+from attnbench.measure.records import read_records
+from attnbench.sweep.shards import Shard, parse_shard
+from attnbench.sweep.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

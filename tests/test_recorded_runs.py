@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from attnbench.case import record_key
-from attnbench.records import read_records
-from attnbench.report import write_report
-from attnbench.results import load_results
+from attnbench.case.keys import record_key
+from attnbench.measure.records import read_records
+from attnbench.results.read import load_results
+from attnbench.results.report import write_report
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 NOT_RUN = ("ok", "unavailable", "unsupported")  # ran fine, or not applicable here
@@ -22,7 +22,7 @@ NOT_RUN = ("ok", "unavailable", "unsupported")  # ran fine, or not applicable he
 
 def records(name: str) -> list[dict[str, Any]]:
     """A recorded run's records as today's code reads them: every figure derived again from the raw
-    samples (:func:`attnbench.results.load_results`), not the fields the run froze."""
+    samples (:func:`attnbench.results.read.load_results`), not the fields the run froze."""
     frame = load_results(RECORDED / name)
     return [
         {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
@@ -108,8 +108,8 @@ def test_decode_at_batch_8_and_64k_fails_only_for_the_implementations_own_reason
 def test_kernels_states_every_declared_ratio_as_measured() -> None:
     """The shipped kernels suite on an idle machine, evaluated as its report does: the verdict of
     each target of the kernels issue, and the figures the closing note quotes."""
-    from attnbench.report.data import load_data
-    from attnbench.report.ratios import declared
+    from attnbench.results.report.data import load_data
+    from attnbench.results.report.ratios import declared
 
     found = declared(load_data([RECORDED / "kernels"]))
     outcomes = {o.ratio.name.split(" (masked")[0].split(" (a target")[0]: o for o in found}
@@ -137,8 +137,8 @@ def test_kernels_on_a_bf16_machine_states_each_ratio_from_paired_timings() -> No
     slope over 4K-64K 1.16 [1.01-1.32] fitted to the records, 1.02 [1.00-1.13] chained through
     neighbouring lengths timed in pairs, added by a later resume; its interval is wide because
     each pair at 32K-64K holds five samples a side)."""
-    from attnbench.report.data import load_data
-    from attnbench.report.ratios import declared
+    from attnbench.results.report.data import load_data
+    from attnbench.results.report.ratios import declared
 
     found = declared(load_data([RECORDED / "kernels-avx512bf16"]))
     outcomes = {o.ratio.name.split(" (masked")[0].split(" (a target")[0]: o for o in found}
@@ -177,8 +177,8 @@ def test_naive_growth_in_the_kernels_run_is_judged_on_paired_lengths() -> None:
     Timed two lengths at a time, full grows as N^2.08 (the flag was the drift between records)
     and causal as N^2.27 (a real cost: 4.8x per doubling from 8K to 16K, as the scores outgrow
     memory), which stays flagged."""
-    from attnbench.report.data import load_data
-    from attnbench.report.fit import scaling_table
+    from attnbench.results.report.data import load_data
+    from attnbench.results.report.fit import scaling_table
 
     data = load_data([RECORDED / "kernels-avx512bf16"])
     table = scaling_table(data.records, data.declarations, {r.label: r.pairs for r in data.runs})
@@ -199,7 +199,7 @@ FIGURES = ("time_ms", "time_q1_ms", "time_q3_ms", "speedup", "gflops", "peak_gfl
 
 
 def assert_figures_rederived(name: str) -> int:
-    """Every ok record of a recorded run, read back (:func:`attnbench.results.load_results`), has
+    """Every ok record of a recorded run, read back (:func:`attnbench.results.read.load_results`), has
     the figures today's formulas derive from its raw samples, its work and the run's calibration:
     the recorded ones, and never a rate above the ceiling it is set against. Returns the records
     checked."""
@@ -232,7 +232,7 @@ def test_every_recorded_runs_figures_are_todays_formulas_on_its_raw_samples(name
 def test_a_broken_formula_fails_the_recorded_runs(planted: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Plant a formula error in today's code: the records read back no longer agree with what the
     runs measured (or exceed their ceilings), and the check above fails."""
-    from attnbench import figures
+    from attnbench.measure import figures
 
     if planted.startswith("ceiling"):
         monkeypatch.setattr(figures, "largest", lambda values: min((float(v) for v in values if v), default=None))

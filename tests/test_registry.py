@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from attnbench import Problem
-from attnbench.contract import FunctionImplementation, Implementation
-from attnbench.registry import (
+from attnbench.measure.verify import check
+from attnbench.plugins.contract import FunctionImplementation, Implementation
+from attnbench.plugins.registry import (
     REGISTRY,
     DuplicateImplementationError,
     Registry,
@@ -20,7 +21,6 @@ from attnbench.registry import (
     UnknownImplementationError,
     load_registry,
 )
-from attnbench.verify import check
 
 PLUGINS = Path(__file__).parent / "plugins"
 SMALL = Problem(batch=2, heads=4, kv_heads=2, seq_len=24, kv_len=40, head_dim=16, causal=True)

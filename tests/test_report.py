@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from attnbench.records import RECORD_FIELDS
-from attnbench.report import write_report
-from attnbench.report.data import load_data
-from attnbench.report.html import md_cell
-from attnbench.report.tables import summary, timings
-from attnbench.results import load_results, load_run
-from attnbench.status import STATUSES
+from attnbench.case.status import STATUSES
+from attnbench.measure.records import RECORD_FIELDS
+from attnbench.results.read import load_results, load_run
+from attnbench.results.report import write_report
+from attnbench.results.report.data import load_data
+from attnbench.results.report.html import md_cell
+from attnbench.results.report.tables import summary, timings
 
 DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 RECORDED = Path(__file__).parent / "data" / "recorded"  # real runs of attnbench
@@ -296,7 +296,7 @@ def test_summary_on_a_busy_machine_ranks_by_time_relative_to_the_interleaved_bas
     implementation and 212 ms beside another, because the machine's load changed. Ranking by each
     one's own median named the wrong one fastest; relative to the baseline timed beside it, the
     ranking does not depend on when each ran."""
-    from attnbench.records import Record, RecordWriter
+    from attnbench.measure.records import Record, RecordWriter
 
     folder = tmp_path / "busy"
     folder.mkdir()

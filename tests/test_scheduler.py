@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from attnbench.executors import Sweep
-from attnbench.executors.local import LocalExecutor
-from attnbench.problem import Problem
-from attnbench.records import Record
-from attnbench.runner import Failures
-from attnbench.scheduler import DeviceScheduler, cpu_is_exclusive
+from attnbench.case.problem import Problem
+from attnbench.measure.records import Record
+from attnbench.sweep.executors import Sweep
+from attnbench.sweep.executors.local import LocalExecutor
+from attnbench.sweep.runner import Failures
+from attnbench.sweep.scheduler import DeviceScheduler, cpu_is_exclusive
 
 DEVICES = ["cpu", "cuda:0", "cuda:1", "cuda:2"]
 

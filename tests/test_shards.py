@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 from cli_helpers import attnbench
 
-from attnbench.compare import compare_runs
-from attnbench.merge import MergeError, merge
-from attnbench.pairs import read_pairs
-from attnbench.problem import Problem
-from attnbench.records import Record, read_records, record_key
-from attnbench.registry import Catalog, load_registry
-from attnbench.report import write_report
-from attnbench.results import load_results
-from attnbench.runner import Failures, RunError, Runner, suite_hash
-from attnbench.shards import Shard, parse_shard, plan, predicted_seconds, split
-from attnbench.suite import parse_suite
+from attnbench.case.problem import Problem
+from attnbench.measure.records import Record, read_records, record_key
+from attnbench.plugins.registry import Catalog, load_registry
+from attnbench.results.compare import compare_runs
+from attnbench.results.read import load_results
+from attnbench.results.report import write_report
+from attnbench.sweep.merge import MergeError, merge
+from attnbench.sweep.pairs import read_pairs
+from attnbench.sweep.runner import Failures, RunError, Runner, suite_hash
+from attnbench.sweep.shards import Shard, parse_shard, plan, predicted_seconds, split
+from attnbench.sweep.suite import parse_suite
 
 HERE = Path(__file__).resolve().parent
 PLUGIN = HERE / "status_plugins" / "misbehaving.py"

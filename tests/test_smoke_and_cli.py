@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from cli_helpers import attnbench
 
-from attnbench.records import read_records
-from attnbench.registry import load_registry
+from attnbench.measure.records import read_records
+from attnbench.plugins.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = [

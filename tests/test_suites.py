@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from attnbench.cli import main
-from attnbench.registry import load_registry
-from attnbench.suite import SUITES_DIR, SuiteError, load_suite, parse_suite
+from attnbench.plugins.registry import load_registry
+from attnbench.sweep.suite import SUITES_DIR, SuiteError, load_suite, parse_suite
 
 GOOD = """
 [suite]

@@ -8,8 +8,8 @@ import io
 from rich.console import Console
 
 from attnbench.cli import implementation_table
-from attnbench.progress import SweepProgress
-from attnbench.registry import load_registry
+from attnbench.plugins.registry import load_registry
+from attnbench.sweep.progress import SweepProgress
 
 
 def test_the_progress_bar_keeps_its_bar_counts_and_time_left_at_80_columns() -> None:

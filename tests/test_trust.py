@@ -15,9 +15,9 @@ import psutil
 import pytest
 from cli_helpers import attnbench
 
-from attnbench.devices import usable_cores
-from attnbench.records import read_records
-from attnbench.workers import WorkerPool, WorkerStartError
+from attnbench.measure.devices import usable_cores
+from attnbench.measure.records import read_records
+from attnbench.sweep.workers import WorkerPool, WorkerStartError
 
 HERE = Path(__file__).parent
 PLUGIN = HERE / "status_plugins" / "trust.py"
@@ -265,7 +265,7 @@ def test_a_worker_that_never_becomes_ready_is_killed(tmp_path: Path) -> None:
 def test_threads_come_from_the_cpus_this_process_may_use() -> None:
     script = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-        "from attnbench.devices import device, usable_cores;"
+        "from attnbench.measure.devices import device, usable_cores;"
         "print(usable_cores(), device('cpu').set_threads(0))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
@@ -289,11 +289,11 @@ def test_the_machine_probe_is_never_charged_to_the_implementation() -> None:
     triad), and the memory budget is raised by exactly what the probe holds while the case is
     timed. Before, a probe as large as the case (4.3 GB at batch 8 and 64K tokens) sat inside the
     implementation's 8 GiB and every dense-cache adapter was recorded oom on the paged cache."""
-    from attnbench.calibrate import STREAM_BYTES
-    from attnbench.measure import run_case
-    from attnbench.memory import vm_size_bytes
-    from attnbench.registry import load_registry
-    from attnbench.suite import parse_suite
+    from attnbench.measure.calibrate import STREAM_BYTES
+    from attnbench.measure.case_run import run_case
+    from attnbench.measure.memory import vm_size_bytes
+    from attnbench.plugins.registry import load_registry
+    from attnbench.sweep.suite import parse_suite
 
     suite = parse_suite(
         """
@@ -367,9 +367,9 @@ def test_a_ratio_between_records_is_timed_again_in_pairs_so_drift_between_them_i
     """The machine is 3x slower while the causal record runs than while the full one does (a
     planted drift): between the two records full ÷ causal reads 0.67; timed alternately in one
     worker after the sweep it reads the 2.0 the two calls cost, and the report says "met"."""
-    from attnbench.pairs import read_pairs
-    from attnbench.report.data import load_data
-    from attnbench.report.ratios import declared
+    from attnbench.results.report.data import load_data
+    from attnbench.results.report.ratios import declared
+    from attnbench.sweep.pairs import read_pairs
 
     monkeypatch.setenv("ATTNBENCH_TEST_DRIFT", str(tmp_path / "drift.txt"))
     records = run_suite(tmp_path, DRIFT_SUITE)
@@ -414,9 +414,9 @@ def test_a_group_that_breaks_its_declared_growth_is_timed_in_pairs_and_judged_on
     sweep the run times each length alternately with the next shorter one (each step 2x), and the
     scaling table fits the slope to those pairs ("paired"): N^1.0, still above its claim. (That a
     drift between records is not flagged is tested on planted records in test_ratios.py.)"""
-    from attnbench.pairs import CLAIM, read_pairs
-    from attnbench.report.data import load_data
-    from attnbench.report.fit import scaling_table
+    from attnbench.results.report.data import load_data
+    from attnbench.results.report.fit import scaling_table
+    from attnbench.sweep.pairs import CLAIM, read_pairs
 
     records = run_suite(tmp_path, SLOPE_SUITE)
     assert [r["seq_len"] for r in records] == [64, 128, 256, 512] and all(r["status"] == "ok" for r in records)

@@ -1,0 +1,50 @@
+"""How a case field is declared: the metadata that every other part of attnbench reads.
+
+Each field of :class:`attnbench.case.problem.Problem` is declared once with :func:`case_field`: its
+default, its suite-grid default, how each value is validated and what is expected, how it is
+written in labels, and whether it identifies a case group. Suite parsing, grid expansion, record
+keys, progress labels, report groups and compare's case names are all derived from that
+metadata (:mod:`attnbench.case.keys`), so adding a field is one declaration plus its use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: ``short(value, case) -> str | None``: the field in a label, or None to leave it out.
+Short = Callable[[Any, dict[str, Any]], str | None]
+
+
+@dataclass(frozen=True)
+class CaseField:
+    """The metadata of one case field."""
+
+    kind: type
+    grid: list[Any] | None  # the suite grid's default; None: the axis is required
+    expected: str  # what a valid value is, for error messages ("integers >= 1")
+    check: Callable[[Any], bool] | None = None
+    short: Short | None = None
+    order: int = 100  # position in a case label
+    group: bool = True  # part of a case group's identity (not the swept length, not threads)
+    auto: tuple[str, ...] = ()  # grid words expanded on the machine ("auto", "cuda:all")
+    empty_ok: bool = False  # an empty grid list means "derived" (kv_heads, kv_len)
+    description: str = ""
+
+
+def case_field(default: Any, meta: CaseField) -> Any:
+    """A dataclass field carrying its :class:`CaseField` metadata."""
+    return field(default=default, metadata={"case": meta})
+
+
+def at_least(low: int) -> Callable[[Any], bool]:
+    return lambda x: x >= low
+
+
+def between(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda x: low <= x <= high
+
+
+def one_of(values: Any) -> Callable[[Any], bool]:
+    return lambda x: x in values

@@ -1,0 +1,413 @@
+"""The sweep: every (case, implementation) of a suite ends as exactly one record.
+
+The runner decides what it can without running plugin code — a device that is not here, an
+implementation already found unavailable on it, a larger size after a smaller one failed its
+budget — and hands everything else to a worker, one pair at a time, writing each record the
+moment it exists. Availability, ``supports()``, declared memory and everything else a plugin
+says are asked of the worker (:mod:`attnbench.measure.case_run`). A failure in one pair never stops the
+sweep; a resumed run finishes only the pairs that have no record yet, and only for the suite the
+folder was started with.
+
+Where the pairs run is an executor's concern (:mod:`attnbench.sweep.executors`): by default every
+device of this machine, one worker per device (:class:`~attnbench.sweep.executors.local.LocalExecutor`),
+or Ray tasks across a cluster. Whichever runs them, the runner alone writes the records. A
+``shard`` (:mod:`attnbench.sweep.shards`) restricts the sweep to one part of the suite's pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from attnbench.case.keys import CASE_KEYS, record_key
+from attnbench.case.status import BUDGET_FAILURES
+from attnbench.measure import steps
+from attnbench.measure.devices import device
+from attnbench.measure.machine import git_commit, machine_info, versions
+from attnbench.measure.records import SCHEMA_VERSION, Record, RecordWriter, read_records
+from attnbench.plugins.registry import Catalog
+from attnbench.sweep import pairs, shards
+from attnbench.sweep.calibration_cache import calibrate_run
+from attnbench.sweep.executors import Sweep
+from attnbench.sweep.executors.local import LocalExecutor
+from attnbench.sweep.suite import Case, Suite
+from attnbench.sweep.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
+
+if TYPE_CHECKING:
+    from attnbench.sweep.executors import Executor
+
+RESULTS_DIR = Path("results")  # relative to where attnbench runs
+#: What a case job takes from the calibration of its device, dtype and threads.
+CALIBRATION_KEYS = ("gflops", "probe_dtype", "probe_n", "gbps")
+
+
+class RunError(Exception):
+    """A run that cannot start (bad output folder, unknown --only name, another suite's folder)."""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds")
+
+
+def default_out_dir(suite: Suite, machine_id: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RESULTS_DIR / f"{stamp}_{suite.name}_{machine_id}"
+
+
+def suite_hash(text: str) -> str:
+    """The identity of a suite: a hash of its TOML text."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_run_json(out_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a result folder; a missing or corrupt one is a :class:`RunError`."""
+    path = out_dir / "run.json"
+    if not path.is_file():
+        raise RunError(f"{out_dir} holds no run.json to resume")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is not valid JSON ({exc}); it cannot be resumed") from None
+    if not isinstance(info, dict) or not isinstance(info.get("suite"), dict):
+        raise RunError(f"{path} does not describe a run (no suite); it cannot be resumed")
+    return info
+
+
+@dataclass
+class Failures:
+    """Sizes at which an implementation failed its budget, per case group: a larger size of the
+    same group is skipped rather than run into the same wall."""
+
+    seen: dict[tuple[Any, ...], list[tuple[int, int, str]]] = field(default_factory=dict)
+
+    @staticmethod
+    def group(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row.get(k) for k in ("impl", *CASE_KEYS) if k not in ("seq_len", "kv_len"))
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row["status"] in BUDGET_FAILURES:
+            self.seen.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], row["status"]))
+
+    def blocking(self, row: dict[str, Any]) -> str | None:
+        for n, nk, status in self.seen.get(self.group(row), []):
+            if row["seq_len"] >= n and row["kv_len"] >= nk:
+                return f"a smaller size (seq_len {n}, kv_len {nk}) already ended as {status}"
+        return None
+
+
+def describe(pool: WorkerPool) -> Catalog:
+    """The implementations a worker of ``pool`` has, declared (no plugin code runs here)."""
+    try:
+        answer = pool.request({"op": "describe"}, 600)
+    except WorkerStartError as exc:
+        raise RunError(f"the plugins could not be loaded: {exc}") from None
+    except WorkerFailure as exc:
+        raise RunError(f"the worker failed while listing implementations: {exc.reason}") from None
+    return Catalog.from_description(answer["describe"])
+
+
+def declared_support(decl: dict[str, Any], case: Case) -> bool:
+    """Whether an implementation's declaration admits a case (device, dtype, features, required
+    features): plugins join the grids of a shipped suite only where they say they can run."""
+    p = case
+    uses = {
+        "causal": p.causal,
+        "window": p.window > 0,
+        "layout": p.pattern.layout is not None,
+        "gqa": p.gqa,
+        "cross": p.cross,
+        "backward": p.needs_grad,
+    }
+    features, requires = set(decl.get("features") or []), set(decl.get("requires") or [])
+    return (
+        device(p.device).kind in (decl.get("devices") or [])
+        and p.dtype in (decl.get("dtypes") or [])
+        and all(name in features for name, used in uses.items() if used)
+        and all(uses.get(name) for name in requires)
+    )
+
+
+class Runner:
+    """Runs a suite into an output folder with the implementations a :class:`Catalog` declares."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        catalog: Catalog,
+        out_dir: Path | None = None,
+        *,
+        plugins: list[str] | None = None,
+        only: list[str] | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        pool: WorkerPool | None = None,
+        executor: Executor | None = None,
+        shard: shards.Shard | None = None,
+        paired: bool = True,
+    ) -> None:
+        self.suite = suite
+        self.paired = paired
+        self.catalog = catalog
+        self.plugins = [str(Path(p).resolve()) for p in (plugins or [])]
+        self.machine = machine_info()
+        self.out_dir = out_dir or default_out_dir(suite, self.machine["id"])
+        self.resume = resume
+        self.show_progress = progress
+        self.pool = pool or WorkerPool(self.plugins)
+        self.executor = executor or LocalExecutor(self.plugins, self.pool)
+        self.devices = list(self.executor.devices())
+        brought = [n for n, d in catalog.declarations.items() if d.get("source") != "built-in"]
+        self.extra = brought if suite.shipped else []  # plugins join the grids of attnbench's own suites
+        self.impls = self._select(only)
+        admits = {n: functools.partial(declared_support, catalog.get(n)) for n in self.extra}
+        pairs = suite.pairs(catalog.known(), self.devices, extra=self.extra, admits=admits)
+        self.pairs = [(c, catalog.canonical(i)) for c, i in pairs if catalog.canonical(i) in self.impls]
+        if shard is None and resume:  # a shard's folder resumes as that shard
+            shard = shards.Shard.from_dict(self._folder_info().get("shard"))
+        self.shard = shard
+        self.plan = shards.plan(self.pairs, self.shard.count, suite.budget) if self.shard else None
+        if self.shard:
+            self.pairs = self.shard.select(self.pairs, suite.budget)
+        self.cases = list(dict.fromkeys(case for case, _ in self.pairs))
+        self.baselines = suite.baselines(self.devices)
+        self.unavailable: dict[tuple[str, str], str] = {}
+
+    def _select(self, only: list[str] | None) -> list[str]:
+        names = [self.catalog.canonical(n) for n in self.suite.impl_names(self.catalog.known())]
+        names = list(dict.fromkeys([*names, *self.extra]))
+        for name in names:
+            self.catalog.get(name)  # unknown names raise with "did you mean"
+        if only:
+            wanted = []
+            for name in only:
+                self.catalog.get(name)
+                canonical = self.catalog.canonical(name)
+                if canonical not in names:
+                    raise RunError(f"--only {name}: not in suite {self.suite.name!r} (it has {', '.join(names)})")
+                wanted.append(canonical)
+            names = [n for n in names if n in wanted]
+        return names
+
+    # -- the run folder ----------------------------------------------------------------------
+
+    def _folder_info(self) -> dict[str, Any]:
+        return read_run_json(self.out_dir)
+
+    def _prepare_folder(self) -> dict[str, Any]:
+        results = self.out_dir / "results.jsonl"
+        if self.resume:
+            info = self._folder_info()
+            given = info["suite"].get("text")
+            if given is not None and suite_hash(given) != suite_hash(self.suite.text):
+                raise RunError(
+                    f"--resume: {self.out_dir} was started with suite {info['suite'].get('name')!r}"
+                    f" ({info['suite'].get('path')}), not {self.suite.name!r} as given; resume it without"
+                    " naming a suite, or choose another --out"
+                )
+            if shards.Shard.from_dict(info.get("shard")) != self.shard:
+                held = shards.Shard.from_dict(info.get("shard"))
+                raise RunError(
+                    f"--resume: {self.out_dir} holds {f'shard {held}' if held else 'the whole suite'}, not"
+                    f" {f'shard {self.shard}' if self.shard else 'the whole suite'}; resume it without --shard"
+                )
+            info.setdefault("resumed", []).append(now())
+            info.setdefault("resumed_git_commits", []).append(git_commit())  # the code that finished it
+            info["ended"] = None
+            return info
+        if results.exists() and results.stat().st_size:
+            raise RunError(f"{self.out_dir} already holds results; use --resume to finish it or choose another --out")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "attnbench_version": versions().get("attnbench"),
+            "git_commit": git_commit(),
+            "started": now(),
+            "ended": None,
+            "suite": {
+                "name": self.suite.name,
+                "path": self.suite.path,
+                "text": self.suite.text,
+                "hash": suite_hash(self.suite.text),
+                **self.suite.raw,
+            },
+            "machine": self.machine,
+            "versions": versions(),
+            "calibration": [],
+            "implementations": [self.catalog.get(n) for n in self.impls],
+            "aliases": self.catalog.aliases,
+            "executor": self.executor.describe(),
+            "shard": self.shard.as_dict() if self.shard else None,
+            **({"plan": self.plan} if self.plan is not None else {}),
+        }
+
+    def _write_info(self, info: dict[str, Any]) -> None:
+        tmp = self.out_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, self.out_dir / "run.json")
+
+    # -- the sweep ---------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Run every missing pair; returns the output folder."""
+        from attnbench.sweep.progress import SweepProgress
+
+        info = self._prepare_folder()
+        self._write_info(info)
+        self.executor.set_log(self.out_dir / "workers.log")
+        existing = read_records(self.out_dir / "results.jsonl")
+        done = {record_key(r) for r in existing}
+        failures = Failures()
+        for row in existing:
+            failures.add(row)
+        total = len(self.pairs)
+        todo = [(case, impl) for case, impl in self.pairs if record_key({"impl": impl, **case.fields()}) not in done]
+        with _terminate_on_signals(self.executor), RecordWriter(self.out_dir / "results.jsonl") as writer:
+            try:
+                self.executor.prepare(self, info)
+                self._write_info(info)
+                with SweepProgress(total, done=len(done) if self.show_progress else 0) as progress:
+
+                    def emit(case: Case, impl: str, record: Record) -> None:
+                        record.suite, record.machine = self.suite.name, self.machine["id"]
+                        writer.write(record)
+                        failures.add(record.as_dict())
+                        if record.status == "unavailable":
+                            self.unavailable[(impl, case.device)] = record.reason
+                        progress.finish(case.label(), record.as_dict())
+
+                    def started(case: Case, impl: str) -> None:
+                        progress.start(case.label(), impl)
+
+                    save = functools.partial(self._write_info, info)
+                    self.executor.sweep(Sweep(self, todo, failures, info, emit, started, save))
+                    print(progress.summary(), flush=True)
+                self.pair_ratios()
+            finally:
+                self.executor.close()
+                info["ended"] = now()
+                self._write_info(info)
+        return self.out_dir
+
+    def pair_ratios(self) -> None:
+        """The paired timings after the sweep (:func:`attnbench.sweep.pairs.for_run`), on the local
+        executor only (a Ray run keeps its records' figures), unless ``paired`` is off."""
+        if not self.paired or not isinstance(self.executor, LocalExecutor):
+            return
+        declared = {n: self.catalog.declarations.get(n, {}) for n in self.impls}
+        ratios, claimed = pairs.for_run(self.suite.ratios, declared, sharded=self.shard is not None)
+        if ratios or claimed:
+            budget, show = self.suite.budget, self.show_progress
+            pairs.run_pairs(self.out_dir, ratios, budget, self.executor.pool_for, show, claimed)
+
+    def calibrate(self, info: dict[str, Any], pool_for: Callable[[str], WorkerPool] | None = None) -> None:
+        """Measure the matmul peak and bandwidth of each (device, dtype, threads) of the sweep
+        that this host has not measured yet, each on ``pool_for(device)`` (default: the pool)."""
+        wanted = {(c.device, c.dtype, c.threads) for c in self.cases if c.device in self.devices}
+        host, torch_version = self.machine["hostname"], versions().get("torch")
+        calibrate_run(info, host, torch_version, wanted, pool_for or (lambda where: self.pool), now)
+
+    def decide(self, case: Case, name: str, failures: Failures) -> Record | None:
+        """The record of a pair settled without a worker — no such device here, the
+        implementation already unavailable on it, a smaller size already over its budget — or
+        None when a worker has to run it."""
+        fields = case.fields()
+        where = case.device
+
+        def outcome(status: str, reason: str, step: str = "") -> Record:
+            return Record(impl=name, status=status, reason=reason, step=step, case=fields)
+
+        if where not in self.devices:
+            return outcome("unavailable", f"no {where} device on this machine", steps.AVAILABILITY)
+        if (name, where) in self.unavailable:
+            return outcome("unavailable", self.unavailable[(name, where)], steps.AVAILABILITY)
+        if self.suite.stop_on_failure and (why := failures.blocking({"impl": name, **fields})):
+            return outcome("skipped", why)
+        return None
+
+    def job(self, case: Case, name: str, calibration: list[dict[str, Any]]) -> dict[str, Any]:
+        """The worker's job for a pair, with this host's calibration of its device."""
+        key = (case.device, case.dtype, case.threads)
+        host = self.machine["hostname"]
+        found = [c for c in calibration if (c["device"], c["dtype"], c["requested_threads"]) == key]
+        cal = next((c for c in found if c.get("host", host) == host), found[0] if found else {})
+        return {
+            "op": "case", "case": case.fields(), "impl": name, "baseline": self.baseline_of(case),
+            "budget": self.suite.budget, "calibration": {k: cal.get(k) for k in CALIBRATION_KEYS},
+        }  # fmt: skip
+
+    def baseline_of(self, case: Case) -> str:
+        name = self.baselines.get(case, self.suite.baseline)
+        return self.catalog.canonical(name) if name else ""
+
+    def run_pair(
+        self, case: Case, name: str, failures: Failures, calibration: list[dict[str, Any]], pool: WorkerPool
+    ) -> Record:
+        """One pair's record: settled here, or run on a worker of ``pool``."""
+        decided = self.decide(case, name, failures)
+        return decided or run_job(pool, self.job(case, name, calibration), self.suite.budget)
+
+
+def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> Record:
+    """Send one case job to ``pool`` and make its record; a failure in a step the implementation
+    does not own is not its status. Runs wherever the worker runs (here, or in a Ray task)."""
+
+    def outcome(status: str, reason: str, step: str = "") -> Record:
+        return Record(impl=job["impl"], status=status, reason=reason, step=step, case=job["case"])
+
+    plan = Budgets(budget["timeout_s"], extra_s=budget["max_time_s"])
+    try:
+        answer = pool.request(job, plan)
+    except WorkerStartError as exc:
+        return outcome("error", f"the worker could not start: {exc}", steps.LOAD)
+    except WorkerFailure as exc:
+        what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
+        owner = steps.owner(exc.step)
+        if owner == "baseline" or (owner == "timing" and exc.callee == "baseline"):
+            during = " during the interleaved timing" if owner == "timing" else ""
+            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}{during}; the"
+                     " implementation was timed alone"}  # fmt: skip
+            return run_job(pool, retry, budget)
+        if owner == "reference" and exc.partial is not None:
+            record = Record.from_dict(exc.partial)
+            if exc.step == steps.OWN_REFERENCE:  # the verdicts were reached and sent before it ran
+                record.step = exc.step
+                note = f"its own reference() {what}; not compared (the verdict stands: judged against the case)"
+            else:
+                if record.status == "ok":
+                    record.status = "unchecked"
+                judge = "the float64 reference" if record.exact is not False else "its own reference()"
+                note = f"accuracy not checked: {judge} {what}"
+            record.check_note = "; ".join(n for n in (record.check_note, note) if n)
+            return record
+        if isinstance(exc, WorkerTimeout):
+            why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"
+            return outcome("timeout", why, exc.step)
+        assert isinstance(exc, WorkerDied)
+        return outcome("crashed", exc.reason, exc.step)
+    if "fatal" in answer:
+        return outcome("error", answer["fatal"], "")
+    return Record.from_dict(answer["record"])
+
+
+@contextlib.contextmanager
+def _terminate_on_signals(executor: Executor) -> Iterator[None]:
+    """On SIGTERM, kill the workers and leave through the normal exit path (records are flushed)."""
+
+    def handler(signum: int, frame: object) -> None:
+        executor.close()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
