@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from attnbench.measure.bench import bench, prepare
 from attnbench.measure.devices import device
-from attnbench.measure.verify import check_rows
+from attnbench.measure.verify import check_rows, judge
 from attnbench.plugins.registry import load_registry
 from attnbench.sweep.suite import Case, Suite
 
@@ -34,13 +35,13 @@ def test_attention(benchmark: Any, pair: tuple[Case, str], suite: Suite) -> None
         pytest.skip(f"unsupported: {reason}")
     where.set_threads(case.threads)
     inputs = problem.kind.make_inputs(problem)
-    fn = problem.kind.prepare(impl, problem, inputs)
-    bench = problem.kind.bench(fn, problem, inputs)
-    bench.scramble()  # timed on other values of the same distribution, judged on the seeded ones
-    benchmark.pedantic(bench.call, rounds=5, iterations=1, warmup_rounds=1)
-    bench.restore()
+    fn = prepare(impl, problem, inputs)
+    timed = bench(fn, problem, inputs)
+    timed.scramble()  # timed on other values of the same distribution, judged on the seeded ones
+    benchmark.pedantic(timed.call, rounds=5, iterations=1, warmup_rounds=1)
+    timed.restore()
     rows = check_rows(problem, int(suite.budget["accuracy_rows"]))
-    verdict = problem.kind.judge(impl, problem, inputs, bench.check(rows), rows)
+    verdict = judge(impl, problem, inputs, timed.check(rows), rows)
     work = impl.work(problem)
     benchmark.extra_info.update({"impl": name, **case.fields(), "flops": work.flops, "flops_counted": work.counted})
     benchmark.extra_info.update(

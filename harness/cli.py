@@ -130,7 +130,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 def _suite_for(args: argparse.Namespace) -> Suite:
     """The suite named on the command line (or made from ``--model``), or (resuming without one)
     the suite of the folder."""
-    from attnbench.sweep.runner import read_run_json
+    from attnbench.sweep.folder import read_run_json
 
     if getattr(args, "model", None):
         from attnbench.sweep.models import load_config, shapes_of, suite_text
@@ -147,8 +147,10 @@ def _suite_for(args: argparse.Namespace) -> Suite:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from attnbench.sweep import executors
+    from attnbench.sweep.folder import RunError
+    from attnbench.sweep.jobs import ExecutorError
     from attnbench.sweep.models import ModelConfigError
-    from attnbench.sweep.runner import RunError, Runner, describe
+    from attnbench.sweep.runner import Runner, describe
     from attnbench.sweep.shards import parse_shard
     from attnbench.sweep.workers import WorkerPool
 
@@ -177,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         resume=args.resume, pool=pool, executor=executor, shard=shard,
                         paired=not args.no_paired_timings)  # fmt: skip
         out = runner.run()
-    except (SuiteError, RegistryError, RunError, ModelConfigError, executors.ExecutorError) as exc:
+    except (SuiteError, RegistryError, RunError, ModelConfigError, ExecutorError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         print("attnbench: interrupted; finished records are kept — finish with --resume", file=sys.stderr)

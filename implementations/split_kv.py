@@ -167,12 +167,8 @@ class SplitKV(Implementation):
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
     features = frozenset({"causal", "window", "gqa", "cross", "decode"})
+    requires = frozenset({"decode"})  # a decoder: decode steps against a KV cache only
     growth = Growth(1.0, 1.0)  # per step: linear in the cached tokens
-
-    def supports(self, problem: Problem) -> str | None:
-        if problem.mode != "decode":
-            return "a decoder: it runs decode steps against a KV cache (mode 'decode') only"
-        return super().supports(problem)
 
     def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """Each sequence's chunks and masks, once, outside the timing."""

@@ -166,9 +166,9 @@ class XFormers(Implementation):
             return reason
         if problem.gqa and problem.needs_grad:
             return "xformers supports grouped-query attention (5-D inputs) for the forward pass only"
-        if problem.mode == "decode" and problem.cache != "contiguous" and (problem.window or not problem.causal):
+        if problem.kind.reads_cache and problem.cache != "contiguous" and (problem.window or not problem.causal):
             return "xformers' paged padded-keys bias is causal and has no window"
-        if problem.mode == "decode" and problem.window and not problem.causal:
+        if problem.kind.reads_cache and problem.window and not problem.causal:
             return "xformers' padded-keys window is causal"
         return None
 

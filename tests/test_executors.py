@@ -11,8 +11,9 @@ import pytest
 
 from attnbench.cli import main
 from attnbench.measure.records import Record
-from attnbench.sweep.executors import ExecutorError, create, ray_task
+from attnbench.sweep.executors import create, ray_task
 from attnbench.sweep.executors.ray_driver import GPU_SHARE, NODE_RESOURCE, cluster_devices, task_options
+from attnbench.sweep.jobs import ExecutorError
 
 
 def node(cpus: float, gpus: float = 0, alive: bool = True, **extra: float) -> dict[str, Any]:

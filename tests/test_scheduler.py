@@ -13,9 +13,8 @@ import pytest
 
 from attnbench.case.problem import Problem
 from attnbench.measure.records import Record
-from attnbench.sweep.executors import Sweep
 from attnbench.sweep.executors.local import LocalExecutor
-from attnbench.sweep.runner import Failures
+from attnbench.sweep.jobs import Failures, Sweep
 from attnbench.sweep.scheduler import DeviceScheduler, cpu_is_exclusive
 
 DEVICES = ["cpu", "cuda:0", "cuda:1", "cuda:2"]

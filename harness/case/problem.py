@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from attnbench.case.devices import canonical
 from attnbench.case.fields import CaseField, at_least, between, case_field, one_of
 from attnbench.case.kvcache import parse_cache, parse_lengths
 from attnbench.case.modes import MODES, Mode, mode
 from attnbench.case.patterns import Pattern
 from attnbench.case.probes import Targets, parse_probe, probe_inputs, targets
-from attnbench.measure.devices import canonical
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -35,6 +35,13 @@ def torch_dtype(name: str) -> torch.dtype:
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
 
+
+#: What a case can ask of an implementation: an implementation declares the features it can
+#: compute (``features``) and those it cannot run without (``requires``). ``decode``: it reads a
+#: KV cache itself; without it a decode case runs through the dense-cache adapter.
+FEATURES: tuple[str, ...] = ("causal", "window", "layout", "gqa", "cross", "backward", "decode")
+#: Features a case may use although an implementation lacks them (the adapter covers decode).
+OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
 
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 
@@ -236,6 +243,18 @@ class Problem:
     @property
     def needs_grad(self) -> bool:
         return self.kind.needs_grad
+
+    def uses(self) -> dict[str, bool]:
+        """Which features (:data:`FEATURES`) the case uses: derived here, and nowhere else."""
+        return {
+            "causal": self.causal,
+            "window": self.window > 0,
+            "layout": self.pattern.layout is not None,
+            "gqa": self.gqa,
+            "cross": self.cross,
+            "backward": self.needs_grad,
+            "decode": self.kind.reads_cache,
+        }
 
     @property
     def kind(self) -> Mode:

@@ -4,7 +4,7 @@
    asked here (in the worker) so that no plugin code runs in the runner;
 2. *baseline*: the baseline's set-up and a first call, under its own budget;
 3. *prepare*: the implementation's set-up (compilation, masks), outside the timing;
-4. *first call*: the mode's bench (:class:`attnbench.case.modes.base.Bench`) is built and called once
+4. *first call*: the mode's bench (:class:`attnbench.measure.bench.Bench`) is built and called once
    on the inputs scrambled in place (the warm-up; a wrong output shape is found here);
 5. *timing*: the implementation, the baseline and the machine probe interleaved, still on the
    scrambled inputs; the worker tells the runner whenever a baseline call starts and ends, so a
@@ -38,18 +38,18 @@ from typing import Any
 import torch
 
 from attnbench.case.keys import CASE_KEYS
-from attnbench.case.modes.decode import ADAPTER
 from attnbench.case.problem import Problem
 from attnbench.case.work import dense_flops
 from attnbench.measure import fidelity, figures, steps
+from attnbench.measure.bench import Outputs, bench, prepare
 from attnbench.measure.calibrate import GemmProbe, StreamProbe
 from attnbench.measure.devices import device
 from attnbench.measure.machine_load import LoadMeter
 from attnbench.measure.memory import MemoryUnavailable, vm_size_bytes
 from attnbench.measure.records import Record
 from attnbench.measure.timing import measure
-from attnbench.measure.verify import CheckResult, Outputs, check_rows, compare_own_reference
-from attnbench.plugins.contract import Implementation
+from attnbench.measure.verify import CheckResult, check_rows, compare_own_reference, judge
+from attnbench.plugins.contract import ADAPTER, Implementation
 from attnbench.plugins.registry import BrokenPlugin, Registry
 
 Tensor = torch.Tensor
@@ -170,8 +170,7 @@ class CaseRun:
             reason = base.supports(self.problem)
             if reason:
                 raise RuntimeError(f"does not support this case: {reason}")
-            kind = self.problem.kind
-            call = kind.bench(kind.prepare(base, self.problem, inputs), self.problem, inputs).call
+            call = bench(prepare(base, self.problem, inputs), self.problem, inputs).call
             call()  # warm-up: fails here, not inside the timing loop
             self.baseline_first_ms = self.device.clock().time(call)
             self.baseline_spent_s = time.perf_counter() - started
@@ -201,30 +200,30 @@ class CaseRun:
         self.cap()
         self.enter(steps.PREPARE)
         fn, record.setup_s = _prepare(impl, problem, inputs)
-        if problem.mode == "decode" and "decode" not in impl.features:
+        if problem.kind.reads_cache and "decode" not in impl.features:
             record.adapter = ADAPTER
         self.enter(steps.FIRST_CALL)
-        bench = problem.kind.bench(fn, problem, inputs)
-        bench.scramble()  # timed on other values of the same distribution; judged on the seeded ones
-        bench.first()
+        judged = bench(fn, problem, inputs)
+        judged.scramble()  # timed on other values of the same distribution; judged on the seeded ones
+        judged.first()
         self.device.synchronize()
         self.enter(steps.TIMING)
-        self.time(bench.call, base_call)
+        self.time(judged.call, base_call)
         del base_call
-        bench.restore()
+        judged.restore()
         gc.collect()
         self.enter(steps.CHECK)
         rows = check_rows(problem, int(self.budget["accuracy_rows"]))
-        got = bench.check(rows)
+        got = judged.check(rows)
         self.device.synchronize()
         self.enter(steps.MEMORY)
         try:
-            record.peak_mem_bytes = self.device.peak_bytes(bench.call)
+            record.peak_mem_bytes = self.device.peak_bytes(judged.call)
         except MemoryUnavailable as exc:
             record.check_note = _join(record.check_note, f"memory not measured: {exc}")
         self.work(impl)
         self.set_cap(None)
-        del bench
+        del judged
         gc.collect()
         self.report({"partial": record.as_dict()})
         self.enter(steps.REFERENCE)
@@ -316,11 +315,11 @@ class CaseRun:
         fails leaves the record ``unchecked`` (never ranked), with the reason."""
         record = self.record
         try:
-            result = self.problem.kind.judge(impl, self.problem, inputs, got, rows)
+            result = judge(impl, self.problem, inputs, got, rows)
         except Exception as exc:
             record.status = "unchecked"
-            judge = "the float64 reference" if impl.exact else "its own reference()"
-            record.check_note = _join(record.check_note, f"accuracy not checked: {judge} {_short(exc)}")
+            which = "the float64 reference" if impl.exact else "its own reference()"
+            record.check_note = _join(record.check_note, f"accuracy not checked: {which} {_short(exc)}")
             return None
         out = result.output
         record.checks = result.checks
@@ -354,7 +353,7 @@ class CaseRun:
         """On a probe: the share of the planted targets the output recovers, and (short cases)
         the effective attention matrix, against unrestricted softmax attention."""
         record, problem = self.record, self.problem
-        if problem.probe == "random" or problem.mode == "decode":
+        if problem.probe == "random" or problem.kind.reads_cache:
             return
         q, k, v = inputs
         try:
@@ -372,7 +371,7 @@ class CaseRun:
 
 def _prepare(impl: Implementation, problem: Problem, inputs: Any) -> tuple[Callable[..., Tensor], float]:
     start = time.perf_counter()
-    fn = problem.kind.prepare(impl, problem, inputs)
+    fn = prepare(impl, problem, inputs)
     measured = time.perf_counter() - start
     return fn, float(getattr(fn, "setup_s", measured))
 
@@ -412,7 +411,7 @@ def time_pair(registry: Registry, job: dict[str, Any]) -> dict[str, Any]:
     for name, problem in zip((job["impl"], job["peer"]), problems, strict=True):
         inputs = problem.kind.make_inputs(problem)
         fn, _ = _prepare(registry.get(name), problem, inputs)
-        call = problem.kind.bench(fn, problem, inputs).call
+        call = bench(fn, problem, inputs).call
         call()  # warm-up, and a failure here rather than in the loop
         calls.append(call)
     timing = measure(

@@ -1,8 +1,11 @@
-"""Devices, declared once: what a case runs on and how it is timed, measured and controlled.
+"""Devices at run time: how a case's device is timed, measured and controlled.
 
-One class per kind — :class:`CPU`, :class:`CUDA` (``cuda:N`` is GPU ``N``) and :class:`MPS` —
-each with its synchronize, its clock, its peak-memory probe, its thread control and the torch
-device it names. Everything else asks :func:`device` for the object instead of testing strings.
+Names are parsed in :mod:`attnbench.case.devices`. One class per kind — :class:`CPU`,
+:class:`CUDA` (``cuda:N`` is GPU ``N``) and :class:`MPS` — each with its synchronize, its clock,
+its peak-memory probe, its thread control and the torch device it names. Everything else asks
+:func:`device` for the object instead of testing strings.
+
+Imports ``attnbench.case`` and the rest of ``attnbench.measure``; nothing above it.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from functools import lru_cache
 
 import torch
 
+from attnbench.case.devices import KINDS, canonical, parse_device
 from attnbench.measure.memory import MemoryUnavailable, cpu_peak_bytes
 
 Call = Callable[[], object]
-KINDS = ("cpu", "cuda", "mps")
+__all__ = ["CPU", "CUDA", "KINDS", "MPS", "Clock", "Device", "canonical", "device", "present_devices", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -177,23 +181,12 @@ def device(name: str | Device) -> Device:
     """The device called ``name``: ``cpu``, ``cuda`` (GPU 0), ``cuda:N``, ``mps``."""
     if isinstance(name, Device):
         return name
-    kind, _, index = str(name).partition(":")
-    if kind not in KINDS:
-        raise ValueError(f"unknown device {name!r}; expected one of cpu, cuda, cuda:N, mps")
+    kind, index = parse_device(name)
     if kind == "cpu":
-        if index:
-            raise ValueError(f"device {name!r}: the CPU takes no index")
         return CPU("cpu")
     if kind == "mps":
         return MPS("mps")
-    if index and not index.isdigit():
-        raise ValueError(f"device {name!r}: expected cuda:N with N a GPU number")
-    return CUDA("cuda", int(index) if index else 0)
-
-
-def canonical(name: str) -> str:
-    """The name records hold: ``cuda`` becomes ``cuda:0``."""
-    return device(name).name
+    return CUDA("cuda", index)
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,7 @@ Three parts, so that the worker can time the implementation first and keep the h
 (the float64 reference) out of the implementation's budget, and so that nothing the
 implementation supplies can discard a verdict:
 
-1. the implementation's call: the mode's bench (:class:`attnbench.case.modes.base.Bench`) calls it on
+1. the implementation's call: the mode's bench (:class:`attnbench.measure.bench.Bench`) calls it on
    the very tensors it was timed on, restored to the case's seeded values, and keeps its output
    on a seeded sample of query rows; in modes with gradients, one backward pass with an output
    gradient that is zero outside those rows, its ``dq`` on the rows (and the largest ``dq``
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from attnbench.case.modes import FORWARD, FORWARD_BACKWARD, DecodeInputs, sequence_problem
 from attnbench.case.problem import Problem
 from attnbench.case.reference import (
     sample_rows,
@@ -46,24 +47,13 @@ from attnbench.measure.accuracy import (
     relative_distance,
     ulp,
 )
+from attnbench.measure.bench import Outputs, bench, prepare
 from attnbench.plugins.contract import Implementation
 
 Tensor = torch.Tensor
 Inputs = tuple[Tensor, Tensor, Tensor]
 #: Score elements the comparator computes at once (rows are batched to stay under it).
 COMPARATOR_ELEMENTS = 1 << 25
-
-
-@dataclass
-class Outputs:
-    """What the implementation produced for the check, on the CPU in its own dtype."""
-
-    out: Tensor  # [B, H, R, D] the sampled rows of the output
-    dout: Tensor | None = None  # [B, H, R, D] the output gradient on those rows (zero elsewhere)
-    dq: Tensor | None = None  # [B, H, R, D]
-    dq_elsewhere: float = 0.0  # max|dq| outside the sampled rows (exactly zero when correct)
-    dk: Tensor | None = None  # [B, Hkv, Nk, D]
-    dv: Tensor | None = None
 
 
 @dataclass
@@ -105,25 +95,6 @@ def check_rows(problem: Problem, max_rows: int) -> Tensor:
     """The query rows a check compares: a seeded sample of ``max_rows`` (all when fewer)."""
     rows = sample_rows(problem.seq_len, max_rows, problem.seed)
     return torch.arange(problem.seq_len) if rows is None else rows
-
-
-def gradient_outputs(out: Tensor, leaves: list[Tensor], rows: Tensor, dout_rows: Tensor) -> Outputs:
-    """What a backward pass produced, for an output gradient that is ``dout_rows`` on ``rows``
-    and zero elsewhere: the output and ``dq`` on the rows, ``dk``, ``dv`` in full, and the largest
-    ``dq`` outside the rows (which must be zero)."""
-    index = rows.to(out.device)
-    dq, dk, dv = (t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves)
-    outside = torch.ones(dq.shape[2], dtype=torch.bool, device=dq.device)
-    outside[index] = False
-    rest = dq[:, :, outside]
-    return Outputs(
-        out=out[:, :, index].detach().cpu(),
-        dout=dout_rows,
-        dq=dq[:, :, index].detach().cpu(),
-        dq_elsewhere=max_abs_diff(rest, torch.zeros_like(rest)),
-        dk=dk.detach().cpu(),
-        dv=dv.detach().cpu(),
-    )
 
 
 class _Round(torch.autograd.Function):
@@ -212,9 +183,13 @@ def _grad(t: Tensor) -> Tensor:
     return t.grad if t.grad is not None else torch.zeros_like(t)
 
 
-def judge(impl: Implementation, problem: Problem, inputs: Inputs, got: Outputs, rows: Tensor) -> CheckResult:
+def judge(impl: Implementation, problem: Problem, inputs: Any, got: Outputs, rows: Tensor) -> CheckResult:
     """The harness's verdicts (see the module): an exact implementation against the case's own
-    function, an approximation against its own ``reference()``."""
+    function, an approximation against its own ``reference()``; a decode step sequence by
+    sequence, each against the float64 reference of its own valid tokens (the verdicts of the
+    worst sequence kept)."""
+    if problem.kind.reads_cache:
+        return _judge_sequences(impl, problem, inputs, got)
     result = CheckResult(rows=len(rows))
     with torch.no_grad():
         if impl.exact:
@@ -244,6 +219,31 @@ def _judge_exact(problem: Problem, inputs: Inputs, got: Outputs, rows: Tensor, r
         result.verdicts.append(judge_exact(got.dk, g.dk, cdk, dtype, "dk", terms=g.dk_terms))
         result.verdicts.append(judge_exact(got.dv, g.dv, cdv, dtype, "dv", terms=g.dv_terms))
     result.compared.append((problem, inputs, rows, ref, comp))
+
+
+def _judge_sequences(impl: Implementation, problem: Problem, inputs: DecodeInputs, got: Outputs) -> CheckResult:
+    worst: CheckResult | None = None
+    compared = []
+    every = torch.arange(problem.seq_len)
+    for b in range(problem.batch):
+        k_b, v_b = inputs.cache.gather(b)  # [1, Hkv, L_b, D]
+        sub = sequence_problem(problem, int(inputs.cache.attended[b]))
+        result = judge(impl, sub, (inputs.q[b : b + 1], k_b, v_b), Outputs(got.out[b : b + 1]), every)
+        compared += result.compared
+        if worst is None or _badness(result.output) > _badness(worst.output):
+            worst = result
+    assert worst is not None
+    worst.rows = problem.seq_len * problem.batch
+    worst.compared = compared  # every sequence, for the comparison with an own reference()
+    return worst
+
+
+def _badness(verdict: Verdict) -> float:
+    """How far past (or how close to) its bound a verdict is; NaN counts as worst."""
+    err, bound = verdict.max_abs_err, verdict.bound
+    if err != err:  # NaN
+        return float("inf")
+    return err / bound if bound > 0 else (0.0 if err == 0 else float("inf"))
 
 
 def compare_own_reference(impl: Implementation, result: CheckResult) -> str:
@@ -326,19 +326,17 @@ def check(
     wants = problem.kind.gradients if grads is None else grads
     timed = problem
     if wants != problem.kind.gradients:
-        timed = problem.with_(mode="forward_backward" if wants else "forward")
-    kind = timed.kind
-    inputs = inputs or kind.make_inputs(timed)
-    fn = fn or kind.prepare(impl, timed, inputs)
+        timed = problem.with_(mode=(FORWARD_BACKWARD if wants else FORWARD).name)
+    inputs = inputs or timed.kind.make_inputs(timed)
+    fn = fn or prepare(impl, timed, inputs)
     rows = check_rows(problem, max_rows)
-    bench = kind.bench(fn, timed, inputs)
-    bench.scramble()
+    call = bench(fn, timed, inputs)
+    call.scramble()
     try:
-        bench.first()
+        call.first()
     finally:
-        bench.restore()
-    got = bench.check(rows)
-    result = kind.judge(impl, problem, inputs, got, rows)
+        call.restore()
+    result = judge(impl, problem, inputs, call.check(rows), rows)
     try:
         result.note = _join(result.note, compare_own_reference(impl, result))
     except Exception as exc:

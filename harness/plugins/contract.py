@@ -29,17 +29,16 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from attnbench.case.devices import device_kind
 from attnbench.case.kvcache import KVCache
-from attnbench.case.problem import Problem
+from attnbench.case.modes import FORWARD, sequence_problem
+from attnbench.case.problem import FEATURES, OPTIONAL_FEATURES, Problem
 from attnbench.case.work import Work, io_bytes, softmax_work
-from attnbench.measure.devices import device
 
 Tensor = torch.Tensor
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-Feature = Literal["causal", "window", "layout", "gqa", "cross", "backward", "decode"]
-#: ``decode``: it reads a KV cache itself (``prepare_decode``); without it, decode cases run
-#: through the dense-cache adapter.
-ALL_FEATURES: frozenset[str] = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
+#: Every feature an implementation may declare (:data:`attnbench.case.problem.FEATURES`).
+ALL_FEATURES: frozenset[str] = frozenset(FEATURES)
 Computes = Literal["full", "causal", "window", "block-sparse", "kernelized"]
 
 
@@ -71,16 +70,25 @@ class Growth:
         return f"time N^{self.time:g}, memory N^{self.memory:g}"
 
 
-def uses(problem: Problem) -> dict[str, bool]:
-    """Which features a case needs."""
-    return {
-        "causal": problem.causal,
-        "window": problem.window > 0,
-        "layout": problem.pattern.layout is not None,
-        "gqa": problem.gqa,
-        "cross": problem.cross,
-        "backward": problem.needs_grad,
-    }
+def unmet(
+    problem: Problem, *, devices: Iterable[str], dtypes: Iterable[str], features: Iterable[str], requires: Iterable[str]
+) -> str | None:
+    """Why a declaration (devices, dtypes, features, required features) does not admit a case, or
+    None when it does: the one place an implementation's declaration is held against a case, for
+    an implementation's ``supports()`` and for the runner's choice of a plugin's pairs."""
+    devices, dtypes, features = list(devices), list(dtypes), set(features)
+    if device_kind(problem.device) not in devices:
+        return f"runs on {', '.join(devices)}, not {problem.device}"
+    if problem.dtype not in dtypes:
+        return f"supports dtypes {', '.join(dtypes)}, not {problem.dtype}"
+    needed = problem.uses()
+    missing = [name for name, used in needed.items() if used and name not in features | OPTIONAL_FEATURES]
+    if missing:
+        return f"does not support {', '.join(missing)}"
+    lacking = [name for name in sorted(requires) if not needed.get(name)]
+    if lacking:
+        return f"runs only with {', '.join(lacking)}; this case has none"
+    return None
 
 
 def check_features(names: Iterable[str], owner: str, what: str) -> frozenset[str]:
@@ -127,18 +135,7 @@ class Implementation:
 
     def supports(self, problem: Problem) -> str | None:
         """``None`` when ``problem`` can run, else the reason it cannot."""
-        if device(problem.device).kind not in self.devices:
-            return f"runs on {', '.join(self.devices)}, not {problem.device}"
-        if problem.dtype not in self.dtypes:
-            return f"supports dtypes {', '.join(self.dtypes)}, not {problem.dtype}"
-        needed = uses(problem)
-        missing = [name for name, used in needed.items() if used and name not in self.features]
-        if missing:
-            return f"does not support {', '.join(missing)}"
-        lacking = [name for name in sorted(self.requires) if not needed.get(name)]
-        if lacking:
-            return f"runs only with {', '.join(lacking)}; this case has none"
-        return None
+        return unmet(problem, devices=self.devices, dtypes=self.dtypes, features=self.features, requires=self.requires)
 
     def memory_estimate(self, problem: Problem) -> int | None:
         """Bytes one call is expected to need beyond its inputs, or None when not declared; the
@@ -183,8 +180,6 @@ class Implementation:
         (``cache.append``) and returns ``[B, H, S, D]``. An implementation that reads the cache
         itself declares the ``decode`` feature and overrides this; the default is the dense-cache
         adapter, which gathers each sequence's tokens and calls :meth:`prepare`'s function."""
-        from attnbench.case.modes.decode import dense_cache_adapter
-
         return dense_cache_adapter(self, problem, cache)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None) -> Tensor:
@@ -346,3 +341,36 @@ class FunctionImplementation(Implementation):
         if self.flops_fn is not None:
             return "declared"
         return "softmax" if self.exact else "none"
+
+
+#: What a decode record's ``adapter`` says when the implementation was called through the adapter.
+ADAPTER = "dense-cache adapter: appended, gathered per sequence, then called"
+DecodeFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def dense_cache_adapter(impl: Implementation, problem: Problem, cache: KVCache) -> DecodeFn:
+    """A decode step for an implementation that knows nothing of caches: append the new tokens,
+    then call the implementation on each sequence's attended keys and values (views of a
+    contiguous cache with uniform lengths, in one call; gathered copies otherwise, one call per
+    sequence). Set-up (``prepare``) happens here, outside the timing, once per distinct length."""
+    lengths = [int(n) for n in cache.attended]
+    if not cache.paged and len(set(lengths)) == 1:
+        n = lengths[0]
+        whole = impl.prepare(problem.with_(kv_len=n, mode=FORWARD.name, cache="contiguous", kv_lengths="uniform"))
+
+        def step_views(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+            cache.append(k_new, v_new)
+            return whole(q, cache.k[:, :, :n], cache.v[:, :, :n])  # [B, H, S, D]
+
+        return step_views
+    prepared = {n: impl.prepare(sequence_problem(problem, n)) for n in set(lengths)}
+
+    def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+        cache.append(k_new, v_new)
+        outs = []
+        for b, n in enumerate(lengths):
+            k_b, v_b = cache.gather(b)  # [1, Hkv, L_b, D]
+            outs.append(prepared[n](q[b : b + 1], k_b, v_b))
+        return torch.cat(outs, dim=0)  # [B, H, S, D]
+
+    return step

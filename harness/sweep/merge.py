@@ -23,8 +23,8 @@ from typing import Any
 
 from attnbench.case.keys import case_label, record_key
 from attnbench.measure.records import read_records
+from attnbench.sweep.folder import RunError, now, read_run_json, suite_hash
 from attnbench.sweep.pairs import PAIRS_FILE, read_pairs
-from attnbench.sweep.runner import RunError, now, read_run_json, suite_hash
 from attnbench.sweep.shards import Shard
 
 

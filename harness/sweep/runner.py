@@ -17,92 +17,30 @@ or Ray tasks across a cluster. Whichever runs them, the runner alone writes the 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
-import hashlib
 import json
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from attnbench.case.keys import CASE_KEYS, record_key
-from attnbench.case.status import BUDGET_FAILURES
+from attnbench.case.keys import record_key
 from attnbench.measure import steps
-from attnbench.measure.devices import device
+from attnbench.measure.figures import CALIBRATION_KEYS
 from attnbench.measure.machine import git_commit, machine_info, versions
 from attnbench.measure.records import SCHEMA_VERSION, Record, RecordWriter, read_records
+from attnbench.plugins.contract import unmet
 from attnbench.plugins.registry import Catalog
 from attnbench.sweep import pairs, shards
 from attnbench.sweep.calibration_cache import calibrate_run
-from attnbench.sweep.executors import Sweep
 from attnbench.sweep.executors.local import LocalExecutor
+from attnbench.sweep.folder import RunError, default_out_dir, now, read_run_json, suite_hash
+from attnbench.sweep.jobs import Executor, Failures, Sweep, run_job
 from attnbench.sweep.suite import Case, Suite
-from attnbench.sweep.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
+from attnbench.sweep.workers import WorkerFailure, WorkerPool, WorkerStartError
 
-if TYPE_CHECKING:
-    from attnbench.sweep.executors import Executor
-
-RESULTS_DIR = Path("results")  # relative to where attnbench runs
-#: What a case job takes from the calibration of its device, dtype and threads.
-CALIBRATION_KEYS = ("gflops", "probe_dtype", "probe_n", "gbps")
-
-
-class RunError(Exception):
-    """A run that cannot start (bad output folder, unknown --only name, another suite's folder)."""
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds")
-
-
-def default_out_dir(suite: Suite, machine_id: str) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return RESULTS_DIR / f"{stamp}_{suite.name}_{machine_id}"
-
-
-def suite_hash(text: str) -> str:
-    """The identity of a suite: a hash of its TOML text."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def read_run_json(out_dir: Path) -> dict[str, Any]:
-    """``run.json`` of a result folder; a missing or corrupt one is a :class:`RunError`."""
-    path = out_dir / "run.json"
-    if not path.is_file():
-        raise RunError(f"{out_dir} holds no run.json to resume")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is not valid JSON ({exc}); it cannot be resumed") from None
-    if not isinstance(info, dict) or not isinstance(info.get("suite"), dict):
-        raise RunError(f"{path} does not describe a run (no suite); it cannot be resumed")
-    return info
-
-
-@dataclass
-class Failures:
-    """Sizes at which an implementation failed its budget, per case group: a larger size of the
-    same group is skipped rather than run into the same wall."""
-
-    seen: dict[tuple[Any, ...], list[tuple[int, int, str]]] = field(default_factory=dict)
-
-    @staticmethod
-    def group(row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(row.get(k) for k in ("impl", *CASE_KEYS) if k not in ("seq_len", "kv_len"))
-
-    def add(self, row: dict[str, Any]) -> None:
-        if row["status"] in BUDGET_FAILURES:
-            self.seen.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], row["status"]))
-
-    def blocking(self, row: dict[str, Any]) -> str | None:
-        for n, nk, status in self.seen.get(self.group(row), []):
-            if row["seq_len"] >= n and row["kv_len"] >= nk:
-                return f"a smaller size (seq_len {n}, kv_len {nk}) already ended as {status}"
-        return None
-
+__all__ = ["RunError", "Runner", "declared_support", "describe", "read_run_json"]
 
 def describe(pool: WorkerPool) -> Catalog:
     """The implementations a worker of ``pool`` has, declared (no plugin code runs here)."""
@@ -118,22 +56,8 @@ def describe(pool: WorkerPool) -> Catalog:
 def declared_support(decl: dict[str, Any], case: Case) -> bool:
     """Whether an implementation's declaration admits a case (device, dtype, features, required
     features): plugins join the grids of a shipped suite only where they say they can run."""
-    p = case
-    uses = {
-        "causal": p.causal,
-        "window": p.window > 0,
-        "layout": p.pattern.layout is not None,
-        "gqa": p.gqa,
-        "cross": p.cross,
-        "backward": p.needs_grad,
-    }
-    features, requires = set(decl.get("features") or []), set(decl.get("requires") or [])
-    return (
-        device(p.device).kind in (decl.get("devices") or [])
-        and p.dtype in (decl.get("dtypes") or [])
-        and all(name in features for name, used in uses.items() if used)
-        and all(uses.get(name) for name in requires)
-    )
+    declared = {k: decl.get(k) or [] for k in ("devices", "dtypes", "features", "requires")}
+    return unmet(case, **declared) is None
 
 
 class Runner:
@@ -159,7 +83,7 @@ class Runner:
         self.catalog = catalog
         self.plugins = [str(Path(p).resolve()) for p in (plugins or [])]
         self.machine = machine_info()
-        self.out_dir = out_dir or default_out_dir(suite, self.machine["id"])
+        self.out_dir = out_dir or default_out_dir(suite.name, self.machine["id"])
         self.resume = resume
         self.show_progress = progress
         self.pool = pool or WorkerPool(self.plugins)
@@ -180,6 +104,11 @@ class Runner:
         self.cases = list(dict.fromkeys(case for case, _ in self.pairs))
         self.baselines = suite.baselines(self.devices)
         self.unavailable: dict[tuple[str, str], str] = {}
+
+    @property
+    def budget(self) -> dict[str, float]:
+        """The suite's budget (what an executor's tasks run under)."""
+        return self.suite.budget
 
     def _select(self, only: list[str] | None) -> list[str]:
         names = [self.catalog.canonical(n) for n in self.suite.impl_names(self.catalog.known())]
@@ -354,48 +283,6 @@ class Runner:
         """One pair's record: settled here, or run on a worker of ``pool``."""
         decided = self.decide(case, name, failures)
         return decided or run_job(pool, self.job(case, name, calibration), self.suite.budget)
-
-
-def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> Record:
-    """Send one case job to ``pool`` and make its record; a failure in a step the implementation
-    does not own is not its status. Runs wherever the worker runs (here, or in a Ray task)."""
-
-    def outcome(status: str, reason: str, step: str = "") -> Record:
-        return Record(impl=job["impl"], status=status, reason=reason, step=step, case=job["case"])
-
-    plan = Budgets(budget["timeout_s"], extra_s=budget["max_time_s"])
-    try:
-        answer = pool.request(job, plan)
-    except WorkerStartError as exc:
-        return outcome("error", f"the worker could not start: {exc}", steps.LOAD)
-    except WorkerFailure as exc:
-        what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
-        owner = steps.owner(exc.step)
-        if owner == "baseline" or (owner == "timing" and exc.callee == "baseline"):
-            during = " during the interleaved timing" if owner == "timing" else ""
-            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}{during}; the"
-                     " implementation was timed alone"}  # fmt: skip
-            return run_job(pool, retry, budget)
-        if owner == "reference" and exc.partial is not None:
-            record = Record.from_dict(exc.partial)
-            if exc.step == steps.OWN_REFERENCE:  # the verdicts were reached and sent before it ran
-                record.step = exc.step
-                note = f"its own reference() {what}; not compared (the verdict stands: judged against the case)"
-            else:
-                if record.status == "ok":
-                    record.status = "unchecked"
-                judge = "the float64 reference" if record.exact is not False else "its own reference()"
-                note = f"accuracy not checked: {judge} {what}"
-            record.check_note = "; ".join(n for n in (record.check_note, note) if n)
-            return record
-        if isinstance(exc, WorkerTimeout):
-            why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"
-            return outcome("timeout", why, exc.step)
-        assert isinstance(exc, WorkerDied)
-        return outcome("crashed", exc.reason, exc.step)
-    if "fatal" in answer:
-        return outcome("error", answer["fatal"], "")
-    return Record.from_dict(answer["record"])
 
 
 @contextlib.contextmanager

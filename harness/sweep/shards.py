@@ -6,7 +6,7 @@ same split from the same list of pairs, so N jobs that never talk to each other 
 a CI matrix) each run exactly their own part and together run every pair once.
 
 The split keeps all sizes of one case group together (the group of
-:meth:`attnbench.sweep.runner.Failures.group`: one implementation, every case field but the lengths),
+:meth:`attnbench.sweep.jobs.Failures.group`: one implementation, every case field but the lengths),
 so that stop-on-failure still skips the larger sizes after a budget failure. Groups are
 balanced by their predicted cost — greedy, longest first, each into the bin with the least work
 so far — which is deterministic: the same pairs always give the same shards.
@@ -66,7 +66,7 @@ def parse_shard(text: str) -> Shard:
 
 def group_of(case: Problem, impl: str) -> tuple[Any, ...]:
     """The case group a pair belongs to: all its sizes run in one shard, in order."""
-    from attnbench.sweep.runner import Failures
+    from attnbench.sweep.jobs import Failures
 
     return Failures.group({"impl": impl, **case.fields()})
 

@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from attnbench.results.report.data import AXIS_NAME, calibration_peak, group_order, records_of
 from attnbench.results.report.figure import LINESTYLES, Canvas, Plot, plt, safe
+from attnbench.case.modes import MODES
 from attnbench.case.status import BUDGET_FAILURES
 
 
@@ -240,7 +241,7 @@ METRICS: dict[str, Metric] = {
         _col("gbps"),
         False,
         Painter.bandwidth_line,
-        lambda sub: bool((sub["mode"] == "decode").all()),
+        lambda sub: bool(sub["mode"].map(lambda m: MODES[m].memory_bound if m in MODES else False).all()),
     ),
 }
 

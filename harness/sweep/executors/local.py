@@ -21,8 +21,7 @@ from attnbench.sweep.workers import WorkerPool
 if TYPE_CHECKING:
     from attnbench.case.problem import Problem
     from attnbench.measure.records import Record
-    from attnbench.sweep.executors import Sweep
-    from attnbench.sweep.runner import Runner
+    from attnbench.sweep.jobs import Planner, Sweep
 
 Pair = tuple["Problem", str]
 
@@ -75,7 +74,7 @@ class LocalExecutor:
             for pool in [*self.pools.values(), *([self._spare] if self._spare else [])]:
                 pool.set_log(path)
 
-    def prepare(self, runner: Runner, info: dict[str, Any]) -> None:
+    def prepare(self, runner: Planner, info: dict[str, Any]) -> None:
         runner.calibrate(info, self.pool_for)  # one device at a time, before any case
 
     def sweep(self, sweep: Sweep) -> None:

@@ -34,12 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 from attnbench.measure.devices import device
 from attnbench.measure.records import Record
-from attnbench.sweep.executors import ExecutorError
+from attnbench.sweep.jobs import ExecutorError
 
 if TYPE_CHECKING:
     from attnbench.case.problem import Problem
-    from attnbench.sweep.executors import Sweep
-    from attnbench.sweep.runner import Runner
+    from attnbench.sweep.jobs import Planner, Sweep
 
 #: A custom resource that, where every node has one, lets a CPU case reserve its node exactly.
 NODE_RESOURCE = "attnbench_node"
@@ -116,7 +115,7 @@ class RayExecutor:
     def set_log(self, path: Path) -> None:
         """Workers log on their own nodes (``$TMPDIR/attnbench-ray/``), not into the run folder."""
 
-    def prepare(self, runner: Runner, info: dict[str, Any]) -> None:
+    def prepare(self, runner: Planner, info: dict[str, Any]) -> None:
         """Nothing up front: each node calibrates its devices in the first task that needs it."""
 
     def sweep(self, sweep: Sweep) -> None:
@@ -141,7 +140,7 @@ class RayExecutor:
                 job = runner.job(case, impl, [])
                 known = [c for c in sweep.info["calibration"] if c.get("device_name")]
                 task = self._gpu_task if device(case.device).kind == "cuda" else self._cpu_task
-                ref = task.remote(job, runner.suite.budget, runner.plugins, known, run)
+                ref = task.remote(job, runner.budget, runner.plugins, known, run)
                 self.pending[ref] = (chain, case, impl)
                 sweep.started(case, impl)
                 return

@@ -2,7 +2,7 @@
 
 The task (:func:`run_pair`) starts ``python -m attnbench.sweep.worker`` as a child process, exactly as
 the local runner does, and sends it the pair's job; a worker that crashes, runs past its budget
-or runs out of memory ends as the same status as locally (:func:`attnbench.sweep.runner.run_job`).
+or runs out of memory ends as the same status as locally (:func:`attnbench.sweep.jobs.run_job`).
 The record goes back to the driver as the task's return value, with the node, the device and
 the GPU driver that ran it; the driver alone writes it.
 
@@ -127,7 +127,8 @@ def run_pair(
 ) -> dict[str, Any]:
     """Run one pair's job on this node; returns ``{"record": …, "calibration": … or None}``.
     ``known`` are the calibrations the driver has, ``run`` names the run (for the shared file)."""
-    from attnbench.sweep.runner import CALIBRATION_KEYS, run_job
+    from attnbench.measure.figures import CALIBRATION_KEYS
+    from attnbench.sweep.jobs import run_job
 
     node = this_node()
     pool = _pool(plugins, node)

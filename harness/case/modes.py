@@ -1,0 +1,193 @@
+"""Modes, declared once: what one timed call of a case computes, as data.
+
+A mode says what differs between "a forward call", "a backward pass", "forward and backward" and
+"a decode step against a KV cache": its inputs, whether it differentiates, the work it counts
+relative to a forward pass, the bytes it must move, which tensors its accuracy check compares,
+how much more memory than a forward call it keeps, and whether it is judged against the memory
+bandwidth and reads a cache. Everything else *asks* a mode these things; nothing compares mode
+names. How each mode's call is made, timed and judged lives with the measurement
+(:mod:`attnbench.measure.bench`).
+
+Imports nothing of attnbench outside ``attnbench.case``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from attnbench.case.kvcache import KVCache, make_cache, parse_cache, valid_lengths
+
+if TYPE_CHECKING:
+    from attnbench.case.problem import Problem
+
+Tensor = torch.Tensor
+Call = Callable[[], object]
+Inputs = tuple[Tensor, Tensor, Tensor]
+
+
+class Mode:
+    """One kind of timed call (see the module)."""
+
+    name: ClassVar[str] = ""
+    #: Whether the call differentiates (implementations must declare the ``backward`` feature).
+    needs_grad: ClassVar[bool] = False
+    #: FLOPs relative to one forward pass over the same pairs (FlashAttention's convention:
+    #: backward 2.5 — 2.0 for its products, 0.5 for recomputation — forward+backward 3.5).
+    flops_factor: ClassVar[float] = 1.0
+    #: What the accuracy check compares, beyond the output.
+    gradients: ClassVar[bool] = False
+    #: Memory kept relative to a forward call (activations saved for the backward pass).
+    memory_factor: ClassVar[float] = 1.0
+    #: Judged by bytes per second against the memory bandwidth (else by FLOP/s against the
+    #: matmul peak); its machine probe is then a memory sweep, not a matrix product.
+    memory_bound: ClassVar[bool] = False
+    #: New tokens attend to a KV cache (``cache`` and ``kv_lengths`` describe it).
+    reads_cache: ClassVar[bool] = False
+
+    def make_inputs(self, problem: Problem) -> Any:
+        """The seeded inputs of one call (``q, k, v`` unless the mode says otherwise)."""
+        return problem.make_inputs()
+
+    def pairs(self, problem: Problem) -> int:
+        """(query, key) pairs one call computes, over the whole batch."""
+        return problem.batch * problem.pattern.pairs(problem.seq_len, problem.kv_len)
+
+    def dense_pairs(self, problem: Problem) -> int:
+        return problem.batch * problem.seq_len * problem.kv_len
+
+    def io_bytes(self, problem: Problem) -> float:
+        """The bytes one call must move at least: each input read once, each output written once."""
+        raise NotImplementedError
+
+    def checks(self) -> tuple[str, ...]:
+        """The tensors the accuracy check compares."""
+        return ("output", "dq", "dk", "dv") if self.gradients else ("output",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def tensor_bytes(problem: Problem) -> tuple[float, float, float]:
+    """Bytes of ``q`` (and of the output, the same shape), of ``k`` and of ``v`` in the case's dtype."""
+    elem = torch.empty((), dtype=problem.torch_dtype).element_size()
+    q = problem.batch * problem.heads * problem.seq_len * problem.head_dim * elem
+    kv = problem.batch * problem.kv_heads * problem.kv_len * problem.head_dim * elem
+    return float(q), float(kv), float(kv)
+
+
+class Forward(Mode):
+    """One call computing the output, no gradients kept."""
+
+    name = "forward"
+
+    def io_bytes(self, problem: Problem) -> float:
+        q, k, v = tensor_bytes(problem)
+        return 2 * q + k + v  # read q, k, v; write the output (shaped like q)
+
+
+class Backward(Mode):
+    """The backward pass alone, through a forward graph built once outside the timing."""
+
+    name = "backward"
+    needs_grad = True
+    flops_factor = 2.5
+    gradients = True
+    memory_factor = 2.0
+
+    def io_bytes(self, problem: Problem) -> float:
+        q, k, v = tensor_bytes(problem)
+        return 3 * q + k + v + q + k + v  # read q, k, v, out, dout; write dq, dk, dv
+
+
+class ForwardBackward(Mode):
+    """A training step's attention, forward then backward, both timed."""
+
+    name = "forward_backward"
+    needs_grad = True
+    flops_factor = 3.5
+    gradients = True
+    memory_factor = 2.0
+
+    def io_bytes(self, problem: Problem) -> float:
+        q, k, v = tensor_bytes(problem)
+        return (2 * q + k + v) + (3 * q + k + v + q + k + v)  # the forward's traffic, then the backward's
+
+
+@dataclass
+class DecodeInputs:
+    """One decode step's inputs: the new tokens' queries, keys and values, and the cache."""
+
+    q: Tensor  # [B, H, S, D]
+    k_new: Tensor  # [B, Hkv, S, D]
+    v_new: Tensor  # [B, Hkv, S, D]
+    cache: KVCache
+
+
+class Decode(Mode):
+    """One step of generation against a KV cache.
+
+    Each call is one decode step: ``seq_len`` new query tokens (1, or a few for speculative
+    decoding) append their keys and values to a preallocated cache of capacity ``kv_len`` and
+    attend to every valid token of their sequence (:mod:`attnbench.case.kvcache`: uniform or
+    ragged lengths, contiguous or paged layout). The new tokens are causal among themselves
+    (bottom-right: the last one sees everything); a window, if any, counts back from each
+    token's position. The same slots are written on every call, so the cache does not grow while
+    it is timed. Its cost is reading the cache, so it is judged in bytes per second against the
+    memory bandwidth; the FLOPs are counted too (the pairs of every sequence's own length)."""
+
+    name = "decode"
+    memory_bound = True
+    reads_cache = True
+
+    def make_inputs(self, problem: Problem) -> DecodeInputs:
+        gen = torch.Generator().manual_seed(problem.seed)
+        b, s, d = problem.batch, problem.seq_len, problem.head_dim
+        q, k_new, v_new = (
+            torch.randn(b, h, s, d, generator=gen).to(problem.device, problem.torch_dtype)
+            for h in (problem.heads, problem.kv_heads, problem.kv_heads)
+        )  # [B, H, S, D], [B, Hkv, S, D] x2: the new tokens
+        cache = make_cache(
+            problem.batch, problem.kv_heads, problem.head_dim, problem.kv_len, problem.seq_len,
+            page=parse_cache(problem.cache), lengths=problem.kv_lengths, seed=problem.seed,
+            dtype=problem.torch_dtype, device=problem.device,
+        )  # fmt: skip
+        return DecodeInputs(q, k_new, v_new, cache)
+
+    def pairs(self, problem: Problem) -> int:
+        return sum(problem.pattern.pairs(problem.seq_len, int(n)) for n in attended(problem))
+
+    def io_bytes(self, problem: Problem) -> float:
+        elem = torch.empty((), dtype=problem.torch_dtype).element_size()
+        kv_read = 2 * problem.kv_heads * problem.head_dim * int(attended(problem).sum())
+        new = 2 * problem.batch * problem.kv_heads * problem.seq_len * problem.head_dim  # written
+        q = problem.batch * problem.heads * problem.seq_len * problem.head_dim  # read, and the output written
+        return float((kv_read + new + 2 * q) * elem)
+
+
+FORWARD, BACKWARD, FORWARD_BACKWARD, DECODE = Forward(), Backward(), ForwardBackward(), Decode()
+#: Every mode by name, in the order suites list them.
+MODES: dict[str, Mode] = {m.name: m for m in (FORWARD, BACKWARD, FORWARD_BACKWARD, DECODE)}
+
+
+def mode(name: str) -> Mode:
+    """The mode called ``name``; an unknown name raises ValueError listing the known ones."""
+    try:
+        return MODES[name]
+    except KeyError:
+        raise ValueError(f"unknown mode {name!r}; expected one of {list(MODES)}") from None
+
+
+def attended(problem: Problem) -> Tensor:
+    """``[B]``: the tokens each sequence of a decode step attends to after the step (seeded, as
+    the cache has them)."""
+    return valid_lengths(problem.batch, problem.seq_len, problem.kv_len, problem.kv_lengths, problem.seed)
+
+
+def sequence_problem(problem: Problem, length: int) -> Problem:
+    """Sequence ``b`` of a decode step as an ordinary forward (cross-attention) problem against
+    its own ``length`` attended tokens."""
+    return problem.with_(batch=1, kv_len=length, mode=FORWARD.name, cache="contiguous", kv_lengths="uniform")

@@ -1,0 +1,160 @@
+"""The interface between the runner and the executors, defined below both: what an executor is
+given (:class:`Sweep`, the :class:`Planner` it asks), what it is (:class:`Executor`), the sizes
+that already failed their budget (:class:`Failures`), and one pair's job run on a worker with its
+record made (:func:`run_job`), wherever that worker runs (here, or in a Ray task).
+
+Imports ``attnbench.case``, ``attnbench.measure`` and the worker pool; never the runner or an
+executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from attnbench.case.keys import CASE_KEYS
+from attnbench.case.status import BUDGET_FAILURES
+from attnbench.measure import steps
+from attnbench.measure.records import Record
+from attnbench.sweep.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
+
+if TYPE_CHECKING:
+    from attnbench.case.problem import Problem
+
+
+class ExecutorError(Exception):
+    """An executor that cannot start (Ray not installed, no cluster at the address): one sentence."""
+
+
+@dataclass
+class Failures:
+    """Sizes at which an implementation failed its budget, per case group: a larger size of the
+    same group is skipped rather than run into the same wall."""
+
+    seen: dict[tuple[Any, ...], list[tuple[int, int, str]]] = field(default_factory=dict)
+
+    @staticmethod
+    def group(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row.get(k) for k in ("impl", *CASE_KEYS) if k not in ("seq_len", "kv_len"))
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row["status"] in BUDGET_FAILURES:
+            self.seen.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], row["status"]))
+
+    def blocking(self, row: dict[str, Any]) -> str | None:
+        for n, nk, status in self.seen.get(self.group(row), []):
+            if row["seq_len"] >= n and row["kv_len"] >= nk:
+                return f"a smaller size (seq_len {n}, kv_len {nk}) already ended as {status}"
+        return None
+
+
+class Planner(Protocol):
+    """What an executor asks of the runner: the suite's budget and plugins, the folder, and the
+    record of a pair settled without a worker (:meth:`decide`), a pair's worker job (:meth:`job`),
+    a pair run on a local pool (:meth:`run_pair`), the calibration (:meth:`calibrate`)."""
+
+    plugins: list[str]
+    out_dir: Path
+
+    @property
+    def budget(self) -> dict[str, float]: ...
+
+    def decide(self, case: Problem, name: str, failures: Failures) -> Record | None: ...
+
+    def job(self, case: Problem, name: str, calibration: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+    def run_pair(
+        self, case: Problem, name: str, failures: Failures, calibration: list[dict[str, Any]], pool: WorkerPool
+    ) -> Record: ...
+
+    def calibrate(self, info: dict[str, Any], pool_for: Callable[[str], WorkerPool] | None = None) -> None: ...
+
+
+@dataclass
+class Sweep:
+    """What an executor is given to run: the runner it asks (:class:`Planner`), the pairs still to
+    run in the suite's order, what failed so far, ``run.json`` as a dict, and three callbacks for
+    the runner's thread: ``emit`` a record (written at once), ``started`` a pair, ``save_info``
+    after changing ``info``."""
+
+    runner: Planner
+    todo: list[tuple[Problem, str]]
+    failures: Failures
+    info: dict[str, Any]
+    emit: Callable[[Problem, str, Record], None]
+    started: Callable[[Problem, str], None]
+    save_info: Callable[[], None]
+
+
+class Executor(Protocol):
+    """Runs the pairs of a sweep somewhere."""
+
+    name: str
+
+    def devices(self) -> list[str]:
+        """The devices pairs may run on (what ``auto`` and ``cuda:all`` expand to)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ``run.json`` keeps of it (its name, the cluster's nodes)."""
+        ...
+
+    def set_log(self, path: Path) -> None:
+        """Workers started here write their output to ``path``."""
+        ...
+
+    def prepare(self, runner: Planner, info: dict[str, Any]) -> None:
+        """Work before the first pair (the calibration, where it is measured up front)."""
+        ...
+
+    def sweep(self, sweep: Sweep) -> None:
+        """Run every pair of ``sweep.todo``, emitting each one's record on the calling thread."""
+        ...
+
+    def close(self) -> None:
+        """Stop everything still running (also from a signal handler)."""
+        ...
+
+
+def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> Record:
+    """Send one case job to ``pool`` and make its record; a failure in a step the implementation
+    does not own is not its status. Runs wherever the worker runs (here, or in a Ray task)."""
+
+    def outcome(status: str, reason: str, step: str = "") -> Record:
+        return Record(impl=job["impl"], status=status, reason=reason, step=step, case=job["case"])
+
+    plan = Budgets(budget["timeout_s"], extra_s=budget["max_time_s"])
+    try:
+        answer = pool.request(job, plan)
+    except WorkerStartError as exc:
+        return outcome("error", f"the worker could not start: {exc}", steps.LOAD)
+    except WorkerFailure as exc:
+        what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
+        owner = steps.owner(exc.step)
+        if owner == "baseline" or (owner == "timing" and exc.callee == "baseline"):
+            during = " during the interleaved timing" if owner == "timing" else ""
+            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}{during}; the"
+                     " implementation was timed alone"}  # fmt: skip
+            return run_job(pool, retry, budget)
+        if owner == "reference" and exc.partial is not None:
+            record = Record.from_dict(exc.partial)
+            if exc.step == steps.OWN_REFERENCE:  # the verdicts were reached and sent before it ran
+                record.step = exc.step
+                note = f"its own reference() {what}; not compared (the verdict stands: judged against the case)"
+            else:
+                if record.status == "ok":
+                    record.status = "unchecked"
+                judge = "the float64 reference" if record.exact is not False else "its own reference()"
+                note = f"accuracy not checked: {judge} {what}"
+            record.check_note = "; ".join(n for n in (record.check_note, note) if n)
+            return record
+        if isinstance(exc, WorkerTimeout):
+            why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"
+            return outcome("timeout", why, exc.step)
+        assert isinstance(exc, WorkerDied)
+        return outcome("crashed", exc.reason, exc.step)
+    if "fatal" in answer:
+        return outcome("error", answer["fatal"], "")
+    return Record.from_dict(answer["record"])
