@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from attnbench.case.status import Status
 from attnbench.plugins.registry import RegistryError, load_registry
 from attnbench.sweep.suite import Suite, SuiteError, load_suite, parse_suite
 
@@ -59,7 +60,7 @@ def implementation_table(rows: list[dict[str, Any]], aliases: dict[str, str], wi
         table.add_column("devices")
         table.add_column("claims (time, memory)")
         table.add_column("FLOPs", no_wrap=True)
-    table.add_column("ok", no_wrap=True)
+    table.add_column("available", no_wrap=True)
     for row in rows:
         kind = "exact" if row["exact"] else "approx."
         status = "[green]yes[/]" if row["available"] else "[red]no[/]"
@@ -92,15 +93,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     table.add_column("case", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     table.add_column("detail", overflow="fold")
-    styles = {"ok": "green", "inaccurate": "magenta", "error": "red", "unsupported": "dim"}
+    shown = (Status.OK, Status.INACCURATE, Status.ERROR, Status.UNSUPPORTED)
     for o in outcomes:
-        table.add_row(o.label, f"[{styles[o.status]}]{o.status}[/]", o.detail)
+        table.add_row(o.label, f"[{o.status.info.terminal}]{o.status}[/]", o.detail)
     console.print(table)
-    counts = {s: sum(o.status == s for o in outcomes) for s in styles}
+    counts = {s: sum(o.status == s for o in outcomes) for s in shown}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     seconds = sum(o.seconds for o in outcomes)
     console.print(f"{impl.name}: {summary} in {seconds:.1f} s", highlight=False)
-    return 1 if counts["inaccurate"] or counts["error"] else 0
+    return 1 if counts[Status.INACCURATE] or counts[Status.ERROR] else 0
 
 
 def cmd_suite(args: argparse.Namespace) -> int:

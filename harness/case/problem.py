@@ -16,7 +16,7 @@ import torch
 from attnbench.case.devices import canonical
 from attnbench.case.fields import CaseField, at_least, between, case_field, one_of
 from attnbench.case.kvcache import parse_cache, parse_lengths
-from attnbench.case.modes import MODES, Mode, mode
+from attnbench.case.modes import DECODE, FORWARD, MODES, Mode, mode
 from attnbench.case.patterns import Pattern
 from attnbench.case.probes import Targets, parse_probe, probe_inputs, targets
 
@@ -158,7 +158,9 @@ class Problem:
             _layout_ok, lambda v, c: None if v == "dense" else str(v).split(":")[0], 42,
         ),
     )  # fmt: skip
-    mode: str = case_field("forward", CaseField(str, ["forward"], f"{list(MODES)}", one_of(MODES), lambda v, c: v, 10))
+    mode: str = case_field(
+        FORWARD.name, CaseField(str, [FORWARD.name], f"{list(MODES)}", one_of(MODES), lambda v, c: v, 10)
+    )
     threads: int = case_field(
         0,
         CaseField(
@@ -208,16 +210,16 @@ class Problem:
         object.__setattr__(self, "device", canonical(self.device))
         parse_cache(self.cache)
         parse_lengths(self.kv_lengths)
-        if self.mode == "decode":
+        if self.kind.reads_cache:
             if self.seq_len > self.kv_len:
                 raise ValueError(f"decode: {self.seq_len} new tokens (seq_len) exceed the cache (kv_len {self.kv_len})")
             if self.layout != "dense":
                 raise ValueError("decode: block layouts are not defined against a KV cache; use layout 'dense'")
         parse_probe(self.probe)
-        if self.probe != "random" and self.mode == "decode":
+        if self.probe != "random" and self.kind.reads_cache:
             raise ValueError("probes plant structure in a whole sequence's queries and keys: not in decode mode")
-        if self.mode != "decode" and (self.cache, self.kv_lengths) != ("contiguous", "uniform"):
-            raise ValueError("cache and kv_lengths describe a KV cache: they apply to mode 'decode' only")
+        if not self.kind.reads_cache and (self.cache, self.kv_lengths) != ("contiguous", "uniform"):
+            raise ValueError(f"cache and kv_lengths describe a KV cache: they apply to mode {DECODE.name!r} only")
         torch_dtype(self.dtype)
         pattern = Pattern.make(self.causal, self.window, self.layout)
         object.__setattr__(self, "layout", pattern.layout_name)

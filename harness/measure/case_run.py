@@ -39,6 +39,7 @@ import torch
 
 from attnbench.case.keys import CASE_KEYS
 from attnbench.case.problem import Problem
+from attnbench.case.status import Status
 from attnbench.case.work import dense_flops
 from attnbench.measure import fidelity, figures, steps
 from attnbench.measure.bench import Outputs, bench, prepare
@@ -67,7 +68,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     lowered = text.lower()
     is_oom = isinstance(exc, MemoryError | torch.OutOfMemoryError) or any(m in lowered for m in OOM_MARKERS)
-    return ("oom" if is_oom else "error"), text[:4000]
+    return (Status.OOM if is_oom else Status.ERROR), text[:4000]
 
 
 class Stop(Exception):
@@ -85,7 +86,7 @@ class CaseRun:
         self.device = device(self.problem.device)
         self.set_cap = set_cap
         self.report = report
-        self.record = Record(impl=job["impl"], status="ok", case=job["case"])
+        self.record = Record(impl=job["impl"], status=Status.OK, case=job["case"])
         self.record.worker_pid = os.getpid()
         self.record.host = socket.gethostname()
 
@@ -111,7 +112,7 @@ class CaseRun:
             impl = self.declared()
             base_call, inputs = self.baseline()
             self.measure(impl, base_call, inputs)
-            if self.record.status != "unchecked":  # an unchecked record ended where its reference failed
+            if self.record.status != Status.UNCHECKED:  # an unchecked record ended where its reference failed
                 self.record.step = steps.DONE
         except Stop:
             pass
@@ -131,19 +132,19 @@ class CaseRun:
         self.enter(steps.AVAILABILITY)
         avail = impl.available()
         if isinstance(impl, BrokenPlugin) or not avail.ok:
-            self.stop("unavailable", avail.reason)
+            self.stop(Status.UNAVAILABLE, avail.reason)
         if not self.device.present():
-            self.stop("unavailable", f"no {self.problem.device} device on this machine")
+            self.stop(Status.UNAVAILABLE, f"no {self.problem.device} device on this machine")
         self.enter(steps.SUPPORTS)
         unsupported = impl.supports(self.problem)
         if unsupported:
-            self.stop("unsupported", unsupported)
+            self.stop(Status.UNSUPPORTED, unsupported)
         self.enter(steps.ESTIMATE)
         estimate = impl.memory_estimate(self.problem)
         limit = self.budget["memory_gib"] * 2**30
         if estimate is not None and estimate > limit:
             self.stop(
-                "oom",
+                Status.OOM,
                 f"declares {estimate / 2**30:.1f} GiB beyond the inputs for this case, over the"
                 f" {self.budget['memory_gib']:g} GiB budget; not started",
             )
@@ -317,7 +318,7 @@ class CaseRun:
         try:
             result = judge(impl, self.problem, inputs, got, rows)
         except Exception as exc:
-            record.status = "unchecked"
+            record.status = Status.UNCHECKED
             which = "the float64 reference" if impl.exact else "its own reference()"
             record.check_note = _join(record.check_note, f"accuracy not checked: {which} {_short(exc)}")
             return None
@@ -331,7 +332,7 @@ class CaseRun:
         record.uniform_rel_err = result.uniform_rel_err
         record.check_note = _join(record.check_note, result.note)
         if not result.ok:
-            record.status, record.reason = "inaccurate", result.failures()
+            record.status, record.reason = Status.INACCURATE, result.failures()
             record.speedup = None  # a wrong answer's time is no evidence of speed
         self.report({"partial": record.as_dict()})  # the verdicts reach the runner before any plugin code runs again
         return result

@@ -16,7 +16,9 @@ import traceback
 from dataclasses import dataclass, fields
 from typing import Any
 
+from attnbench.case.modes import FORWARD, FORWARD_BACKWARD
 from attnbench.case.problem import Problem
+from attnbench.case.status import Status
 from attnbench.measure.verify import check
 from attnbench.plugins.contract import Implementation
 
@@ -42,7 +44,7 @@ class CaseSpecError(ValueError):
 @dataclass(frozen=True)
 class Outcome:
     problem: Problem
-    status: str  # ok, inaccurate, unsupported, error
+    status: Status  # ok, inaccurate, unsupported, error
     detail: str
     seconds: float
 
@@ -92,7 +94,7 @@ def cases_for(impl: Implementation, given: list[dict[str, Any]] | None = None) -
         except (TypeError, ValueError) as exc:
             raise CaseSpecError(f"--case: {exc}") from None
     dtypes = [d for d in ("float32", "bfloat16", "float16") if d in impl.dtypes] or list(impl.dtypes)[:1]
-    modes = ["forward"] + (["forward_backward"] if "backward" in impl.features else [])
+    modes = [FORWARD.name] + ([FORWARD_BACKWARD.name] if "backward" in impl.features else [])
     devices = [d for d in impl.devices if d == "cpu"] or list(impl.devices)[:1]
     return [
         Problem(**{**BASE, **shape, "dtype": dtype, "mode": mode, "device": devices[0]})
@@ -106,22 +108,22 @@ def judge_case(impl: Implementation, problem: Problem, max_rows: int = 128) -> O
     started = time.perf_counter()
     reason = impl.supports(problem)
     if reason:
-        return Outcome(problem, "unsupported", reason, 0.0)
+        return Outcome(problem, Status.UNSUPPORTED, reason, 0.0)
     try:
         result = check(impl, problem, max_rows=max_rows)
     except Exception as exc:
         text = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return Outcome(problem, "error", text, time.perf_counter() - started)
+        return Outcome(problem, Status.ERROR, text, time.perf_counter() - started)
     seconds = time.perf_counter() - started
     if not result.ok:
-        return Outcome(problem, "inaccurate", result.failures(), seconds)
+        return Outcome(problem, Status.INACCURATE, result.failures(), seconds)
     out = result.output
     detail = f"{'+'.join(result.checks)} err {out.max_abs_err:.2g} ≤ {out.bound:.2g}"
     if result.full_rel_err is not None:
         detail += f"; from softmax {result.full_rel_err:.2g}, uniform {result.uniform_rel_err:.2g}"
     if result.note:
         detail += f"; {result.note}"
-    return Outcome(problem, "ok", detail, seconds)
+    return Outcome(problem, Status.OK, detail, seconds)
 
 
 def run_checks(impl: Implementation, given: list[dict[str, Any]] | None = None) -> list[Outcome]:

@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from attnbench.case.modes import MODES
+from attnbench.case.modes import FORWARD, MODES
 from attnbench.case.status import Status
 
 #: What a case job takes from the calibration of its device, dtype and threads.
@@ -123,7 +123,7 @@ def derive(record: dict[str, Any], calibration: Sequence[dict[str, Any]]) -> dic
             time_ms=out["time_ms"],
             flops=record.get("flops"),
             bytes_moved=record.get("bytes"),
-            mode=str(record.get("mode", "forward")),
+            mode=str(record.get("mode", FORWARD.name)),
             batch=int(record.get("batch") or 1),
             seq_len=int(record.get("seq_len") or 1),
             calibration=cal,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from attnbench.case.keys import CASE_KEYS, DEFAULTS, record_key
+from attnbench.case.status import Status
 
 SCHEMA_VERSION = 2
 __all__ = ["CASE_KEYS", "RECORD_FIELDS", "Record", "RecordWriter", "read_records", "record_key"]
@@ -148,7 +149,7 @@ class Record:
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Record))
 #: The columns of a record, in the order they are written.
-RECORD_FIELDS: tuple[str, ...] = tuple(Record(impl="", status="ok").as_dict())
+RECORD_FIELDS: tuple[str, ...] = tuple(Record(impl="", status=Status.OK).as_dict())
 
 
 class RecordWriter:

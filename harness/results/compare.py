@@ -48,6 +48,8 @@ beyond the threshold is reported as *uncertain*, never as a regression.
 
 from __future__ import annotations
 
+from attnbench.case.status import Status
+
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -158,12 +160,12 @@ class CompareResult:
     def broken(self) -> list[dict[str, str]]:
         """Pairs that were ok in BASE and are anything else in NEW (a failure, unavailable,
         unsupported, skipped)."""
-        return [s for s in self.status_changed if s["before"] == "ok"]
+        return [s for s in self.status_changed if s["before"] == Status.OK]
 
     @property
     def vanished(self) -> list[dict[str, str]]:
         """Pairs that were ok in BASE and have no record in NEW."""
-        return [s for s in self.only_base if s["status"] == "ok"]
+        return [s for s in self.only_base if s["status"] == Status.OK]
 
     def failed(self) -> list[str]:
         """Why ``--fail-on-regression`` fails, one line each (empty: it passes)."""
@@ -384,7 +386,7 @@ def compare_runs(base: Path, new: Path, threshold_pct: float = 10.0, out: Path |
         n = new_rows.get(key)
         if n is None:
             result.only_base.append(_describe(b))
-        elif b["status"] == "ok" and n["status"] == "ok":
+        elif b["status"] == Status.OK and n["status"] == Status.OK:
             result.pairs.append(compare_pair(b, n, threshold_pct))
         elif b["status"] != n["status"]:
             result.status_changed.append(

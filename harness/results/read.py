@@ -31,7 +31,7 @@ from attnbench.case.status import Status
 
 EXTRA_COLUMNS: tuple[str, ...] = ("run",)
 _DEFAULTS: dict[str, Any] = {
-    name: value for name, value in Record(impl="", status="ok").as_dict().items() if name not in ("impl", "status")
+    name: value for name, value in Record(impl="", status=Status.OK).as_dict().items() if name not in ("impl", "status")
 }
 
 

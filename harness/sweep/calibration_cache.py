@@ -51,7 +51,7 @@ class CalibrationCache:
         """The entry measured for ``key`` (the :data:`KEY_FIELDS`), or None."""
         wanted = tuple(key.get(k) for k in KEY_FIELDS)
         for entry in self._entries():
-            if self._key(entry) == wanted and entry.get("gflops") and not entry.get("error"):
+            if self._key(entry) == wanted and entry.get("gflops"):
                 return dict(entry)
         return None
 
@@ -72,7 +72,7 @@ def measure(pool: WorkerPool, where: str, dtype: str, threads: int) -> dict[str,
     try:
         entry: dict[str, Any] = pool.request(job, 600)["calibration"]
     except (WorkerFailure, KeyError) as exc:
-        entry = {"device": where, "dtype": dtype, "threads": threads, "gflops": None, "error": str(exc)}
+        entry = {"device": where, "dtype": dtype, "threads": threads, "gflops": None, "failure": str(exc)}
     return entry
 
 
@@ -99,5 +99,5 @@ def calibrate_run(
         entry = measure(pool_for(where), where, dtype, threads)
         entry.update(key, measured_at=stamp())
         info["calibration"].append(entry)
-        if cache is not None and entry.get("gflops") and entry.get("rates") and not entry.get("error"):
+        if cache is not None and entry.get("gflops") and entry.get("rates"):
             cache.add(entry)

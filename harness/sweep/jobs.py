@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from attnbench.case.keys import CASE_KEYS
-from attnbench.case.status import BUDGET_FAILURES
+from attnbench.case.status import BUDGET_FAILURES, Status
 from attnbench.measure import steps
 from attnbench.measure.records import Record
 from attnbench.sweep.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
@@ -129,7 +129,7 @@ def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> 
     try:
         answer = pool.request(job, plan)
     except WorkerStartError as exc:
-        return outcome("error", f"the worker could not start: {exc}", steps.LOAD)
+        return outcome(Status.ERROR, f"the worker could not start: {exc}", steps.LOAD)
     except WorkerFailure as exc:
         what = "ran past its budget" if isinstance(exc, WorkerTimeout) else f"crashed the worker ({exc.reason})"
         owner = steps.owner(exc.step)
@@ -144,17 +144,17 @@ def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> 
                 record.step = exc.step
                 note = f"its own reference() {what}; not compared (the verdict stands: judged against the case)"
             else:
-                if record.status == "ok":
-                    record.status = "unchecked"
+                if record.status == Status.OK:
+                    record.status = Status.UNCHECKED
                 judge = "the float64 reference" if record.exact is not False else "its own reference()"
                 note = f"accuracy not checked: {judge} {what}"
             record.check_note = "; ".join(n for n in (record.check_note, note) if n)
             return record
         if isinstance(exc, WorkerTimeout):
             why = f"did not finish within {budget['timeout_s']:g} s; its worker was killed"
-            return outcome("timeout", why, exc.step)
+            return outcome(Status.TIMEOUT, why, exc.step)
         assert isinstance(exc, WorkerDied)
-        return outcome("crashed", exc.reason, exc.step)
+        return outcome(Status.CRASHED, exc.reason, exc.step)
     if "fatal" in answer:
-        return outcome("error", answer["fatal"], "")
+        return outcome(Status.ERROR, answer["fatal"], "")
     return Record.from_dict(answer["record"])

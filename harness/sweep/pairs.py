@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.case.keys import CASE_KEYS, value
+from attnbench.case.status import Status
 from attnbench.measure.records import read_records
 from attnbench.sweep.ratios import Ratio
 from attnbench.sweep.workers import WorkerDied, WorkerFailure, WorkerPool, WorkerTimeout
@@ -143,7 +144,7 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]], claimed: list[Ratio
     (:func:`_neighbours`); for the ``claimed`` growths, the same in each group of query lengths
     whose records' slope breaks the claim. A case recorded twice counts by its last record."""
     records = list({(r["impl"], *_case_text(r)): r for r in records}.values())
-    ok = {(r["impl"], *_case_text(r)): str(r.get("host") or "") for r in records if r.get("status") == "ok"}
+    ok = {(r["impl"], *_case_text(r)): str(r.get("host") or "") for r in records if r.get("status") == Status.OK}
     out: list[Pairing] = []
     for ratio in ratios:
         if ratio.metric == "slope" and ratio.bound():
@@ -152,7 +153,7 @@ def plan(ratios: list[Ratio], records: list[dict[str, Any]], claimed: list[Ratio
             continue
         for record in records:
             case = case_of(record)
-            if record.get("status") != "ok" or record["impl"] != ratio.impl or not matches(case, ratio.where):
+            if record.get("status") != Status.OK or record["impl"] != ratio.impl or not matches(case, ratio.where):
                 continue
             if not ratio.peer_case and record.get("baseline") == ratio.peer and record.get("baseline_samples_ms"):
                 continue  # interleaved already
@@ -190,7 +191,7 @@ def _neighbours(ratio: Ratio, records: list[dict[str, Any]], breaking: bool = Fa
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for record in records:
         case = case_of(record)
-        if record.get("status") == "ok" and record["impl"] == ratio.impl and matches(case, ratio.where):
+        if record.get("status") == Status.OK and record["impl"] == ratio.impl and matches(case, ratio.where):
             groups.setdefault(slope_group(case), []).append(record)
     out: list[Pairing] = []
     for members in groups.values():
@@ -242,12 +243,12 @@ def run_pairs(
     for index, pairing in enumerate(todo, 1):
         job = {"op": "pair", **asdict(pairing), "budget": budget}
         if pairing.host and pairing.host != here:  # not kept: a resume on that host times it
-            result = {"error": f"not timed: its records ran on {pairing.host}, this is {here}"}
+            result = {"failure": f"not timed: its records ran on {pairing.host}, this is {here}"}
         else:
             result = _time(pairing, job, budget, pool_for)
             append_pair(folder, pairing, result)
         if show_progress:
-            said = result.get("error") or _paired_words(pairing, result)
+            said = result.get("failure") or _paired_words(pairing, result)
             print(f"[pair {index}/{len(todo)}] {pairing.ratio}: {_case_words(pairing)}: {said}", flush=True)
 
 
@@ -260,8 +261,8 @@ def _time(
     except WorkerFailure as exc:
         why = "ran past its budget" if isinstance(exc, WorkerTimeout) else "crashed the worker"
         why += f" ({exc.reason})" if isinstance(exc, WorkerDied) else ""
-        return {"error": f"the paired timing {why}"}
-    result: dict[str, Any] = answer.get("pair") or {"error": answer.get("fatal", "no answer")}
+        return {"failure": f"the paired timing {why}"}
+    result: dict[str, Any] = answer.get("pair") or {"failure": answer.get("fatal", "no answer")}
     return result
 
 

@@ -78,7 +78,7 @@ class SweepProgress:
             return
         time_ms = record.get("time_ms")
         figure = f"{time_ms:9.3f} ms" if isinstance(time_ms, int | float) else " " * 12
-        note = "" if record["status"] == "ok" else f"  {str(record.get('reason', ''))[:100]}"
+        note = "" if record["status"] == Status.OK else f"  {str(record.get('reason', ''))[:100]}"
         line = f"[{self.done}/{self.total}] {record['status']:<11} {record['impl']:<16} {figure}  {label}{note}"
         print(line, file=sys.stderr, flush=True)
 

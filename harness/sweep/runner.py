@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.case.keys import record_key
+from attnbench.case.status import Status
 from attnbench.measure import steps
 from attnbench.measure.figures import CALIBRATION_KEYS
 from attnbench.measure.machine import git_commit, machine_info, versions
@@ -41,6 +42,7 @@ from attnbench.sweep.suite import Case, Suite
 from attnbench.sweep.workers import WorkerFailure, WorkerPool, WorkerStartError
 
 __all__ = ["RunError", "Runner", "declared_support", "describe", "read_run_json"]
+
 
 def describe(pool: WorkerPool) -> Catalog:
     """The implementations a worker of ``pool`` has, declared (no plugin code runs here)."""
@@ -209,7 +211,7 @@ class Runner:
                         record.suite, record.machine = self.suite.name, self.machine["id"]
                         writer.write(record)
                         failures.add(record.as_dict())
-                        if record.status == "unavailable":
+                        if record.status == Status.UNAVAILABLE:
                             self.unavailable[(impl, case.device)] = record.reason
                         progress.finish(case.label(), record.as_dict())
 
@@ -255,11 +257,11 @@ class Runner:
             return Record(impl=name, status=status, reason=reason, step=step, case=fields)
 
         if where not in self.devices:
-            return outcome("unavailable", f"no {where} device on this machine", steps.AVAILABILITY)
+            return outcome(Status.UNAVAILABLE, f"no {where} device on this machine", steps.AVAILABILITY)
         if (name, where) in self.unavailable:
-            return outcome("unavailable", self.unavailable[(name, where)], steps.AVAILABILITY)
+            return outcome(Status.UNAVAILABLE, self.unavailable[(name, where)], steps.AVAILABILITY)
         if self.suite.stop_on_failure and (why := failures.blocking({"impl": name, **fields})):
-            return outcome("skipped", why)
+            return outcome(Status.SKIPPED, why)
         return None
 
     def job(self, case: Case, name: str, calibration: list[dict[str, Any]]) -> dict[str, Any]:

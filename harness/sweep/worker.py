@@ -111,7 +111,7 @@ def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
     try:
         registry = load_registry(plugins)
     except Exception as exc:  # a plugin file that cannot register (a taken name): say so and stop
-        send({"ready": False, "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()})
+        send({"ready": False, "failure": "".join(traceback.format_exception_only(type(exc), exc)).strip()})
         return
     settle_heap()
     send({"ready": True, "pid": os.getpid()})

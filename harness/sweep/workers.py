@@ -142,7 +142,7 @@ class Worker:
             raise WorkerStartError(f"the worker failed to start ({exc.reason}); see {log}") from None
         if not hello.get("ready"):
             self.kill()
-            raise WorkerStartError(str(hello.get("error") or hello))
+            raise WorkerStartError(str(hello.get("failure") or hello))
 
     @property
     def pid(self) -> int:

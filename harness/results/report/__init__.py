@@ -143,7 +143,7 @@ def notes(data: ReportData, fits: pd.DataFrame) -> list[str]:
                     f"N^{row[f'{what}_slope']:.2f} (95% CI {low:.2f}–{high:.2f}) but claims N^{claim:g}."
                 )
     counts = data.records["status"].value_counts()
-    failed = ", ".join(f"{int(counts[s])} {s}" for s in STATUSES if s != "ok" and counts.get(s, 0))
+    failed = ", ".join(f"{int(counts[s])} {s}" for s in STATUSES if s != Status.OK and counts.get(s, 0))
     if failed:
         out.append(f"Not every pair ran: {failed} (see the status matrix).")
     unstable = int((data.ok["unstable"] == True).sum())  # noqa: E712

@@ -11,6 +11,8 @@ ran several (so that 2 and 8 threads on one box are drawn and fitted apart).
 
 from __future__ import annotations
 
+from attnbench.case.status import Status
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -53,7 +55,7 @@ class ReportData:
     @property
     def ok(self) -> pd.DataFrame:
         """Records whose timings count: status ``ok`` only (never ``inaccurate``)."""
-        return self.records[self.records["status"] == "ok"]
+        return self.records[self.records["status"] == Status.OK]
 
 
 def load_data(paths: list[Path]) -> ReportData:
@@ -82,7 +84,7 @@ def load_data(paths: list[Path]) -> ReportData:
             based = records["baseline"] == name if "baseline" in records else pd.Series(False, index=records.index)
             beside = {tuple(r) for r in records.loc[mine & based, keys].astype(str).to_numpy()}
             in_case = pd.Series([tuple(r) in beside for r in records[keys].astype(str).to_numpy()], index=records.index)
-            own = mine & (records["impl"] == name) & (records["status"] == "ok") & (in_case | based)
+            own = mine & (records["impl"] == name) & (records["status"] == Status.OK) & (in_case | based)
             records.loc[own & records["speedup"].isna(), "speedup"] = 1.0
     varying = [k for k in CASE_KEYS if k in records and records[k].astype(str).nunique() > 1]
     records["case"] = [varying_label(row, varying) for row in records_of(records)]
@@ -133,7 +135,7 @@ def shape(records: pd.DataFrame) -> pd.DataFrame:
     speed = out["speedup"].astype(float)
     derived = out["baseline_time_ms"].astype(float) / out["time_ms"].astype(float)
     speed = speed.where(speed.notna(), derived)
-    out["speedup"] = speed.where(out["status"] == "ok")
+    out["speedup"] = speed.where(out["status"] == Status.OK)
     return out
 
 

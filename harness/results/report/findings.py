@@ -11,19 +11,21 @@ Must not import the runner or anything that runs a worker.
 
 from __future__ import annotations
 
+from attnbench.case.status import Status
+
 from typing import Any
 
 import pandas as pd
 
 from attnbench.results.report.data import ReportData, case_order, records_of
 
-COLUMNS = ["host", "impl", "library", "case", "tensor", "error", "plain_error", "bound", "times_bound"]
+COLUMNS = ["host", "impl", "library", "case", "tensor", "its_error", "plain_error", "bound", "times_bound"]
 
 
 def library_findings(data: ReportData) -> pd.DataFrame:
     """One row per tensor that missed its bound, of every inaccurate record of a library's kernel."""
     libraries = {n: str(d.get("library") or "") for n, d in data.declarations.items()}
-    bad = data.records[data.records["status"] == "inaccurate"]
+    bad = data.records[data.records["status"] == Status.INACCURATE]
     rows: list[dict[str, Any]] = []
     for record in records_of(bad):
         library = libraries.get(str(record["impl"]), "")
@@ -40,7 +42,7 @@ def library_findings(data: ReportData) -> pd.DataFrame:
                     "library": library,
                     "case": record["case"],
                     "tensor": what,
-                    "error": err,
+                    "its_error": err,
                     "plain_error": plain,
                     "bound": bound,
                     "times_bound": err / bound if bound else None,

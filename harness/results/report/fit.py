@@ -15,6 +15,8 @@ surprise worth reporting.
 
 from __future__ import annotations
 
+from attnbench.case.status import Status
+
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -143,7 +145,7 @@ def scaling_table(
     rows of ``pairs.jsonl`` by its label; :mod:`attnbench.sweep.pairs`: because the records broke the
     claim, or for a slope the suite declares), the time slope is fitted to the times chained
     through them, and its fit says "paired"."""
-    ok = records[records["status"] == "ok"]
+    ok = records[records["status"] == Status.OK]
     by_run = {label: length_steps(rows) for label, rows in (paired or {}).items()}
     rows: list[dict[str, Any]] = []
     for (machine, impl, *group), sub in ok.groupby(["host", "impl", *GROUP_KEYS], sort=True, dropna=False):

@@ -7,6 +7,8 @@ colour is GFLOP/s (ok records only); a cell that did not run ok is grey and name
 
 from __future__ import annotations
 
+from attnbench.case.status import Status
+
 import math
 
 import numpy as np
@@ -48,7 +50,7 @@ def sweeps(data: ReportData, params: tuple[str, ...]) -> list[tuple[str, pd.Data
         full = math.prod(sub[p].nunique() for p in params)
         if any(sub[p].nunique() < 2 for p in params) or len(cells) < COVERAGE * full:
             continue  # a cross-shaped sweep (one parameter at a time) reads better as 1-D grids
-        if not (sub["status"] == "ok").any():
+        if not (sub["status"] == Status.OK).any():
             continue
         first = sub.iloc[0]
         what = " and ".join(LABELS[p].split(" (")[0] for p in params)
@@ -66,7 +68,7 @@ def _cells(
     text = [["" for _ in cols] for _ in rows]
     for row in records_of(grid):
         r, c = rows.index(row[row_of]), cols.index(row[col_of])
-        if row["status"] == "ok" and row["gflops"] is not None and not pd.isna(row["gflops"]):
+        if row["status"] == Status.OK and row["gflops"] is not None and not pd.isna(row["gflops"]):
             z[r, c] = float(row["gflops"])
             text[r][c] = f"{z[r, c]:.0f}"
         else:
@@ -110,7 +112,7 @@ def _by_impl(painter: Canvas, grid: pd.DataFrame, param: str, title: str, name: 
 
 def _small_multiples(painter: Canvas, grid: pd.DataFrame, title: str, name: str) -> Plot:
     """One heads × head-dim grid per implementation that ran ok somewhere in it, one colour scale."""
-    ran = grid[grid["status"] == "ok"]["impl"].unique()
+    ran = grid[grid["status"] == Status.OK]["impl"].unique()
     impls = [i for i in impl_order(grid, painter.baseline) if i in set(ran)]
     heads: list[object] = sorted(grid["heads"].unique())
     dims: list[object] = sorted(grid["head_dim"].unique())

@@ -3,6 +3,8 @@ figure with its spread, and whether the declared bound holds in every case it co
 
 from __future__ import annotations
 
+from attnbench.case.status import Status
+
 import math
 import tomllib
 from dataclasses import dataclass
@@ -108,7 +110,7 @@ def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame, paired: dict[tuple[A
         missing.append(f"N={length}: no {ratio.impl} record")
     for row in _records(mine):
         words = varying_label(row, shown)
-        if row["status"] != "ok":
+        if row["status"] != Status.OK:
             missing.append(f"{words}: {ratio.impl} {row['status']}")
             continue
         target = {**{k: row[k] for k in keys}, **ratio.peer_case}
@@ -117,7 +119,7 @@ def _pairs(ratio: Ratio, machine: str, frame: pd.DataFrame, paired: dict[tuple[A
             missing.append(f"{words}: no {ratio.peer} record on its case")
             continue
         peer = _row(hit.iloc[0])
-        if peer["status"] != "ok":
+        if peer["status"] != Status.OK:
             missing.append(f"{words}: {ratio.peer} {peer['status']}")
             continue
         both = paired.get(pair_key(ratio.name, ratio.impl, case_of(row)))
@@ -187,10 +189,10 @@ def _slopes(
     for _, group in mine.groupby(keys, sort=False, dropna=False):
         first = _row(group.iloc[0])
         words = _group_words(first, shown)
-        failed = group[group["status"] != "ok"]
+        failed = group[group["status"] != Status.OK]
         for row in _records(failed):
             missing.append(f"{words} N={row['seq_len']}: {row['status']}")
-        ok = group[group["status"] == "ok"].sort_values(["seq_len", "kv_len"])
+        ok = group[group["status"] == Status.OK].sort_values(["seq_len", "kv_len"])
         lengths = [int(n) for n in ok["seq_len"]]
         timed = chain([case_of(r) for r in _records(ok)], ratio.impl, paired or {}) if len(ok) else None
         fit = chained_fit(lengths, timed) if timed is not None else None

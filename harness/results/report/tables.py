@@ -23,7 +23,7 @@ from attnbench.results.report.data import (
     records_of,
     suite_of,
 )
-from attnbench.case.status import STATUSES
+from attnbench.case.status import Status, STATUSES
 
 TIMING_COLUMNS = [
     "host",
@@ -84,7 +84,7 @@ def summary(data: ReportData) -> pd.DataFrame:
     rank = {g: i for i, g in enumerate(group_order(data.records))}
     keyed = data.records.assign(_rank=data.records["group"].map(rank))
     for (host, _, group, _x), sub in keyed.groupby(["host", "_rank", "group", "x"], sort=True):
-        good = comparable(sub[sub["status"] == "ok"])
+        good = comparable(sub[sub["status"] == Status.OK])
         exact = good[good["exact"] != False]  # noqa: E712 (None: not declared, counted as exact)
         row: dict[str, Any] = {
             "host": host,
@@ -285,7 +285,7 @@ def status_csv(data: ReportData) -> pd.DataFrame:
 
 def failures(data: ReportData, baseline: str = "") -> pd.DataFrame:
     """Every distinct (implementation, status, reason) that is not ok, with the cases it ended so."""
-    bad = data.records[data.records["status"] != "ok"].fillna({"reason": ""})
+    bad = data.records[data.records["status"] != Status.OK].fillna({"reason": ""})
     order = {name: i for i, name in enumerate(impl_order(data.records, baseline))}
     rows = []
     bad = bad.fillna({"step": ""})
@@ -321,7 +321,7 @@ def accuracy(data: ReportData) -> pd.DataFrame:
     """Error against each implementation's reference, and against full attention for approximations
     (records whose accuracy could not be checked included, with no figures)."""
     rec = data.records
-    out = rec[rec["status"].isin(["ok", "inaccurate", "unchecked"])].copy()
+    out = rec[rec["status"].isin([Status.OK, Status.INACCURATE, Status.UNCHECKED])].copy()
     out["checks"] = [" ".join(c) if isinstance(c, list) else str(c or "") for c in out["checks"]]
     return out.sort_values(["host", "impl", "group", "x"], kind="stable")[ACCURACY_COLUMNS].reset_index(drop=True)
 
@@ -395,9 +395,9 @@ def accuracy_summary(data: ReportData) -> pd.DataFrame:
                 "impl": impl,
                 "exact": worst["exact"],
                 "checked": len(checked),
-                "unchecked": len(sub) - len(checked),
+                Status.UNCHECKED: len(sub) - len(checked),
                 "what": ", ".join(dict.fromkeys(w for c in checked["checks"] for w in c.split())),
-                "inaccurate": int((sub["status"] == "inaccurate").sum()),
+                Status.INACCURATE: int((sub["status"] == Status.INACCURATE).sum()),
                 "worst_max_abs_err": worst["max_abs_err"],
                 "worst_rel_err": sub["rel_err"].astype(float).max(),
                 "bound": worst["accuracy_bound"],

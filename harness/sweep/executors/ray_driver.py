@@ -32,6 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnbench.case.status import Status
 from attnbench.measure.devices import device
 from attnbench.measure.records import Record
 from attnbench.sweep.jobs import ExecutorError
@@ -164,12 +165,12 @@ class RayExecutor:
         try:
             result = ray.get(ref)
         except ray.exceptions.OutOfMemoryError as exc:
-            return outcome("oom", f"Ray's memory monitor killed its Ray worker: {_first_line(exc)}")
+            return outcome(Status.OOM, f"Ray's memory monitor killed its Ray worker: {_first_line(exc)}")
         except ray.exceptions.RayTaskError as exc:  # attnbench's own task code raised: a harness error
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-            return outcome("error", f"its Ray task failed: {type(cause).__name__}: {_first_line(cause)}")
+            return outcome(Status.ERROR, f"its Ray task failed: {type(cause).__name__}: {_first_line(cause)}")
         except ray.exceptions.RayError as exc:
-            return outcome("crashed", f"its Ray worker died ({type(exc).__name__}: {_first_line(exc)})")
+            return outcome(Status.CRASHED, f"its Ray worker died ({type(exc).__name__}: {_first_line(exc)})")
         entry = result.get("calibration")
         if entry and entry not in sweep.info["calibration"]:
             sweep.info["calibration"].append(entry)
