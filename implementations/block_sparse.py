@@ -56,7 +56,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.patterns import BlockLayout, Pattern
-from attnbench.implementations import _plan, _tiles
+from attnbench.implementations import _dispatch, _plan, _tiles
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -217,13 +217,13 @@ class BlockSparse(Implementation):
         """Plan the calls (runs, gathers, masks) once, outside the timed call."""
         rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)
         plan = plan_layout(problem.pattern, problem.seq_len, problem.kv_len, problem.device, rows)
-        backend = _tiles.pick_backend(problem.device, self.backend)
-        work = _tiles.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
+        backend = _dispatch.pick_backend(problem.device, self.backend)
+        work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            dtype = _tiles.under_autograd(work, asked, q, k, v)
+            dtype = _dispatch.under_autograd(work, asked, q, k, v)
             return _tiles.attention(q, k, v, plan, scale, backend, dtype)  # [B, H, Nq, D]
 
         return run

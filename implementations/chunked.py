@@ -31,7 +31,8 @@ The queries are cut into blocks of ``block_q`` rows. Query block ``[q0, q0 + blo
 first row at key position ``d0 = q0 + Nk - Nq`` (bottom-right alignment, :mod:`attnbench.case.patterns`);
 its keys are cut into the *diagonal* tile ``[d0, d0 + block_q)`` and tiles of ``block_k`` keys on
 either side, clipped to the range its rows may see (``pattern.row_ranges``). Before any data is
-seen, :meth:`Chunked.prepare` classifies every tile once (:func:`~attnbench.implementations._plan.plan_pattern`):
+seen, :meth:`Chunked.prepare` classifies every tile once
+(:func:`~attnbench.implementations._pattern_plan.plan_pattern`):
 
 * every pair masked (beyond the causal diagonal, outside a window band, a block the layout
   drops): **skipped**, never computed;
@@ -83,7 +84,7 @@ from __future__ import annotations
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.implementations import _plan, _tiles
+from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tiles
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -111,16 +112,16 @@ class Chunked(Implementation):
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles (skips, joins, batches and boundary masks) once, outside the timed call."""
         rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)
-        plan = _plan.plan_pattern(
+        plan = _pattern_plan.plan_pattern(
             problem.pattern, problem.seq_len, problem.kv_len, self.block_q, self.block_k, problem.device, rows
         )
-        backend = _tiles.pick_backend(problem.device, self.backend)
-        work = _tiles.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
+        backend = _dispatch.pick_backend(problem.device, self.backend)
+        work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            dtype = _tiles.under_autograd(work, asked, q, k, v)
+            dtype = _dispatch.under_autograd(work, asked, q, k, v)
             return _tiles.attention(q, k, v, plan, scale, backend, dtype)  # [B, H, Nq, D]
 
         return run

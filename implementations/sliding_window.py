@@ -54,7 +54,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.patterns import Pattern
-from attnbench.implementations import _plan, _tiles
+from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tiles
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -93,7 +93,7 @@ def plan_window(
     end = first + tiles * tile
     for rows in ((0, first), (end, nq)):
         if rows[1] > rows[0]:
-            pieces += _plan.pattern_pieces(pattern, nq, nk, edge_block, edge_block, device, rows=rows)
+            pieces += _pattern_plan.pattern_pieces(pattern, nq, nk, edge_block, edge_block, device, rows=rows)
     return _plan.make_plan(nq, nk, pieces, max_rows)
 
 
@@ -128,13 +128,13 @@ class SlidingWindow(Implementation):
         plan = plan_window(
             problem.pattern, problem.seq_len, problem.kv_len, self.tile, self.edge_block, problem.device, rows
         )
-        backend = _tiles.pick_backend(problem.device, self.backend)
-        work = _tiles.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
+        backend = _dispatch.pick_backend(problem.device, self.backend)
+        work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            dtype = _tiles.under_autograd(work, asked, q, k, v)
+            dtype = _dispatch.under_autograd(work, asked, q, k, v)
             return _tiles.attention(q, k, v, plan, scale, backend, dtype)  # [B, H, Nq, D]
 
         return run

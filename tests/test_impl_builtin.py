@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench import Implementation, Problem
-from attnbench.implementations import _fused_work, _plan, _tiles
+from attnbench.implementations import _dispatch, _fused_work, _plan, _tiles
 from attnbench.measure.verify import check
 from attnbench.plugins.registry import load_registry
 
@@ -42,7 +42,7 @@ VARIANTS = [*NAMES, *(f"{name}[small]" for name in NAMES if SMALL[name])]
 TILED = ("chunked", "sliding_window", "block_sparse")
 #: The code paths of the tiled implementations, each forced whatever this machine is: the
 #: ``torch.matmul`` back end, and low-precision products in their own dtype or in float32
-#: (by default the choice follows ``_tiles.low_precision_units``).
+#: (by default the choice follows ``_dispatch.low_precision_units``).
 PATHS: dict[str, dict[str, Any]] = {
     "matmul": {"backend": "matmul"},
     "lowp": {"low_precision": True},
@@ -436,7 +436,7 @@ def test_low_precision_backward_is_opt_in(variant: str, monkeypatch: pytest.Monk
     problem = problem_for(variant, causal=True, dtype="bfloat16", **SHAPES["self"])
     forced = check(make(variant), problem, grads=True)
     assert forced.ok, forced.failures()
-    monkeypatch.setattr(_tiles, "low_precision_units", lambda dtype, device: True)
+    monkeypatch.setattr(_dispatch, "low_precision_units", lambda dtype, device: True)
     auto = make(variant.replace("-lowp]", "]").replace("[lowp]", ""))
     chosen = check(auto, problem, grads=True)
     assert chosen.ok, chosen.failures()
@@ -447,12 +447,12 @@ def test_low_precision_backward_is_opt_in(variant: str, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("low_precision", [True, False])
 def test_low_precision_dispatch(monkeypatch: pytest.MonkeyPatch, low_precision: bool) -> None:
     """bfloat16 is computed in bfloat16 exactly where the machine has units for it."""
-    monkeypatch.setattr(_tiles, "low_precision_units", lambda dtype, device: low_precision)
+    monkeypatch.setattr(_dispatch, "low_precision_units", lambda dtype, device: low_precision)
     work = torch.bfloat16 if low_precision else torch.float32
-    assert _tiles.compute_dtype(torch.bfloat16, "cpu", None) == work
-    assert _tiles.compute_dtype(torch.bfloat16, "cpu", True) == torch.bfloat16
-    assert _tiles.compute_dtype(torch.bfloat16, "cpu", False) == torch.float32
-    assert _tiles.compute_dtype(torch.float32, "cpu", True) == torch.float32
+    assert _dispatch.compute_dtype(torch.bfloat16, "cpu", None) == work
+    assert _dispatch.compute_dtype(torch.bfloat16, "cpu", True) == torch.bfloat16
+    assert _dispatch.compute_dtype(torch.bfloat16, "cpu", False) == torch.float32
+    assert _dispatch.compute_dtype(torch.float32, "cpu", True) == torch.float32
     seen: list[torch.dtype] = []
     real = _tiles._fused_piece
 
@@ -467,8 +467,8 @@ def test_low_precision_dispatch(monkeypatch: pytest.MonkeyPatch, low_precision: 
 
 
 def test_has_bf16_units_matches_mkldnn() -> None:
-    assert _tiles.low_precision_units(torch.bfloat16, "cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert not _tiles.low_precision_units(torch.float32, "cpu")
+    assert _dispatch.low_precision_units(torch.bfloat16, "cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert not _dispatch.low_precision_units(torch.float32, "cpu")
 
 
 def prepared_plan(name: str, problem: Problem) -> _plan.Plan:

@@ -17,7 +17,8 @@ from attnbench.results.read import load_results, load_run
 from attnbench.results.report import write_report
 from attnbench.results.report.data import load_data
 from attnbench.results.report.html import md_cell
-from attnbench.results.report.tables import summary, timings
+from attnbench.results.report.summary import summary
+from attnbench.results.report.tables import timings
 
 DATA = Path(__file__).parent / "data" / "generated"  # made by tests/make_fixtures.py, not measured
 RECORDED = Path(__file__).parent / "data" / "recorded"  # real runs of attnbench

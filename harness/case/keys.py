@@ -108,3 +108,9 @@ def varying_label(row: dict[str, Any], varying: list[str]) -> str:
 
 def truthy(x: Any) -> bool:
     return bool(x) and str(x).lower() not in ("false", "0", "none", "nan")
+
+
+def problem_of(case: dict[str, Any]) -> Problem:
+    """The problem a case dict (a job's ``case``, a record) describes, with its seed."""
+    fields = {key: case[key] for key in CASE_KEYS if key in case}
+    return Problem(**fields, seed=int(case.get("seed", 0)))

@@ -17,6 +17,7 @@ Imports ``attnbench.case`` (and the plugin contract, for types); nothing above `
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -254,3 +255,12 @@ def prepare(impl: Implementation, problem: Problem, inputs: Any) -> AttentionFn:
     if problem.kind.reads_cache:
         return impl.prepare_decode(problem, inputs.cache)
     return impl.prepare(problem)
+
+
+def prepare_timed(impl: Implementation, problem: Problem, inputs: Any) -> tuple[AttentionFn, float]:
+    """:func:`prepare`, and the seconds it took (or the set-up time the prepared call reports as
+    its ``setup_s``, such as a compilation that happened on an earlier call)."""
+    start = time.perf_counter()
+    fn = prepare(impl, problem, inputs)
+    measured = time.perf_counter() - start
+    return fn, float(getattr(fn, "setup_s", measured))

@@ -37,12 +37,11 @@ from typing import Any
 
 import torch
 
-from attnbench.case.keys import CASE_KEYS
-from attnbench.case.problem import Problem
+from attnbench.case.keys import problem_of
 from attnbench.case.status import Status
 from attnbench.case.work import dense_flops
 from attnbench.measure import fidelity, figures, steps
-from attnbench.measure.bench import Outputs, bench, prepare
+from attnbench.measure.bench import Outputs, bench, prepare, prepare_timed
 from attnbench.measure.calibrate import GemmProbe, StreamProbe
 from attnbench.measure.devices import device
 from attnbench.measure.machine_load import LoadMeter
@@ -56,11 +55,6 @@ from attnbench.plugins.registry import BrokenPlugin, Registry
 Tensor = torch.Tensor
 Report = Callable[[dict[str, Any]], None]
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "std::bad_alloc")
-
-
-def problem_of(case: dict[str, Any]) -> Problem:
-    fields = {k: case[k] for k in CASE_KEYS if k in case}
-    return Problem(**fields, seed=int(case.get("seed", 0)))
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -200,7 +194,7 @@ class CaseRun:
         problem, record = self.problem, self.record
         self.cap()
         self.enter(steps.PREPARE)
-        fn, record.setup_s = _prepare(impl, problem, inputs)
+        fn, record.setup_s = prepare_timed(impl, problem, inputs)
         if problem.kind.reads_cache and "decode" not in impl.features:
             record.adapter = ADAPTER
         self.enter(steps.FIRST_CALL)
@@ -370,13 +364,6 @@ class CaseRun:
             record.check_note = _join(record.check_note, f"fidelity not measured: {_short(exc)}")
 
 
-def _prepare(impl: Implementation, problem: Problem, inputs: Any) -> tuple[Callable[..., Tensor], float]:
-    start = time.perf_counter()
-    fn = prepare(impl, problem, inputs)
-    measured = time.perf_counter() - start
-    return fn, float(getattr(fn, "setup_s", measured))
-
-
 def _short(exc: BaseException) -> str:
     return f"failed: {classify(exc)[1][:300]}"
 
@@ -395,39 +382,3 @@ def run_case(
     run = CaseRun(registry, job, set_memory_cap, report or (lambda message: None))
     healthy = run.run()
     return {"record": run.record.as_dict(), "healthy": healthy}
-
-
-def time_pair(registry: Registry, job: dict[str, Any]) -> dict[str, Any]:
-    """Time ``job["impl"]`` on ``job["case"]`` and ``job["peer"]`` on ``job["peer_case"]``
-    alternately (:mod:`attnbench.sweep.pairs`): ``{"impl_ms": [...], "peer_ms": [...], "inner": [a, b],
-    "timed_on": host}``. Each side is set up and called once first; the accuracy of both was
-    checked in their records."""
-    budget = job["budget"]
-    problems = [problem_of(job["case"]), problem_of(job["peer_case"])]
-    where = device(problems[0].device)
-    where.set_threads(int(job["case"]["threads"]))
-    if where.present():
-        where.activate()
-    calls = []
-    for name, problem in zip((job["impl"], job["peer"]), problems, strict=True):
-        inputs = problem.kind.make_inputs(problem)
-        fn, _ = _prepare(registry.get(name), problem, inputs)
-        call = bench(fn, problem, inputs).call
-        call()  # warm-up, and a failure here rather than in the loop
-        calls.append(call)
-    timing = measure(
-        calls[0],
-        calls[1],
-        where.clock(),
-        min_time_s=budget["min_time_s"],
-        max_time_s=budget["max_time_s"],
-        min_repeats=int(budget["min_repeats"]),
-        baseline_budget_s=budget["timeout_s"],
-    )
-    peer = timing.baseline
-    return {
-        "impl_ms": timing.impl.ms,
-        "peer_ms": peer.ms if peer is not None else [],
-        "inner": [timing.impl.inner, peer.inner if peer is not None else 0],
-        "timed_on": socket.gethostname(),
-    }

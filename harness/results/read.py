@@ -23,11 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.results import rejudge
 from attnbench.case.keys import record_key
+from attnbench.case.status import Status
 from attnbench.measure.figures import derive
 from attnbench.measure.records import RECORD_FIELDS, Record, read_records
-from attnbench.case.status import Status
+from attnbench.results import rejudge
 
 EXTRA_COLUMNS: tuple[str, ...] = ("run",)
 _DEFAULTS: dict[str, Any] = {

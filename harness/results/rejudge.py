@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.case.keys import CASE_KEYS, record_key
-from attnbench.measure.machine import cpu_model, git_commit
 from attnbench.case.problem import Problem
-from attnbench.measure.records import read_records
-from attnbench.plugins.registry import Registry
 from attnbench.case.status import Status
+from attnbench.measure.machine import cpu_model, git_commit
+from attnbench.measure.records import read_records
 from attnbench.measure.verify import check
+from attnbench.plugins.registry import Registry
 
 FILE = "rejudged.jsonl"
 #: The fields of a record a re-judgement replaces.

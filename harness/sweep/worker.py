@@ -101,7 +101,8 @@ def settle_heap() -> None:
 
 
 def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
-    from attnbench.measure.case_run import run_case, time_pair
+    from attnbench.measure.case_run import run_case
+    from attnbench.measure.paired import time_pair
     from attnbench.plugins.registry import load_registry
 
     def send(message: dict[str, Any]) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.results.report import fidelity, ratios, tables
+from attnbench.case.status import STATUSES, Status, status_css
+from attnbench.results.report import fidelity, ratios, summary, tables
 from attnbench.results.report.answer import answers
 from attnbench.results.report.data import ReportData, baseline_name, load_data, records_of, suite_of
 from attnbench.results.report.figure import Plot
@@ -24,7 +25,6 @@ from attnbench.results.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
 from attnbench.results.report.heatmaps import draw_heatmaps
 from attnbench.results.report.html import render
 from attnbench.results.report.plots import Painter
-from attnbench.case.status import STATUSES, Status, status_css
 
 __all__ = ["STATUS_MEANING", "write_report"]
 
@@ -49,7 +49,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
     baseline = baseline_name(data)
     fits = scaling_table(data.records, data.declarations, {run.label: run.pairs for run in data.runs})
     frames = {
-        "summary": tables.summary(data),
+        "summary": summary.summary(data),
         "machines": tables.machines(data),
         "status": tables.status_csv(data),
         "failures": tables.failures(data, baseline),

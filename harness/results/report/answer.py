@@ -1,6 +1,6 @@
 """The answer a report leads with: which implementation to use for each case group, in one line.
 
-Built from the summary table (:func:`attnbench.results.report.tables.summary`): per group, the fastest
+Built from the summary table (:func:`attnbench.results.report.summary.summary`): per group, the fastest
 exact implementation at each length, consecutive lengths with the same winner joined, its margin
 over the next fastest; the specialist for a windowed or block-sparse pattern beside it; and each
 length the summary had to rank by raw medians, with the reason. Nothing here is measured anew.

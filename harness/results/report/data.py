@@ -11,8 +11,6 @@ ran several (so that 2 and 8 threads on one box are drawn and fitted apart).
 
 from __future__ import annotations
 
-from attnbench.case.status import Status
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -21,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case.keys import CASE_KEYS, GROUP_KEYS, group_label, varying_label
-from attnbench.sweep.pairs import read_pairs
+from attnbench.case.status import Status
 from attnbench.results.read import load_results, load_run, read_pytest_benchmark
+from attnbench.sweep.pairs import read_pairs
 
 #: Case fields matched across machines (thread counts differ between machines by design).
 CROSS_MACHINE_KEYS: tuple[str, ...] = tuple(k for k in CASE_KEYS if k != "threads")

@@ -23,8 +23,8 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from attnbench.measure.fidelity import decode
 from attnbench.case.probes import KINDS, TOY, TOY_QUERY, TOY_TARGET
+from attnbench.measure.fidelity import decode
 from attnbench.results.report.data import ReportData, records_of
 from attnbench.results.report.figure import Canvas, Plot, plt, safe
 

@@ -11,12 +11,11 @@ Must not import the runner or anything that runs a worker.
 
 from __future__ import annotations
 
-from attnbench.case.status import Status
-
 from typing import Any
 
 import pandas as pd
 
+from attnbench.case.status import Status
 from attnbench.results.report.data import ReportData, case_order, records_of
 
 COLUMNS = ["host", "impl", "library", "case", "tensor", "its_error", "plain_error", "bound", "times_bound"]

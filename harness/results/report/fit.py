@@ -15,8 +15,6 @@ surprise worth reporting.
 
 from __future__ import annotations
 
-from attnbench.case.status import Status
-
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,8 +25,9 @@ import pandas as pd
 from scipy import stats
 
 from attnbench.case.keys import GROUP_KEYS, group_label
-from attnbench.sweep.pairs import FLAG_MARGIN, case_of, chain, length_steps
+from attnbench.case.status import Status
 from attnbench.results.report.data import AXIS_SYMBOL, records_of
+from attnbench.sweep.pairs import FLAG_MARGIN, case_of, chain, length_steps
 
 MIN_POINTS = 3
 CONFIDENCE = 0.95

@@ -7,8 +7,6 @@ colour is GFLOP/s (ok records only); a cell that did not run ok is grey and name
 
 from __future__ import annotations
 
-from attnbench.case.status import Status
-
 import math
 
 import numpy as np
@@ -17,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 
 from attnbench.case.keys import CASE_KEYS
+from attnbench.case.status import Status
 from attnbench.results.report.data import ReportData, impl_order, records_of
 from attnbench.results.report.figure import Canvas, Plot, plt, safe
 

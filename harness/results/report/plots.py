@@ -18,10 +18,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from attnbench.results.report.data import AXIS_NAME, calibration_peak, group_order, records_of
-from attnbench.results.report.figure import LINESTYLES, Canvas, Plot, plt, safe
 from attnbench.case.modes import MODES
 from attnbench.case.status import BUDGET_FAILURES
+from attnbench.results.report.data import AXIS_NAME, calibration_peak, group_order, records_of
+from attnbench.results.report.figure import LINESTYLES, Canvas, Plot, plt, safe
 
 
 class Painter(Canvas):
@@ -131,7 +131,7 @@ class Painter(Canvas):
     def bars(self) -> list[Plot]:
         """One chart per case group measured at a single length: time and peak memory per
         implementation as bars (the same colours as every other chart)."""
-        from attnbench.results.report.tables import comparable
+        from attnbench.results.report.summary import comparable
 
         plots: list[Plot] = []
         ok = self.data.ok

@@ -3,8 +3,6 @@ figure with its spread, and whether the declared bound holds in every case it co
 
 from __future__ import annotations
 
-from attnbench.case.status import Status
-
 import math
 import tomllib
 from dataclasses import dataclass
@@ -14,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case.keys import CASE_KEYS, varying_label
-from attnbench.sweep.pairs import by_key, case_of, chain, length_steps, pair_key
-from attnbench.sweep.ratios import Ratio, RatioError, parse_ratios
+from attnbench.case.status import Status
 from attnbench.results.report.data import ReportData
 from attnbench.results.report.fit import chained_fit, fit_slope
+from attnbench.sweep.pairs import by_key, case_of, chain, length_steps, pair_key
+from attnbench.sweep.ratios import Ratio, RatioError, parse_ratios
 
 
 def _row(row: pd.Series | dict[Any, Any]) -> dict[str, Any]:
