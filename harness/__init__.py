@@ -3,6 +3,8 @@
 ``from attnbench import register`` is the plugin API (see :mod:`attnbench.api`). The folder
 ``harness/`` of a checkout is this package; imported by its folder name (the pre-0.2 import
 name), it becomes an alias of ``attnbench`` with a deprecation warning.
+
+Layer ``top``: may import any room.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The public API of attnbench, re-exported by the package: :func:`register` for plugins,
 :class:`Implementation` for plugins that need more than a function, :class:`Problem` for what
 one call computes, and :func:`load_results` to read a result folder into a pandas DataFrame.
+
+Layer ``top``: may import any room.
 """
 
 from __future__ import annotations

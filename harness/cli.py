@@ -2,6 +2,8 @@
 
 Mistakes a user can make (a bad suite, an unknown name, a missing folder) end with exit code 2
 and one sentence on standard error, never a traceback.
+
+Layer ``top``: may import any room.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ with the advice 33.8 ms), and the window's forward pass at N = 16K, which writes
 such a buffer, 92.0 ms against 98.6 ms (medians of 25 interleaved calls). On an earlier VM of the
 same kind the first touch alone took 44-50 ms with the advice against 12-13 ms without, while
 inside the window's forward pass the difference vanished: worth measuring again on a new machine.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ accumulation, as fused kernels do) where the machine has matrix units for them
 to float32, because there a bfloat16 matrix product is ~100× slower than a float32 one. Pieces
 are always merged in float32, and gradients summed over pieces in float32.
 It registers no implementation of its own.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

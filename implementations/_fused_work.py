@@ -5,6 +5,9 @@ PyTorch's FLOP counter has no formula for ``aten._scaled_dot_product_flash_atten
 The kernel walks ``qSplit`` query rows at a time (256 from 768 query rows, 64 from 192, else 32)
 over blocks of 512 keys, and under ``is_causal`` stops after the block that holds the top-left
 causal boundary: :func:`fused_pairs` counts the (query, key) pairs it computes, masked or not.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 masked), runs of equal tiles batched, staircases of a causal band joined.
 
 It registers no implementation of its own.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ keys; ``keys`` given: keys gathered by index). Queries and keys are *strided vie
 ``k`` (overlapping ones where ``k_step < lk``), so a piece copies nothing unless it gathers. A
 tile is computed whole, unmasked, or top-left causal (query ``r`` sees key ``c ≤ r``, no mask
 tensor), or with a boolean ``keep`` mask shared by the tiles or given per tile.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ Two back ends compute a piece:
   recomputing backward; used on other devices, and selectable for tests.
 
 The dtype and back end a call computes in are :mod:`~attnbench.implementations._dispatch`'s.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -77,6 +77,9 @@ float32 kernel there, but PyTorch's CPU products can return bfloat16 only, so th
 rounded to bfloat16 before the softmax: as rough as the plain low-precision computation, and
 past the contract's bound of twice its error (1.1× the bound, D = 32 and grouped heads). This
 module keeps the fused kernel.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ Decoding (``prepare_decode``) reads the cache itself: a contiguous cache with a 
 each sequence's valid tokens, a paged pool (``[1, Hkv, tokens, D]``, broadcast over the batch)
 with a mask that maps each pool token back to its sequence and position through the inverse of
 the block table — the approach of PyTorch's own paged FlexAttention.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

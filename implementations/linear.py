@@ -57,6 +57,9 @@ non-causal time since both share the feature maps and the passes over memory), p
 states' exclusive prefix sum (one ``[nc, nc]`` triangular product per block, ``2·(block/C)·D²/C``
 FLOPs per row: ``torch.cumsum`` along that dimension walks it element by element and costs more);
 extra memory ``O(block·(C + D²/C))``. Both linear in ``N``.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

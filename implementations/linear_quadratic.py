@@ -25,6 +25,9 @@ time, softmax attention's products without its exponentials (causal: about half,
 ``bq``-wide diagonal band per block). Extra memory: ``A`` for one block (``bq`` shrinks so that it
 stays under :data:`BLOCK_BYTES`), the float32 features and ``[V | 1]``: linear in ``N``. Against
 it the reassociated form's ``4·D²`` FLOPs per row win by ``≈ Nk/D`` (64× at N = 4K, D = 64).
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

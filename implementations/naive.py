@@ -31,6 +31,9 @@ materialized (two ``[B, H, Nq, Nk]`` float32 tensors, plus the boolean mask). At
 with 8 heads that is 1 GiB; this quadratic memory is what every other implementation here
 avoids. With low-precision inputs the matrix products run in the input dtype while the
 softmax runs in float32.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

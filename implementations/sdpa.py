@@ -24,6 +24,9 @@ Entering ``sdpa_kernel`` costs about 10 µs per call on the CPU, counted in the 
 Decoding (``prepare_decode``): SDPA reads a dense ``[B, Hkv, L, D]`` cache with a boolean mask
 for each sequence's valid tokens and ``enable_gqa=True`` (K and V are never repeated); a paged
 cache is gathered into that form inside the step.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

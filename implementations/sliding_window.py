@@ -46,6 +46,9 @@ output and log-sum-exp (``O(N·D)`` memory), summing the gradients of the overla
 Low precision: bfloat16/float16 run in their own dtype (products with float32 accumulation)
 where the CPU has matrix units for them, and are otherwise converted to float32 once (there a
 bfloat16 product is ~100× slower than a float32 one).
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ Time ``≈ bytes(K_b, V_b) / bandwidth``: every valid key and value is read once
 for a paged cache: gathered, then multiplied), plus ``O(Hkv · G · S · L_b · D)`` arithmetic.
 Extra memory: the scores of one sequence, ``Hkv · G · S · L_b`` floats, and for a paged cache a
 copy of its pages.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

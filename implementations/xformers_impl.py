@@ -20,6 +20,9 @@ Grouped-query attention uses the documented 5-D form ``[B, N, Hkv, G, D]`` with 
 broadcast (stride 0) over the ``G`` query heads of each group; xFormers supports it for the
 forward pass only. xFormers has CUDA kernels only: on a machine without CUDA it is listed
 unavailable with the error xFormers itself raises on a tiny CPU call.
+
+Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
+``attnbench.measure`` only.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from cli_helpers import attnbench
 
 from attnbench.case.problem import Problem
 from attnbench.measure.records import Record, read_records, record_key
-from attnbench.plugins.registry import Catalog, load_registry
+from attnbench.plugins.catalog import Catalog
+from attnbench.plugins.registry import load_registry
 from attnbench.results.compare import compare_runs
 from attnbench.results.read import load_results
 from attnbench.results.report import write_report

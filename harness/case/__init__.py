@@ -7,5 +7,5 @@ modes as declarations (``modes``: what a call computes, its work factor, its byt
 statuses a record can end with (``status``), and the case's own function and work
 (``reference``: softmax attention in float64; ``work``: FLOPs and bytes).
 
-The lowest room: imports nothing of attnbench outside ``attnbench.case``.
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """

@@ -4,7 +4,7 @@
 (``cuda`` becomes ``cuda:0``). What a device *does* — its clock, threads, peak memory, whether
 it is present — is the measurement's (:mod:`attnbench.measure.devices`).
 
-Imports nothing of attnbench.
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations

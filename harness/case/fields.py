@@ -5,6 +5,8 @@ default, its suite-grid default, how each value is validated and what is expecte
 written in labels, and whether it identifies a case group. Suite parsing, grid expansion, record
 keys, progress labels, report groups and compare's case names are all derived from that
 metadata (:mod:`attnbench.case.keys`), so adding a field is one declaration plus its use.
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations
@@ -48,3 +50,12 @@ def between(low: int, high: int) -> Callable[[Any], bool]:
 
 def one_of(values: Any) -> Callable[[Any], bool]:
     return lambda x: x in values
+
+
+def short_label(row: dict[str, Any], spec: dict[str, CaseField], value: Callable[[dict[str, Any], str], Any]) -> str:
+    """Every field's short form, in its order: ``forward fp32 cpu B1 H32/8 N1x4096 D128 causal t0``
+    (``value(row, key)`` reads a field, with its default where the row lacks it)."""
+    parts = (
+        meta.short(value(row, key), row) for key, meta in sorted(spec.items(), key=lambda kv: kv[1].order) if meta.short
+    )
+    return " ".join(part for part in parts if part)

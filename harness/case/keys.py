@@ -2,6 +2,8 @@
 
 Record keys, the suite grid's axes and defaults, case labels, case groups and their labels are
 read from the fields' :class:`~attnbench.case.fields.CaseField` metadata, never listed again.
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import MISSING
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
-from attnbench.case.fields import CaseField
+from attnbench.case.fields import CaseField, short_label
 from attnbench.case.problem import SHORT_DTYPE, Problem
 
 #: Every case field and its metadata, in declaration order.
@@ -46,8 +48,7 @@ def _short(key: str, row: dict[str, Any]) -> str | None:
 
 def case_label(row: dict[str, Any]) -> str:
     """``forward fp32 cpu B1 H32/8 N1x4096 D128 causal t0``: every field's short form, in order."""
-    keys = sorted(SPEC, key=lambda k: SPEC[k].order)
-    return " ".join(part for k in keys if (part := _short(k, row)))
+    return short_label(row, SPEC, value)
 
 
 def pattern_label(row: dict[str, Any]) -> str:

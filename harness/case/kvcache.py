@@ -19,6 +19,8 @@ The case fields that choose these: ``cache`` (``"contiguous"`` or ``"paged:16"``
 ``kv_lengths`` (``"uniform"``: every sequence holds ``kv_len - seq_len`` tokens, so the step
 fills the cache; ``"ragged"`` or ``"ragged:F"``: seeded lengths between ``F·kv_len`` and
 ``kv_len`` after the step, the first sequence the longest; ``F`` defaults to 0.25).
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations

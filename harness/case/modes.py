@@ -8,23 +8,69 @@ bandwidth and reads a cache. Everything else *asks* a mode these things; nothing
 names. How each mode's call is made, timed and judged lives with the measurement
 (:mod:`attnbench.measure.bench`).
 
-Imports nothing of attnbench outside ``attnbench.case``.
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
 from attnbench.case.kvcache import KVCache, make_cache, parse_cache, valid_lengths
-
-if TYPE_CHECKING:
-    from attnbench.case.problem import Problem
+from attnbench.case.patterns import Pattern
 
 Tensor = torch.Tensor
+
+
+class Problem(Protocol):
+    """What a mode reads of a case (:class:`attnbench.case.problem.Problem` is one; declared here
+    so that the declaration of modes does not import the case that holds a mode)."""
+
+    @property
+    def batch(self) -> int: ...
+
+    @property
+    def heads(self) -> int: ...
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def seq_len(self) -> int: ...
+
+    @property
+    def kv_len(self) -> int: ...
+
+    @property
+    def head_dim(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def cache(self) -> str: ...
+
+    @property
+    def kv_lengths(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def pattern(self) -> Pattern: ...
+
+    @property
+    def torch_dtype(self) -> torch.dtype: ...
+
+    def make_inputs(self) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def with_(self, **changes: Any) -> Any: ...
+
+
+P = TypeVar("P", bound=Problem)
 Call = Callable[[], object]
 Inputs = tuple[Tensor, Tensor, Tensor]
 
@@ -187,7 +233,8 @@ def attended(problem: Problem) -> Tensor:
     return valid_lengths(problem.batch, problem.seq_len, problem.kv_len, problem.kv_lengths, problem.seed)
 
 
-def sequence_problem(problem: Problem, length: int) -> Problem:
+def sequence_problem(problem: P, length: int) -> P:
     """Sequence ``b`` of a decode step as an ordinary forward (cross-attention) problem against
     its own ``length`` attended tokens."""
-    return problem.with_(batch=1, kv_len=length, mode=FORWARD.name, cache="contiguous", kv_lengths="uniform")
+    sub: P = problem.with_(batch=1, kv_len=length, mode=FORWARD.name, cache="contiguous", kv_lengths="uniform")
+    return sub

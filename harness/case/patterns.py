@@ -15,6 +15,8 @@ Positions are aligned bottom-right: query ``i`` of ``nq`` sits at key position
   key position, so the diagonal block of every row holds its own key.
 
 All conditions hold together. A query that may attend no key outputs zeros (SDPA's convention).
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations

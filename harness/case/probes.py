@@ -25,6 +25,8 @@ row's weight on its targets. Values are random; the target of every row is known
 The gain is solved with the keys' cross terms taken as Gaussian (``ĉ_t·c_j ~ N(0, 1)``), so the
 realised share differs a little from the planned one (by a few per cent at ``D = 64``); the check
 measures the realised share on the rows it samples and records it (``probe_mass``).
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations

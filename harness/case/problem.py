@@ -3,18 +3,21 @@
 A :class:`Problem` is the single description shared by every part of attnbench: the suite
 grid expands into problems, an implementation declares whether it supports one, the reference
 computes it in float64, and the FLOP counter counts its work.
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import torch
 
 from attnbench.case.devices import canonical
-from attnbench.case.fields import CaseField, at_least, between, case_field, one_of
+from attnbench.case.fields import CaseField, at_least, between, case_field, one_of, short_label
 from attnbench.case.kvcache import parse_cache, parse_lengths
 from attnbench.case.modes import DECODE, FORWARD, MODES, Mode, mode
 from attnbench.case.patterns import Pattern
@@ -285,9 +288,8 @@ class Problem:
 
     def label(self) -> str:
         """A short name, e.g. ``forward fp32 cpu B1 H32/8 N1x4096 D128 causal t0``."""
-        from attnbench.case.keys import case_label
-
-        return case_label(self.as_dict())
+        spec = {f.name: f.metadata["case"] for f in dataclass_fields(self) if "case" in f.metadata}
+        return short_label(self.as_dict(), spec, lambda row, key: row[key])
 
     def make_inputs(
         self, seed: int | None = None, device: str | None = None, dtype: torch.dtype | None = None

@@ -15,6 +15,8 @@ heads), while staying exact for what it computes:
   final maximum and sum (the backward FlashAttention uses), again one chunk at a time.
 
 Rows that may attend no key output zeros (and pass no gradient).
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Each status carries its meaning, whether it is a failure of the implementation, 
 failure of the implementation's *budget* (after which larger sizes of the same group are
 skipped), and its display colours (terminal style, and background/foreground for the HTML
 report). Records, progress, report, compare and the report's CSS all read this table.
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ Bytes are the least one call must move between memory and the processor: every i
 once and every output written once (a mode's :meth:`~attnbench.case.modes.Mode.io_bytes`). Achieved
 bandwidth is set against the memory bandwidth measured on the machine; memory-bound cases
 (decoding against a long cache) are judged by it.
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
 
 from __future__ import annotations

@@ -7,5 +7,6 @@ verdicts (``verify``), fidelity on probes (``fidelity``), a record's figures (``
 steps of a case and the record they fill (``steps``, ``records``), the case run itself
 (``case_run``) and ``attnbench check`` (``check``).
 
-Imports ``attnbench.case`` and ``attnbench.plugins``; nothing of ``sweep`` or ``results``.
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """

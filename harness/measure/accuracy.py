@@ -26,6 +26,9 @@ seeds at N = 1024: finer than its source, it fired on a correct kernel.
 
 **Approximations** are held to their own definition with a tolerance relative to the tensor's
 magnitude (the implementation may declare its own).
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ set-up (a mask or features built once in ``prepare``) is untouched.
 :func:`prepare` is an implementation's set-up for the case's mode (a decode step gets the cache),
 :func:`bench` the mode's bench, and :class:`Outputs` what the judged call produced.
 
-Imports ``attnbench.case`` (and the plugin contract, for types); nothing above ``measure``.
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

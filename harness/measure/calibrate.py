@@ -14,6 +14,9 @@ set against a rate measured in the same stretch of time, on a busy machine too.
 (three arrays' bytes per pass); a memory-bound case is probed with a triad over as many bytes
 as it moves, so that a cache that fits in the processor's caches is set against the bandwidth
 of that cache level, not of main memory.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@
 
 Exceptions in the implementation's steps become records (``error`` or ``oom``) with the step
 they happened in; an exception in the reference step leaves the record ``unchecked``.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ and, where it declares ``backward``, forward+backward with its gradients; or on 
 with ``--case``. Each case ends as ``ok``, ``inaccurate`` (with the error against its bound),
 ``unsupported`` (with its own reason) or ``error``. It runs in this process (no isolation): a
 crash ends the command.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Names are parsed in :mod:`attnbench.case.devices`. One class per kind — :class
 its peak-memory probe, its thread control and the torch device it names. Everything else asks
 :func:`device` for the object instead of testing strings.
 
-Imports ``attnbench.case`` and the rest of ``attnbench.measure``; nothing above it.
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ its outputs too: its output is linear in the values, so calling it with values t
 of the identity (``Nk / D`` calls) returns the columns of its attention matrix, whatever the
 implementation is. The map of the first head is kept (float16, base64) beside softmax
 attention's own.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

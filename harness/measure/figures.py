@@ -10,7 +10,8 @@ beside the case) and the fractions of them. :func:`derive` is applied when a res
 loaded (:mod:`attnbench.results.read`), so a recorded run is always read with today's formulas, and a
 formula broken here shows in every figure read back, not only in new runs.
 
-Must not import the runner, the report or anything that runs a worker.
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""What a run was measured on: the machine, its accelerators and the software versions."""
+"""What a run was measured on: the machine, its accelerators and the software versions.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
+"""
 
 from __future__ import annotations
 

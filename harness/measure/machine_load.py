@@ -10,7 +10,8 @@ itself: over the timing, the CPU time every process used on the cores this worke
 runner waiting on its pipe); beside two spinning processes on two cores it reads about one half.
 :mod:`attnbench.results.compare` calls no pair slower or faster when either run was loaded.
 
-Must not import anything of the harness beyond the standard library.
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

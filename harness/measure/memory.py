@@ -19,6 +19,9 @@ untouched).
 
 Other devices measure their own way (:mod:`attnbench.measure.devices`); CUDA reads
 ``max_memory_allocated`` after resetting the peak, minus what was allocated before.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The implementation on its case and a peer on the peer's case, each set up and ca
 then timed alternately (:func:`attnbench.measure.timing.measure`); the accuracy of both was
 checked in their records.
 
-Imports ``attnbench.case``, ``attnbench.plugins`` and the rest of ``attnbench.measure``.
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 ``results.jsonl`` holds one flat JSON object per line, written and flushed (and fsynced) as each
 pair finishes, so a killed run loses at most the pair in flight. A torn last line (the runner
 killed mid-write) is ignored by the reader and trimmed before a resumed run appends.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ reference's cost is never charged to the implementation. Running out of time or 
 step the implementation does not own never becomes the implementation's status: without the
 baseline, the record simply has no speedup (or the implementation is timed again alone); without
 the reference, it is ``unchecked`` and says why.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ implementation's samples decide when to stop: at least ``min_repeats`` samples a
 sampled once its own time reaches ``baseline_budget_s``, so a slow baseline costs the
 implementation nothing; the probe likewise stops at ``probe_budget_s`` (after one sample at least:
 a record always carries the probe it was set against).
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ implementation supplies can discard a verdict:
    does (differs, raises, runs out of memory) it can only add a note.
 
 :func:`check` runs all three, for the tests and ``attnbench check``.
+
+Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
+only.
 """
 
 from __future__ import annotations

@@ -2,5 +2,5 @@
 that loads built-ins, entry points and plugin files (``registry``), and the pre-0.2 import name
 (``legacy``).
 
-Imports ``attnbench.case`` only (and nothing of ``measure``, ``sweep`` or ``results``).
+Layer ``plugins``: imports ``attnbench.case`` and ``attnbench.plugins`` only.
 """

@@ -18,6 +18,8 @@ What an implementation declares and what the harness does with it:
   pairs; an approximation counts nothing unless it declares its own.
 * ``growth.memory``: a declared memory growth lets the runner skip a case whose predicted
   footprint exceeds the budget; without a declaration the case simply runs under the memory cap.
+
+Layer ``plugins``: imports ``attnbench.case`` and ``attnbench.plugins`` only.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ installed as ``attnbench`` (the folder keeps its name), so ``harness`` is no lon
 Plugins written for the old name are imported by attnbench's own registry, after attnbench is
 imported; this module then makes ``harness`` and ``harness.X`` the very same module objects as
 ``attnbench`` and ``attnbench.X`` (never second copies with a second registry).
+
+Layer ``plugins``: imports ``attnbench.case`` and ``attnbench.plugins`` only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How results are read back: result folders as DataFrames (``read``), reports (``report``),
 ``attnbench compare`` (``compare``) and verdicts reached again (``rejudge``).
 
-Imports any room below it (``case``, ``plugins``, ``measure``, ``sweep``); the command line
-imports it.
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """

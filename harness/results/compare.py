@@ -47,6 +47,9 @@ beyond the threshold is reported as *uncertain*, never as a regression.
 
 The verdict of a single pair is :mod:`attnbench.results.regression`'s; this module compares two
 runs, writes the comparison and is the command.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ accuracy figure at all (written before ``unchecked`` existed) is read as ``unche
 
 A result folder may hold the same (case, implementation) twice when a run was resumed; the last
 record wins.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ the raw samples with an alpha its sample counts allow, the same against a refere
 both runs beside the pair (the interleaved baseline, else the machine probe), and the load each
 run was timed under.
 
-Imports ``attnbench.case`` and numerical libraries only.
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ the new verdict and its figures, and the record's ``check_note`` says that it wa
 by which commit, and what it was before. Implementations the folder used must be available here
 (``--plugin`` for a plugin's).
 
-Must not import the runner, the report or anything that runs a worker.
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

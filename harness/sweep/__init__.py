@@ -4,6 +4,6 @@ model's config (``models``), the runner and the interface it hands work to execu
 (``scheduler``, ``executors``), shards and merging them (``shards``, ``merge``), paired timings
 (``pairs``), the calibration cache (``calibration_cache``) and the progress line (``progress``).
 
-Imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``; nothing of
-``results``.
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """

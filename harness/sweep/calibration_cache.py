@@ -8,6 +8,9 @@ variable set to a file, a run takes this host's entry for the same device, dtype
 and PyTorch version from that file, labelled ``reused`` with the time it was measured, and adds
 what it measures itself. The figures stay measured: on this host, by this PyTorch, at the time
 shown in the run's ``run.json``. Unset (the default), nothing is read or written.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A run's folder: where a run is written by default, the identity of its suite, reading its
 ``run.json`` back, and the error a run that cannot start raises.
 
-Imports the standard library only.
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

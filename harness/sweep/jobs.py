@@ -3,8 +3,8 @@ given (:class:`Sweep`, the :class:`Planner` it asks), what it is (:class:`Execut
 that already failed their budget (:class:`Failures`), and one pair's job run on a worker with its
 record made (:func:`run_job`), wherever that worker runs (here, or in a Ray task).
 
-Imports ``attnbench.case``, ``attnbench.measure`` and the worker pool; never the runner or an
-executor.
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Merging refuses, naming the folders or the pair, shards of different suites (the
 suite's text differs) and a pair recorded by two folders. Pairs no folder recorded are listed:
 the plan each shard keeps in its ``run.json`` (every pair of the suite and its shard) names
 them, also those of a shard whose folder was not given.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ grid each for prefill at lengths doubling up to the context, decode against cach
 doubling up to the context (batch 1 and 8, uniform and ragged) and training (forward+backward),
 each with the model's window where it has one — both with and without it for models that
 alternate windowed and global layers (``"_attnbench": {"alternating_window": true}``).
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ a slope fitted to its records more than 0.2 above the claim. Drift between the r
 be what flags it: where the records' slope breaks ``claim + margin`` (:func:`claims`), the
 group's neighbouring lengths are timed in pairs the same way, under the name :data:`CLAIM`, and
 the table fits the slope to the chained times (:func:`attnbench.results.report.fit.scaling_table`).
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

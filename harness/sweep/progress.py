@@ -1,4 +1,8 @@
-"""Progress of a sweep: a live bar on a terminal, one plain line per record elsewhere."""
+"""Progress of a sweep: a live bar on a terminal, one plain line per record elsewhere.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
+"""
 
 from __future__ import annotations
 

@@ -26,6 +26,9 @@ Metrics, each measured on one run (the records of one machine):
 
 This module parses and validates the tables; :mod:`attnbench.results.report.ratios` evaluates them on
 a run's records.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Where the pairs run is an executor's concern (:mod:`attnbench.sweep.executors`):
 device of this machine, one worker per device (:class:`~attnbench.sweep.executors.local.LocalExecutor`),
 or Ray tasks across a cluster. Whichever runs them, the runner alone writes the records. A
 ``shard`` (:mod:`attnbench.sweep.shards`) restricts the sweep to one part of the suite's pairs.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from attnbench.measure import steps
 from attnbench.measure.figures import CALIBRATION_KEYS
 from attnbench.measure.machine import git_commit, machine_info, versions
 from attnbench.measure.records import SCHEMA_VERSION, Record, RecordWriter, read_records
+from attnbench.plugins.catalog import Catalog
 from attnbench.plugins.contract import unmet
-from attnbench.plugins.registry import Catalog
 from attnbench.sweep import pairs, shards
 from attnbench.sweep.calibration_cache import calibrate_run
 from attnbench.sweep.executors.local import LocalExecutor

@@ -14,6 +14,9 @@ stop-on-failure works as in a serial sweep. Results come back to the thread that
 
 The scheduler knows nothing of cases, workers or records: it takes the list of jobs, the device
 of each and a function that runs one, so a test can drive it with fake devices and fake jobs.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ The split keeps all sizes of one case group together (the group of
 so that stop-on-failure still skips the larger sizes after a budget failure. Groups are
 balanced by their predicted cost — greedy, longest first, each into the bin with the least work
 so far — which is deterministic: the same pairs always give the same shards.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A suite names the implementations, a grid whose every combination is one case, a
 Every user mistake (syntax, unknown key, wrong type, empty axis, value out of range, unknown
 implementation, dtype or device) raises :class:`SuiteError` with one sentence naming the file,
 the key and what was expected; the command line turns it into exit code 2.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ worker also sends each step it enters and, before the reference check, the recor
 (:mod:`attnbench.measure.steps`). All plugin code — imports, availability, ``supports()``, set-up —
 runs here, never in the runner. The worker exits on its own within a second if its runner dies,
 even under ``kill -9``.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

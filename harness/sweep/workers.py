@@ -5,6 +5,9 @@ a timeout kills the whole group, so nothing the implementation started survives 
 case runs the worker announces each step (:mod:`attnbench.measure.steps`); the deadline follows the
 step's owner, each owner with a budget of its own, and a timeout or a death says in which step
 it happened and carries the record as it stood before the reference check.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ plots embedded as base64 PNG), ``tables/*.csv`` and ``plots/*.png`` / ``*.svg``.
 :mod:`~attnbench.results.report.data` loads and labels, :mod:`~attnbench.results.report.tables` and
 :mod:`~attnbench.results.report.fit` compute, :mod:`~attnbench.results.report.plots` draws,
 :mod:`~attnbench.results.report.html` renders the templates in ``templates/``.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ exact implementation at each length, consecutive lengths with the same winner jo
 over the next fastest; the specialist for a windowed or block-sparse pattern beside it; and each
 length the summary had to rank by raw medians, with the reason. Nothing here is measured anew.
 
-Must not import the runner or anything that runs a worker.
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ per machine) across a group's lengths; fits are made per group and machine.
 
 The *host* of a record is its machine's label, with the thread count added where one machine
 ran several (so that 2 and 8 threads on one box are drawn and fitted apart).
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@
 
 Records of one probe and length are compared whatever their window or layout: a sliding window
 and full attention answer the same question on the same inputs.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

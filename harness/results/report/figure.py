@@ -3,6 +3,9 @@
 Colours are one distinct hue per implementation, the same in every chart of a report (no
 light/dark pairs of one hue): the baseline first, then the implementations in the order they
 first appear. Line styles tell machines apart.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ planted bug or a plugin's failure: the report lists it with its figures, tensor 
 error, the plain computation's error in the same dtype, and the bound — so that the reader sees
 by how much the kernel misses FlashAttention's criterion.
 
-Must not import the runner or anything that runs a worker.
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ N with ``seq_len == kv_len == N``; a group that sweeps the key length alone (dec
 but not held to them. Small sizes are often
 dominated by fixed overheads, which pull the slope *down*; a slope well *above* the claim is the
 surprise worth reporting.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

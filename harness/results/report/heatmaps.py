@@ -3,6 +3,9 @@
 Where both were swept together, one small grid per implementation (heads × head dim) with a
 shared colour scale; where one was swept, one grid of implementations × that parameter. The
 colour is GFLOP/s (ok records only); a cell that did not run ok is grey and names its status.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Names, reasons and error messages come from plugins; in HTML they pass through Jinja2's
 autoescape (a plugin named ``<script>…`` shows as text), in Markdown through :func:`md_cell`,
 which also escapes ``<`` and ``>`` because Markdown viewers render raw HTML.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

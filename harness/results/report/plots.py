@@ -4,6 +4,9 @@ The HTML embeds the PNG as a base64 data URI, so the page works offline and requ
 Colours are fixed per implementation across every chart; line styles tell machines apart.
 Only ``ok`` records are drawn; an implementation that stopped (oom, timeout, crash) says where
 in its legend entry.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

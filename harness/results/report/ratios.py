@@ -1,5 +1,9 @@
 """The ratios a suite declares (:mod:`attnbench.sweep.ratios`), evaluated on a run's records: each
-figure with its spread, and whether the declared bound holds in every case it covers."""
+figure with its spread, and whether the declared bound holds in every case it covers.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
+"""
 
 from __future__ import annotations
 

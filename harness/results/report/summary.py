@@ -2,7 +2,8 @@
 case's pattern, the lowest memory and the fastest approximation, ranked by time relative to the
 baseline each was interleaved with.
 
-Imports the report's data loading (:mod:`attnbench.results.report.data`) and ``attnbench.case``.
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

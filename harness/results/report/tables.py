@@ -3,6 +3,9 @@
 Every table is written to ``tables/NAME.csv`` with raw numbers; the templates format them.
 Speedups and throughputs come from ``ok`` records only: an ``inaccurate`` record computed the
 wrong answer, and its time is no evidence of anything.
+
+Layer ``results``: imports any room below it; only the command line and the public API import
+it.
 """
 
 from __future__ import annotations

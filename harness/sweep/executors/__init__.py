@@ -11,6 +11,9 @@ remaining pair runs and hands its record back, through the interface both import
 * :class:`~attnbench.sweep.executors.ray_driver.RayExecutor` (``--executor ray``): each pair a Ray
   task that reserves a whole device of some node of a cluster and runs the same isolated
   worker there (:mod:`attnbench.sweep.executors.ray_task`).
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

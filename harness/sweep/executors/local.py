@@ -5,6 +5,9 @@ one pair at a time, in the suite's order. With several GPUs, each has a pool (an
 process) of its own and the :class:`~attnbench.sweep.scheduler.DeviceScheduler` keeps them busy side
 by side — a case is timed only on its own device, never two at once on one device, and a CPU
 case only while nothing else runs.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

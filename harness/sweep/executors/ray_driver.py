@@ -21,6 +21,9 @@ statuses. A task whose Ray worker itself dies (killed, its node lost) is recorde
 as a killed worker is locally, and is not retried: Ray's retries would run the pair again and
 hide the death (``max_retries=0``). Records come back as the tasks' return values and the
 runner writes each one as it arrives, so ``--resume`` works as it does locally.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations

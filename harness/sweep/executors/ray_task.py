@@ -15,6 +15,9 @@ Each (host, device, dtype, threads) is calibrated once per run, by the first tas
 there, while it holds its device: the driver passes the calibrations it has to every task, and
 tasks on one host share theirs through a file in the host's temporary folder, locked while one
 task measures, so that tasks submitted together do not all measure the same device.
+
+Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
+``attnbench.sweep``; never ``results``.
 """
 
 from __future__ import annotations
