@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ def _suite_for(args: argparse.Namespace) -> Suite:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    began = time.perf_counter()
     from attnbench.sweep import executors
     from attnbench.sweep.folder import RunError
     from attnbench.sweep.jobs import ExecutorError
@@ -180,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
         runner = Runner(suite, catalog, Path(args.out) if args.out else None, plugins=plugins, only=only,
                         resume=args.resume, pool=pool, executor=executor, shard=shard,
-                        paired=not args.no_paired_timings)  # fmt: skip
+                        paired=not args.no_paired_timings, started_at=began)  # fmt: skip
         out = runner.run()
     except (SuiteError, RegistryError, RunError, ModelConfigError, ExecutorError) as exc:
         return _fail(str(exc))
@@ -193,8 +195,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if executor is not None:
             executor.close()
     print(f"results: {out}")
+    from attnbench.sweep.cost import add_report, words
+
+    reported = time.perf_counter()
     if not args.no_report:
         _report([out], None, quiet=False)
+    session = add_report(out, time.perf_counter() - reported)
+    if session is not None:
+        print(f"cost: {words(session)}")
     return 0
 
 

@@ -38,10 +38,12 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+if TYPE_CHECKING:  # imported where used: torch._dynamo costs 2 s at every worker's start
+    from torch.nn.attention.flex_attention import BlockMask
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
@@ -105,6 +107,8 @@ def decode_mask_mod(problem: Problem, cache: KVCache) -> MaskMod:
 
 
 def _flex_call(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask | None, scale: float, gqa: bool) -> Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)  # type: ignore[return-value]
 
 
@@ -148,6 +152,8 @@ def _build(problem: Problem) -> CompiledFlex:
         # Evaluated eagerly, the mask is an int64 [Nq, Nk] (34 GB at 64K tokens); compiled, it is
         # evaluated block by block. Compiling costs seconds, so only long sequences do.
         compiled_mask = nq * nk > EAGER_MASK_PAIRS
+        from torch.nn.attention.flex_attention import create_block_mask
+
         block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=problem.device, _compile=compiled_mask)
     call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa)
     q, k, v = (torch.zeros_like(t) for t in problem.make_inputs())  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
@@ -221,6 +227,8 @@ class FlexAttention(Implementation):
         started = time.perf_counter()
         mask_mod = decode_mask_mod(problem, cache)
         tokens = cache.k.shape[2]
+        from torch.nn.attention.flex_attention import create_block_mask
+
         block_mask = create_block_mask(mask_mod, cache.batch, None, problem.seq_len, tokens, device=problem.device)
         call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa)
         q0 = torch.zeros(

@@ -35,19 +35,21 @@ import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
-Mask = Tensor | CausalBias | None
+if TYPE_CHECKING:  # torch.nn.attention.bias imports torch._dynamo: 2 s at every worker's start
+    from torch.nn.attention.bias import CausalBias
+
+Mask: TypeAlias = "Tensor | CausalBias | None"
 ALL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -60,6 +62,8 @@ def pattern_arguments(problem: Problem, device: str | torch.device) -> tuple[Mas
         if nq == nk:
             return None, True
         if nq < nk:  # every query sees at least one key: no empty rows
+            from torch.nn.attention.bias import causal_lower_right
+
             return causal_lower_right(nq, nk), False
     return pattern.mask(nq, nk, device=device), False  # [Nq, Nk] bool
 

@@ -261,3 +261,18 @@ def test_every_folder_of_the_package_is_installed() -> None:
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {module_name(p) for p in (ROOT / "harness").rglob("__init__.py")}
     assert folders <= declared, sorted(folders - declared)
+
+
+def test_every_installed_package_is_a_folder() -> None:
+    """Each package pyproject.toml names is a folder with an __init__.py: a stale name breaks the install."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots: dict[str, str] = setuptools["package-dir"]
+    missing = []
+    for package in setuptools["packages"]:
+        parts = package.split(".")
+        # the longest declared prefix decides the folder, as setuptools does
+        prefix = max((k for k in roots if package == k or package.startswith(k + ".")), key=len)
+        folder = ROOT / roots[prefix] / Path(*parts[len(prefix.split(".")) :])
+        if not (folder / "__init__.py").is_file():
+            missing.append(package)
+    assert not missing, missing

@@ -35,6 +35,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
     out = tmp_path_factory.mktemp("smoke") / "run"
     proc = attnbench("run", "smoke", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out.parent / "stdout.txt").write_text(proc.stdout)
     return out, read_records(out / "results.jsonl")
 
 
@@ -90,6 +91,32 @@ def test_no_ok_record_of_a_real_run_exceeds_its_peak_or_its_bandwidth(
         assert 0 < r["peak_fraction"] <= 1.0 and r["gflops"] <= r["peak_gflops"], (r["impl"], r["peak_fraction"])
     for r in memory:
         assert 0 < r["bandwidth_fraction"] <= 1.0 and r["gbps"] <= r["peak_gbps"], (r["impl"], r["bandwidth_fraction"])
+
+
+def test_a_run_reports_its_own_cost(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
+    """run.json, the last progress line and the report's header say where the wall time went; the
+    parts add up to the wall, and the timed part holds at least every timed sample of the records."""
+    from attnbench.sweep.cost import PARTS, efficiency
+
+    out, records = smoke
+    (session,) = json.loads((out / "run.json").read_text())["cost"]
+    assert set(PARTS) | {"wall_s"} == set(session)
+    assert all(v >= 0 for v in session.values()), session
+    parts = sum(v for k, v in session.items() if k != "wall_s")
+    assert session["other_s"] > 0 and parts == pytest.approx(session["wall_s"], rel=1e-6), session
+    sampled = sum(sum(r["samples_ms"]) * (r["inner"] or 1) / 1000 for r in records if r["samples_ms"])
+    assert session["timed_implementations_s"] == pytest.approx(sampled, rel=1e-6), (sampled, session)
+    assert session["timed_baselines_s"] > 0 and session["start_s"] > 0 and session["reference_s"] > 0
+    assert sum(r["elapsed_s"] or 0 for r in records) <= session["wall_s"]
+    eff = efficiency(session)
+    assert eff is not None and 0 < eff < 1
+    last = [line for line in (out.parent / "stdout.txt").read_text().splitlines() if line.startswith("cost: ")]
+    assert last and f"{session['wall_s']:.0f} s of wall" in last[-1] and f"efficiency {eff:.2f}" in last[-1]
+    # the report was written before its own time was known: its header reads the cost up to it
+    before = efficiency({**session, "wall_s": session["wall_s"] - session["report_s"]})
+    assert session["report_s"] > 0 and before is not None
+    assert f"efficiency {before:.2f}" in (out / "report.md").read_text()
+    assert f"efficiency {before:.2f}" in (out / "report.html").read_text()
 
 
 def test_smoke_records_unavailable_with_reasons(smoke: tuple[Path, list[dict[str, Any]]]) -> None:

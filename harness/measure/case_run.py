@@ -20,9 +20,7 @@
 9. *own reference*: for an exact implementation with a ``reference()`` of its own, whether that
    is the case's function. It runs after the verdicts were sent, so whatever it does (differs,
    raises, runs out of memory, kills the worker) adds a note and never changes the verdict.
-
-Exceptions in the implementation's steps become records (``error`` or ``oom``) with the step
-they happened in; an exception in the reference step leaves the record ``unchecked``.
+   Exceptions in the implementation's steps become records (``error``, ``oom``) with the step.
 
 Layer ``measure``: imports ``attnbench.case``, ``attnbench.plugins`` and ``attnbench.measure``
 only.
@@ -49,7 +47,7 @@ from attnbench.measure.calibrate import GemmProbe, StreamProbe
 from attnbench.measure.devices import device
 from attnbench.measure.machine_load import LoadMeter
 from attnbench.measure.memory import MemoryUnavailable, vm_size_bytes
-from attnbench.measure.records import Record
+from attnbench.measure.records import TIMED_BASELINE, TIMED_IMPL, TIMED_PROBE, Record
 from attnbench.measure.timing import measure
 from attnbench.measure.verify import CheckResult, check_rows, compare_own_reference, judge
 from attnbench.plugins.contract import ADAPTER, Implementation
@@ -86,20 +84,28 @@ class CaseRun:
         self.record = Record(impl=job["impl"], status=Status.OK, case=job["case"])
         self.record.worker_pid = os.getpid()
         self.record.host = socket.gethostname()
+        self._since = 0.0  # when the current step began
 
     def enter(self, step: str) -> None:
+        self._account()
         self.record.step = step
         self.report({"phase": step})
+
+    def _account(self) -> None:
+        """Add the time since the last step began to that step's cost."""
+        now = time.perf_counter()
+        if self.record.step:
+            cost = self.record.cost_s
+            cost[self.record.step] = cost.get(self.record.step, 0.0) + now - self._since
+        self._since = now
 
     def stop(self, status: str, reason: str) -> None:
         self.record.status, self.record.reason = status, reason  # type: ignore[assignment]
         raise Stop
 
-    # -- the steps ------------------------------------------------------------------------------
-
     def run(self) -> bool:
         """Fill the record; returns False when the worker should be replaced."""
-        started = time.perf_counter()
+        started = self._since = time.perf_counter()
         self.record.threads_used = self.device.set_threads(int(self.job["case"]["threads"]))
         healthy = True
         if self.device.present():
@@ -110,6 +116,7 @@ class CaseRun:
             base_call, inputs = self.baseline()
             self.measure(impl, base_call, inputs)
             if self.record.status != Status.UNCHECKED:  # an unchecked record ended where its reference failed
+                self._account()
                 self.record.step = steps.DONE
         except Stop:
             pass
@@ -119,6 +126,7 @@ class CaseRun:
         finally:
             self.set_cap(None)
             gc.collect()
+            self._account()
         self.record.elapsed_s = time.perf_counter() - started
         return healthy
 
@@ -250,8 +258,12 @@ class CaseRun:
             baseline_first_ms=self.baseline_first_ms,
             baseline_spent_s=self.baseline_spent_s,
             probe_budget_s=budget["max_time_s"] / 2,
+            warmup=0,  # the bench's first call warmed it up
         )
         record.machine_load = meter.stop()
+        record.cost_s[TIMED_IMPL] = timing.impl.sampled_s
+        record.cost_s[TIMED_BASELINE] = timing.baseline.sampled_s if timing.baseline is not None else 0.0
+        record.cost_s[TIMED_PROBE] = timing.probe.sampled_s if timing.probe is not None else 0.0
         record.samples_ms = timing.impl.ms
         record.inner = timing.impl.inner
         record.unstable = timing.unstable

@@ -20,6 +20,9 @@ from attnbench.case.keys import CASE_KEYS, DEFAULTS, record_key
 from attnbench.case.status import Status
 
 SCHEMA_VERSION = 2
+#: The keys of a record's ``cost_s`` beside its steps: the seconds spent in timed calls of the
+#: implementation, of the interleaved baseline and of the machine probe.
+TIMED_IMPL, TIMED_BASELINE, TIMED_PROBE = "timed implementation", "timed baseline", "timed probe"
 __all__ = ["CASE_KEYS", "RECORD_FIELDS", "Record", "RecordWriter", "read_records", "record_key"]
 
 
@@ -101,6 +104,7 @@ class Record:
     suite: str = ""
     machine: str = ""
     elapsed_s: float | None = None
+    cost_s: dict[str, float] = field(default_factory=dict)  # seconds by step, and timed by whom (TIMED_*)
     worker_pid: int | None = None
     # where it ran, beyond host and device_name (a Ray cluster's node, the GPU of a Ray task)
     node: str = ""  # Ray's node id ("" outside Ray)

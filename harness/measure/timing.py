@@ -54,6 +54,11 @@ class Samples:
         return statistics.median(self.ms)
 
     @property
+    def sampled_s(self) -> float:
+        """Seconds spent in the samples themselves (what the figures are made of)."""
+        return sum(self.ms) * self.inner / 1e3
+
+    @property
     def spread(self) -> float:
         """IQR / median."""
         q1, med, q3 = self.quartiles()

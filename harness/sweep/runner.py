@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from attnbench.measure.machine import git_commit, machine_info, versions
 from attnbench.measure.records import SCHEMA_VERSION, Record, RecordWriter, read_records
 from attnbench.plugins.catalog import Catalog
 from attnbench.plugins.contract import unmet
-from attnbench.sweep import pairs, shards
+from attnbench.sweep import cost, pairs, shards
 from attnbench.sweep.calibration_cache import calibrate_run
 from attnbench.sweep.executors.local import LocalExecutor
 from attnbench.sweep.folder import RunError, default_out_dir, now, read_run_json, suite_hash
@@ -82,7 +83,9 @@ class Runner:
         executor: Executor | None = None,
         shard: shards.Shard | None = None,
         paired: bool = True,
+        started_at: float | None = None,
     ) -> None:
+        self.started_at = started_at  # time.perf_counter() when the command began (its cost counts from there)
         self.suite = suite
         self.paired = paired
         self.catalog = catalog
@@ -204,15 +207,21 @@ class Runner:
             failures.add(row)
         total = len(self.pairs)
         todo = [(case, impl) for case, impl in self.pairs if record_key({"impl": impl, **case.fields()}) not in done]
+        session_started = time.perf_counter()
+        begun = self.started_at if self.started_at is not None else session_started
+        starts_before = self.executor_start_s()
+        written: list[dict[str, Any]] = []
         with _terminate_on_signals(self.executor), RecordWriter(self.out_dir / "results.jsonl") as writer:
             try:
                 self.executor.prepare(self, info)
+                calibration_s = time.perf_counter() - session_started
                 self._write_info(info)
                 with SweepProgress(total, done=len(done) if self.show_progress else 0) as progress:
 
                     def emit(case: Case, impl: str, record: Record) -> None:
                         record.suite, record.machine = self.suite.name, self.machine["id"]
                         writer.write(record)
+                        written.append({"cost_s": record.cost_s})
                         failures.add(record.as_dict())
                         if record.status == Status.UNAVAILABLE:
                             self.unavailable[(impl, case.device)] = record.reason
@@ -224,12 +233,26 @@ class Runner:
                     save = functools.partial(self._write_info, info)
                     self.executor.sweep(Sweep(self, todo, failures, info, emit, started, save))
                     print(progress.summary(), flush=True)
+                paired_started = time.perf_counter()
                 self.pair_ratios()
+                paired_s = time.perf_counter() - paired_started
+                session = cost.summarize(
+                    written, wall_s=time.perf_counter() - begun, start_s=session_started - begun,
+                    calibration_s=calibration_s, paired_s=paired_s,
+                    worker_start_s=self.executor_start_s() - starts_before,
+                )  # fmt: skip
+                info.setdefault("cost", []).append(session)
             finally:
                 self.executor.close()
                 info["ended"] = now()
                 self._write_info(info)
         return self.out_dir
+
+    def executor_start_s(self) -> float:
+        """Seconds spent starting worker processes (the local executor's pools, and the pool that
+        listed the plugins)."""
+        pools = list(getattr(self.executor, "pools", {}).values())
+        return sum(p.start_s for p in {id(p): p for p in [*pools, self.pool]}.values())
 
     def pair_ratios(self) -> None:
         """The paired timings after the sweep (:func:`attnbench.sweep.pairs.for_run`), on the local

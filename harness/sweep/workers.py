@@ -218,10 +218,13 @@ class WorkerPool:
         self.start_timeout = start_timeout
         self.worker: Worker | None = None
         self.started = 0
+        self.start_s = 0.0  # seconds spent starting workers, until each said it was ready
 
     def get(self) -> Worker:
         if self.worker is None or self.worker.proc.poll() is not None:
+            began = time.perf_counter()
             self.worker = Worker(self.plugins, self.log, self.start_timeout)
+            self.start_s += time.perf_counter() - began
             self.started += 1
         return self.worker
 

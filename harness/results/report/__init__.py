@@ -28,6 +28,7 @@ from attnbench.results.report.fit import FLAG_MARGIN, MIN_POINTS, scaling_table
 from attnbench.results.report.heatmaps import draw_heatmaps
 from attnbench.results.report.html import render
 from attnbench.results.report.plots import Painter
+from attnbench.sweep import cost
 
 __all__ = ["STATUS_MEANING", "write_report"]
 
@@ -81,6 +82,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "baseline": baseline,
         "suites": sorted({str(suite_of(r.info).get("name", "")) for r in data.runs} - {""}),
         "machines": _rows(frames["machines"]),
+        "costs": [f"{run.label}: {cost.words(cost.total(run.info['cost']))}" for run in data.runs if run.info.get("cost")],
         "summary": _grouped(frames["summary"]),
         "answers": answers(frames["summary"], bool(data.records["host"].nunique() > 1) if len(data.records) else False),
         "notes": notes(data, fits),

@@ -65,6 +65,7 @@ class Canvas:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
         png.write_bytes(buf.getvalue())
+        fig.set_layout_engine("none")  # laid out once, for the PNG: the SVG keeps those positions
         fig.savefig(svg, format="svg", metadata={"Date": None})
         plt.close(fig)
         return Plot(name, title, png, svg, base64.b64encode(buf.getvalue()).decode("ascii"))
