@@ -149,6 +149,16 @@ def _suite_for(args: argparse.Namespace) -> Suite:
     return load_suite(args.suite or "quick")
 
 
+#: The minutes a model suite is fitted to unless ``--max-minutes`` says otherwise: every length of a
+#: model's context is planned, and those this machine cannot finish in time are skipped, named.
+MODEL_MINUTES = 15.0
+
+
+def _max_minutes(args: argparse.Namespace) -> float | None:
+    given = args.max_minutes if args.max_minutes is not None else (MODEL_MINUTES if args.model else None)
+    return given or None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     from attnbench.sweep import executors
@@ -163,6 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail("--resume needs --out DIR: the folder of the run to finish")
     if args.model and args.suite:
         return _fail("give a suite or --model, not both")
+    if args.max_minutes is not None and not args.max_minutes >= 0:
+        return _fail(f"--max-minutes {args.max_minutes:g}: expected minutes >= 0 (0: no limit)")
     pool: WorkerPool | None = None
     executor: executors.Executor | None = None
     try:
@@ -182,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
         runner = Runner(suite, catalog, Path(args.out) if args.out else None, plugins=plugins, only=only,
                         resume=args.resume, pool=pool, executor=executor, shard=shard,
-                        paired=not args.no_paired_timings, started_at=began)  # fmt: skip
+                        paired=not args.no_paired_timings, started_at=began,
+                        max_minutes=_max_minutes(args))  # fmt: skip
         out = runner.run()
     except (SuiteError, RegistryError, RunError, ModelConfigError, ExecutorError) as exc:
         return _fail(str(exc))
@@ -216,29 +229,11 @@ def _report(dirs: list[Path], out: Path | None, quiet: bool) -> int:
         return 1
     if not quiet:
         print(f"report: {html}")
-        _say_ratios(html.parent / "tables" / "ratios.csv")
+        from attnbench.results.report.ratios import verdict_lines
+
+        for line in verdict_lines(html.parent / "tables" / "ratios.csv"):
+            print(line)
     return 0
-
-
-def _say_ratios(path: Path) -> None:
-    """A count of the declared ratios by verdict, then one line for each bound not shown met."""
-    if not path.is_file():
-        return
-    import pandas as pd
-
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    verdicts = table.drop_duplicates(["ratio", "machine"])
-    counts = verdicts["verdict"].value_counts()
-    order = ("met", "not met", "no data", "shown")
-    print("ratios: " + ", ".join(f"{int(counts[v])} {v}" for v in order if v in counts))
-    bounded = verdicts["bound"].astype(str).str.len() > 0
-    for row in verdicts[bounded & verdicts["verdict"].isin(["not met", "no data"])].to_dict("records"):
-        mine = table[(table["ratio"] == row["ratio"]) & (table["machine"] == row["machine"])]
-        values = mine["value"].dropna()
-        span = f"measured {values.min():.3g}–{values.max():.3g}" if len(values) else "no figure"
-        gaps = int(mine["value"].isna().sum())
-        span += f"; {gaps} case(s) not measured" if gaps else ""
-        print(f"  {row['verdict']}: {row['ratio']} ({row['bound']}; {span})")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -339,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the paired timings after the sweep (ratios and slopes then come from records timed apart)",
     )  # fmt: skip
     p.add_argument("--model", metavar="CONFIG", help="run the suite made from a model's config.json or preset")
+    p.add_argument(
+        "--max-minutes", type=float, metavar="M",
+        help="fit the run in M minutes: pairs expected past it are skipped, the most expensive first"
+        f" (default with --model: {MODEL_MINUTES:g}; 0: no limit)",
+    )  # fmt: skip
     p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the suite (join: merge)")
     p.add_argument(
         "--executor", choices=["local", "ray"], default="local",

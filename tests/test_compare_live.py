@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import attnbench
 
+from attnbench.results.regression import LOAD_LIMIT
+
 PLUGIN = Path(__file__).parent / "status_plugins" / "trust.py"
 SUITE = """
 [suite]
@@ -54,6 +56,10 @@ def loaded(workers: int = 2) -> Iterator[None]:
             p.join(timeout=10)
 
 
+def _loads(out: Path) -> list[float]:
+    return [float(r["machine_load"] or 0) for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())]
+
+
 def run(tmp_path: Path, name: str, **env: str) -> Path:
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE)
@@ -77,14 +83,21 @@ def test_compare_tells_a_loaded_machine_from_a_slower_implementation(tmp_path: P
     quiet = run(tmp_path, "quiet")
     with loaded():
         busy = run(tmp_path, "busy")
-    assert all(r["machine_load"] > 0.25 for r in map(json.loads, (busy / "results.jsonl").read_text().splitlines()))
+    assert all(load > LOAD_LIMIT for load in _loads(busy))
     same = attnbench("compare", str(quiet), str(busy), "--fail-on-regression", "--out", str(tmp_path / "c1"))
     assert same.returncode == 0, same.stdout
 
     slower = run(tmp_path, "slower", ATTNBENCH_TEST_SLOWDOWN="3")
     caught = attnbench("compare", str(quiet), str(slower), "--fail-on-regression", "--out", str(tmp_path / "c2"))
-    assert caught.returncode == 1, caught.stdout
-    assert "slower: slowable_sdpa" in caught.stdout and "slower: fast_sdpa" not in caught.stdout
+    assert "slower: fast_sdpa" not in caught.stdout
+    if max(_loads(quiet) + _loads(slower)) <= LOAD_LIMIT:
+        assert caught.returncode == 1, caught.stdout
+        assert "slower: slowable_sdpa" in caught.stdout
+    else:
+        # something else on this machine (another test run, a neighbour VM) loaded it while the
+        # reference runs were timed: the gate must then refuse to call anything, naming the load
+        assert caught.returncode == 0, caught.stdout
+        assert "uncertain slowable_sdpa" in caught.stdout and "of the cores' time" in caught.stdout, caught.stdout
 
     vanished = tmp_path / "vanished"
     shutil.copytree(quiet, vanished)

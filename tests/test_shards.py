@@ -18,10 +18,11 @@ from attnbench.plugins.registry import load_registry
 from attnbench.results.compare import compare_runs
 from attnbench.results.read import load_results
 from attnbench.results.report import write_report
+from attnbench.sweep.estimate import pair_seconds as predicted_seconds
 from attnbench.sweep.merge import MergeError, merge
 from attnbench.sweep.pairs import read_pairs
 from attnbench.sweep.runner import Failures, RunError, Runner, suite_hash
-from attnbench.sweep.shards import Shard, parse_shard, plan, predicted_seconds, split
+from attnbench.sweep.shards import Shard, parse_shard, plan, split
 from attnbench.sweep.suite import parse_suite
 
 HERE = Path(__file__).resolve().parent

@@ -211,6 +211,9 @@ def summary_lines(result: CompareResult) -> list[str]:
     for p in result.verdict("slower") + result.verdict("faster"):
         rel = "".join(f"; vs {r.reference} x{r.ratio:.2f}" for r in p.relative)
         lines.append(f"  {p.verdict:7s} {p.impl} [{p.case}]: x{p.ratio:.2f} (p={p.p_value:.2g}{rel})")
+    for p in result.verdict("uncertain"):
+        if p.loaded:  # a move the gate would have judged, but for the load: say why it did not
+            lines.append(f"  uncertain {p.impl} [{p.case}]: x{p.ratio:.2f} ({p.note})")
     for s in result.status_changed:
         lines.append(f"  status  {s['impl']} [{s['case']}]: {s['before']} -> {s['after']}")
     for s in result.vanished:

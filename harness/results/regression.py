@@ -86,6 +86,7 @@ class PairComparison:
     relative: tuple[Relative, ...] = ()  # against the within-run reference both runs carry (none or one)
     verdict: Verdict = "same"
     note: str = ""
+    loaded: str = ""  # "48% in NEW": the load that turned a would-be verdict into uncertain
 
     @property
     def change_pct(self) -> float:
@@ -238,7 +239,8 @@ def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold_pct: float
         if moved_alone:
             note = "; ".join(f"relative to the {r.reference} ×{r.ratio:.2f} ({r.verdict})" for r in moved_alone)
             note += ", but the absolute time did not move"
-    if verdict in ("slower", "faster") and (loaded := _loaded(base, new)):
+    loaded = _loaded(base, new) if verdict in ("slower", "faster") else ""
+    if loaded:
         verdict = "uncertain"
         note = (
             f"other processes took {loaded} of the cores' time while it was timed: under load a call and the"
@@ -258,6 +260,7 @@ def compare_pair(base: dict[str, Any], new: dict[str, Any], threshold_pct: float
         tuple(relative),
         verdict,
         note,
+        loaded,
     )
 
 

@@ -28,12 +28,19 @@ class ExecutorError(Exception):
     """An executor that cannot start (Ray not installed, no cluster at the address): one sentence."""
 
 
+#: A pair predicted to spend more than this many times its timeout is not run (:meth:`Failures.predicted`).
+PREDICTION_MARGIN = 2.0
+
+
 @dataclass
 class Failures:
     """Sizes at which an implementation failed its budget, per case group: a larger size of the
-    same group is skipped rather than run into the same wall."""
+    same group is skipped rather than run into the same wall. And the call times measured per
+    group, so that a larger size whose time, grown as the implementation declares, would certainly
+    exceed its budget is skipped with the prediction instead of costing a whole timeout."""
 
     seen: dict[tuple[Any, ...], list[tuple[int, int, str]]] = field(default_factory=dict)
+    timed: dict[tuple[Any, ...], list[tuple[int, int, float]]] = field(default_factory=dict)
 
     @staticmethod
     def group(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -42,12 +49,36 @@ class Failures:
     def add(self, row: dict[str, Any]) -> None:
         if row["status"] in BUDGET_FAILURES:
             self.seen.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], row["status"]))
+        elif row.get("time_ms"):
+            self.timed.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], float(row["time_ms"])))
 
     def blocking(self, row: dict[str, Any]) -> str | None:
         for n, nk, status in self.seen.get(self.group(row), []):
             if row["seq_len"] >= n and row["kv_len"] >= nk:
                 return f"a smaller size (seq_len {n}, kv_len {nk}) already ended as {status}"
         return None
+
+    def predicted(self, row: dict[str, Any], time_growth: float | None, budget: dict[str, float]) -> str | None:
+        """Why a pair is not run: its call time predicted from the largest smaller size of its
+        group measured so far, grown as ``(seq_len · kv_len)^(time_growth / 2)`` (``N^growth`` when
+        both grow together), times the calls its budget must hold at least (a first call, the
+        timing's sizing call and ``min_repeats`` samples, the judged call and the memory pass),
+        is over :data:`PREDICTION_MARGIN` times its timeout. None: run it."""
+        if not time_growth:
+            return None
+        smaller = [t for t in self.timed.get(self.group(row), []) if t[0] <= row["seq_len"] and t[1] <= row["kv_len"]]
+        if not smaller:
+            return None
+        n, nk, ms = max(smaller, key=lambda t: t[0] * t[1])
+        call_s = ms / 1e3 * ((row["seq_len"] * row["kv_len"]) / (n * nk)) ** (time_growth / 2)
+        calls = int(budget.get("min_repeats", 5)) + 4
+        if calls * call_s <= PREDICTION_MARGIN * budget["timeout_s"]:
+            return None
+        return (
+            f"predicted {calls * call_s:.0f} s ({calls} calls of {call_s:.1f} s: {ms:.1f} ms measured at seq_len {n},"
+            f" kv_len {nk}, grown as N^{time_growth:g}), over {PREDICTION_MARGIN:g}x its {budget['timeout_s']:g} s"
+            " timeout; not run"
+        )
 
 
 class Planner(Protocol):

@@ -12,10 +12,11 @@ from collections import Counter
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column
 
 from attnbench.case.status import Status
+from attnbench.sweep.estimate import duration
 
 STATUS_STYLE = {s.value: s.info.terminal for s in Status}
 
@@ -35,6 +36,7 @@ class SweepProgress:
         self.done = done
         self.started = time.monotonic()
         self._progress: Progress | None = None
+        self.left_s: float | None = None  # the forecast's time left (:class:`attnbench.sweep.estimate.Forecast`)
         if self.live:
             # The bar, the counts and the times keep their room at any width; the pair in flight
             # and the counts by status are cut short (with an ellipsis) to fit what is left.
@@ -48,12 +50,11 @@ class SweepProgress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[counts]}", table_column=_column(spare - spare * 3 // 5)),
                 TimeElapsedColumn(),
-                TextColumn("left"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[left]}"),
                 console=self.console,
                 transient=False,
             )
-            self._task = self._progress.add_task("sweep", total=total, completed=done, current="", counts="")
+            self._task = self._progress.add_task("sweep", total=total, completed=done, current="", counts="", left="")
 
     def __enter__(self) -> SweepProgress:
         if self._progress:
@@ -77,13 +78,15 @@ class SweepProgress:
     def finish(self, label: str, record: dict[str, Any]) -> None:
         self.done += 1
         self.counts[record["status"]] += 1
+        left = f"~{duration(self.left_s)} left" if self.left_s is not None and self.done < self.total else ""
         if self._progress:
-            self._progress.update(self._task, completed=self.done, counts=self._counts_text(True))
+            self._progress.update(self._task, completed=self.done, counts=self._counts_text(True), left=left)
             return
         time_ms = record.get("time_ms")
         figure = f"{time_ms:9.3f} ms" if isinstance(time_ms, int | float) else " " * 12
         note = "" if record["status"] == Status.OK else f"  {str(record.get('reason', ''))[:100]}"
         line = f"[{self.done}/{self.total}] {record['status']:<11} {record['impl']:<16} {figure}  {label}{note}"
+        line += f"  ({left})" if left else ""
         print(line, file=sys.stderr, flush=True)
 
     def summary(self) -> str:

@@ -37,7 +37,7 @@ from attnbench.measure.machine import git_commit, machine_info, versions
 from attnbench.measure.records import SCHEMA_VERSION, Record, RecordWriter, read_records
 from attnbench.plugins.catalog import Catalog
 from attnbench.plugins.contract import unmet
-from attnbench.sweep import cost, pairs, shards
+from attnbench.sweep import cost, estimate, pairs, shards
 from attnbench.sweep.calibration_cache import calibrate_run
 from attnbench.sweep.executors.local import LocalExecutor
 from attnbench.sweep.folder import RunError, default_out_dir, now, read_run_json, suite_hash
@@ -84,8 +84,13 @@ class Runner:
         shard: shards.Shard | None = None,
         paired: bool = True,
         started_at: float | None = None,
+        max_minutes: float | None = None,
     ) -> None:
         self.started_at = started_at  # time.perf_counter() when the command began (its cost counts from there)
+        self.max_minutes = max_minutes  # the plan's limit: pairs expected past it are skipped (see decide)
+        self.forecast: estimate.Forecast | None = None
+        self.sweep_started = 0.0
+        self.limit_s = float("inf")  # seconds of sweep the plan may spend
         self.suite = suite
         self.paired = paired
         self.catalog = catalog
@@ -215,6 +220,7 @@ class Runner:
             try:
                 self.executor.prepare(self, info)
                 calibration_s = time.perf_counter() - session_started
+                self._plan(todo, info, begun)
                 self._write_info(info)
                 with SweepProgress(total, done=len(done) if self.show_progress else 0) as progress:
 
@@ -225,6 +231,10 @@ class Runner:
                         failures.add(record.as_dict())
                         if record.status == Status.UNAVAILABLE:
                             self.unavailable[(impl, case.device)] = record.reason
+                        if self.forecast is not None:
+                            ran = record.status not in (Status.UNAVAILABLE, Status.UNSUPPORTED, Status.SKIPPED)
+                            self.forecast.finish(record_key(record.as_dict()), ran)
+                            progress.left_s = self.forecast.seconds_left(time.perf_counter() - self.sweep_started)
                         progress.finish(case.label(), record.as_dict())
 
                     def started(case: Case, impl: str) -> None:
@@ -247,6 +257,30 @@ class Runner:
                 info["ended"] = now()
                 self._write_info(info)
         return self.out_dir
+
+    def _plan(self, todo: list[tuple[Case, str]], info: dict[str, Any], begun: float) -> None:
+        """Predict the sweep (:mod:`attnbench.sweep.estimate`), say so, and set its limit."""
+        known = estimate.history(self.out_dir.parent, self.machine["id"], exclude=self.out_dir)
+        ceilings = estimate.ceilings_of(info.get("calibration") or [])
+        predicted = estimate.plan_seconds(todo, self.suite.budget, ceilings, known)
+        for i, (_, impl) in enumerate(todo):
+            if not self.catalog.get(impl).get("available", True):
+                predicted[i] = 0.0  # recorded unavailable without a worker
+        self.forecast = estimate.Forecast.of(todo, predicted)
+        self.sweep_started = time.perf_counter()
+        expected = sum(predicted)
+        measured = sum(1 for case, impl in todo if record_key({"impl": impl, **case.fields()}) in known)
+        how = f"{measured} of them timed here before" if measured else "from this machine's calibration"
+        line = f"plan: {len(todo)} pairs to run, expected to take about {estimate.duration(expected)} ({how})"
+        if self.max_minutes:
+            # the sweep ends 5% before the limit, leaving the rest for the paired timings and the report
+            self.limit_s = 0.95 * self.max_minutes * 60 - (self.sweep_started - begun)
+            if expected > self.limit_s:
+                line += f"; --max-minutes {self.max_minutes:g}: the most expensive pairs will be skipped to fit"
+        plan = {"pairs": len(todo), "expected_s": expected, "max_minutes": self.max_minutes}
+        info.setdefault("plans", []).append(plan)
+        if self.show_progress:
+            print(line, flush=True)
 
     def executor_start_s(self) -> float:
         """Seconds spent starting worker processes (the local executor's pools, and the pool that
@@ -286,8 +320,18 @@ class Runner:
             return outcome(Status.UNAVAILABLE, f"no {where} device on this machine", steps.AVAILABILITY)
         if (name, where) in self.unavailable:
             return outcome(Status.UNAVAILABLE, self.unavailable[(name, where)], steps.AVAILABILITY)
-        if self.suite.stop_on_failure and (why := failures.blocking({"impl": name, **fields})):
-            return outcome(Status.SKIPPED, why)
+        if self.suite.stop_on_failure:
+            row = {"impl": name, **fields}
+            growth = self.catalog.get(name).get("time_growth")
+            if why := failures.blocking(row) or failures.predicted(row, growth, self.suite.budget):
+                return outcome(Status.SKIPPED, why)
+        if self.forecast is not None and self.limit_s < float("inf"):
+            elapsed = time.perf_counter() - self.sweep_started
+            expected = self.forecast.over(record_key({"impl": name, **fields}), elapsed, self.limit_s)
+            if expected is not None:
+                why = (f"not run: expected {expected:.0f} s, and the plan's --max-minutes {self.max_minutes:g} leaves"
+                       f" {max(0.0, self.limit_s - elapsed):.0f} s of sweep for the pairs left")  # fmt: skip
+                return outcome(Status.SKIPPED, why)
         return None
 
     def job(self, case: Case, name: str, calibration: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,8 +8,9 @@ a CI matrix) each run exactly their own part and together run every pair once.
 The split keeps all sizes of one case group together (the group of
 :meth:`attnbench.sweep.jobs.Failures.group`: one implementation, every case field but the lengths),
 so that stop-on-failure still skips the larger sizes after a budget failure. Groups are
-balanced by their predicted cost — greedy, longest first, each into the bin with the least work
-so far — which is deterministic: the same pairs always give the same shards.
+balanced by their predicted cost (:func:`attnbench.sweep.estimate.pair_seconds`) — greedy,
+longest first, each into the bin with the least work so far — which is deterministic: the same
+pairs always give the same shards.
 
 Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
 ``attnbench.sweep``; never ``results``.
@@ -23,15 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from attnbench.case.problem import Problem
-from attnbench.case.work import dense_flops
+from attnbench.sweep.estimate import pair_seconds
 
 Pair = tuple[Problem, str]
-
-#: A pair's cost beyond its calls: a worker's start shared over its cases, the baseline's set-up,
-#: the accuracy check, the memory pass and the float64 reference on sampled rows.
-OVERHEAD_S = 2.0
-#: FLOP/s of a nominal device, to turn a case's work into seconds; only ratios matter.
-NOMINAL_FLOPS = 5e10
 
 
 @dataclass(frozen=True)
@@ -74,15 +69,6 @@ def group_of(case: Problem, impl: str) -> tuple[Any, ...]:
     return Failures.group({"impl": impl, **case.fields()})
 
 
-def predicted_seconds(case: Problem, budget: Mapping[str, float]) -> float:
-    """A pair's cost on a nominal device: the overhead, a few untimed calls (warm-up, accuracy
-    check, memory pass), and the timing of the implementation interleaved with its baseline
-    within the budget's bounds; never more than its three time budgets."""
-    call = dense_flops(case) / NOMINAL_FLOPS
-    timing = 2 * min(max(budget["min_time_s"], budget["min_repeats"] * call), budget["max_time_s"])
-    return min(OVERHEAD_S + 4 * call + timing, 3 * budget["timeout_s"])
-
-
 def split(pairs: Sequence[Pair], count: int, budget: Mapping[str, float]) -> list[list[Pair]]:
     """``pairs`` in ``count`` disjoint parts of about equal predicted cost, each in the suite's
     order; a case group is never divided."""
@@ -97,7 +83,7 @@ def assign(pairs: Sequence[Pair], count: int, budget: Mapping[str, float]) -> li
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, (case, impl) in enumerate(pairs):
         groups.setdefault(group_of(case, impl), []).append(i)
-    cost = {key: sum(predicted_seconds(pairs[i][0], budget) for i in members) for key, members in groups.items()}
+    cost = {key: sum(pair_seconds(pairs[i][0], budget) for i in members) for key, members in groups.items()}
     order = sorted(groups, key=lambda key: (-cost[key], groups[key][0]))  # longest first, then suite order
     loads = [0.0] * count
     owner: dict[int, int] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -280,3 +281,24 @@ def context(outcomes: list[Outcome]) -> list[dict[str, Any]]:
             }
         )  # fmt: skip
     return out
+
+
+def verdict_lines(path: Path) -> list[str]:
+    """A count of a report's declared ratios by verdict (from its ``tables/ratios.csv``), then one
+    line for each bound not shown met: what the command prints after the report."""
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    verdicts = table.drop_duplicates(["ratio", "machine"])
+    counts = verdicts["verdict"].value_counts()
+    order = ("met", "not met", "no data", "shown")
+    lines = ["ratios: " + ", ".join(f"{int(counts[v])} {v}" for v in order if v in counts)]
+    bounded = verdicts["bound"].astype(str).str.len() > 0
+    for row in verdicts[bounded & verdicts["verdict"].isin(["not met", "no data"])].to_dict("records"):
+        mine = table[(table["ratio"] == row["ratio"]) & (table["machine"] == row["machine"])]
+        values = mine["value"].dropna()
+        span = f"measured {values.min():.3g}–{values.max():.3g}" if len(values) else "no figure"
+        gaps = int(mine["value"].isna().sum())
+        span += f"; {gaps} case(s) not measured" if gaps else ""
+        lines.append(f"  {row['verdict']}: {row['ratio']} ({row['bound']}; {span})")
+    return lines
