@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="CONFIG", help="run the suite made from a model's config.json or preset")
     p.add_argument(
         "--max-minutes", type=float, metavar="M",
-        help="fit the run in M minutes: pairs expected past it are skipped, the most expensive first"
+        help="fit the run in M minutes: pairs expected past it are skipped, the largest sizes first"
         f" (default with --model: {MODEL_MINUTES:g}; 0: no limit)",
     )  # fmt: skip
     p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the suite (join: merge)")

@@ -46,24 +46,41 @@ def test_an_earlier_run_on_this_machine_is_the_prediction(tmp_path: Path) -> Non
     assert estimate.history(tmp_path, "m1", exclude=tmp_path / "old") == {}
 
 
-def test_the_forecast_scales_what_is_left_by_the_pace_of_what_ran() -> None:
-    pairs = [(Problem(seq_len=n), "naive") for n in (128, 256, 512, 1024)]
-    forecast = estimate.Forecast.of(pairs, [1.0, 2.0, 3.0, 4.0])
-    keys = list(forecast.left)
-    assert forecast.seconds_left(0.0) == 10.0
-    forecast.finish(keys[0])
-    forecast.finish(keys[1], ran=False)  # settled without a worker: no measure of pace
-    assert forecast.seconds_left(elapsed_s=2.0) == pytest.approx(7.0 * 2.0)  # took twice its prediction
-    # 7 s at pace 2 do not fit 6 s more: the most expensive pair (4 s) is the one left out
-    assert forecast.over(keys[3], elapsed_s=2.0, limit_s=8.0) == pytest.approx(8.0)
-    assert forecast.over(keys[2], elapsed_s=2.0, limit_s=8.0) is None
-    assert forecast.over(keys[3], elapsed_s=2.0, limit_s=100.0) is None
+def test_the_forecast_scales_uninformed_pairs_by_the_pace_of_what_ran() -> None:
+    pairs = [(Problem(seq_len=n, dtype=d), "naive") for n, d in ((128, "float32"), (128, "bfloat16"), (512, "float16"))]
+    forecast = estimate.Forecast.of(pairs, [1.0, 2.0, 3.0], BUDGET, {"naive": 2.0})
+    keys = list(forecast.pairs)
+    assert forecast.seconds_left() == 6.0
+    forecast.finish(keys[0], elapsed_s=2.0, call_ms=None)  # twice its plan, nothing measured of its call
+    assert forecast.seconds_left() == pytest.approx(2 * (2.0 + 3.0))
+    forecast.finish(keys[1], elapsed_s=None, call_ms=None, ran=False)  # settled without running: no pace
+    assert forecast.seconds_left() == pytest.approx(2 * 3.0)
+
+
+def test_a_measured_smaller_size_predicts_the_larger_ones_of_its_group() -> None:
+    sizes = (1024, 2048, 4096)
+    pairs = [(Problem(seq_len=n), "naive") for n in sizes] + [(Problem(seq_len=4096), "linear")]
+    forecast = estimate.Forecast.of(pairs, [100.0] * 4, BUDGET, {"naive": 2.0, "linear": 1.0})
+    keys = list(forecast.pairs)
+    forecast.finish(keys[0], elapsed_s=1.0, call_ms=10.0)  # 10 ms at 1K
+    # 40 ms at 2K and 160 ms at 4K (N^2); linear's pair keeps its plan
+    assert forecast.expected(keys[1]) == pytest.approx(estimate.pair_seconds(pairs[1][0], BUDGET, 0.04))
+    assert forecast.expected(keys[2]) == pytest.approx(estimate.pair_seconds(pairs[2][0], BUDGET, 0.16))
+    assert forecast.expected(keys[3]) == 100.0
+    # under a limit the most expensive pair left is the one left out, and a group's first size runs
+    assert forecast.over(keys[3], seconds_left=150.0) is None  # linear's first size runs while it fits
+    assert forecast.over(keys[3], seconds_left=50.0) == 100.0
+    forecast.finish(keys[3], elapsed_s=100.0, call_ms=5000.0)
+    assert forecast.over(keys[2], seconds_left=2.0) is not None
+    assert forecast.over(keys[1], seconds_left=5.0) is None
 
 
 def test_cut_leaves_out_the_most_expensive_first() -> None:
     assert estimate.cut([5.0, 1.0, 3.0, 1.0], limit_s=5.0) == {0}
     assert estimate.cut([5.0, 1.0, 3.0, 1.0], limit_s=1.5) == {0, 2, 1}
     assert estimate.cut([1.0, 1.0], limit_s=10.0) == set()
+    # with ranks (a pair's size among its group's), the largest sizes go first, however cheap
+    assert estimate.cut([5.0, 1.0, 3.0, 1.0], limit_s=8.0, rank=[0, 2, 1, 2]) == {1, 3}
 
 
 def _timed(n: int, ms: float) -> dict[str, object]:

@@ -183,6 +183,23 @@ def test_min_repeats_is_a_minimum_even_past_max_time() -> None:
     assert len(timing.impl.ms) == 7
 
 
+@pytest.mark.parametrize(("call_ms", "kept"), [(20.0, True), (0.05, False)])
+def test_a_slow_calls_sizing_call_is_its_first_sample_and_no_call_is_thrown_away(call_ms: float, kept: bool) -> None:
+    """After the warm-up, a call that alone makes a sample is timed once to size the repeats:
+    that timing is the first sample, so n samples of a slow call cost n calls, not n + 1."""
+    calls: list[str] = []
+
+    def fn() -> None:
+        calls.append("a")
+        _busy(call_ms)
+
+    timing = measure(fn, None, Clock(device("cpu")), min_time_s=0.0, max_time_s=0.03, min_repeats=7, warmup=1)
+    inner = timing.impl.inner
+    assert len(timing.impl.ms) == 7
+    assert len(calls) == 1 + 7 * inner + (0 if kept else 1)  # the warm-up, the samples (and a sizing call)
+    assert (inner == 1) == kept
+
+
 def test_measure_times_the_probe_beside_the_case() -> None:
     timing = measure(
         lambda: _busy(1.0), None, Clock(device("cpu")), probe=lambda: _busy(2.0), min_time_s=0.02, min_repeats=5

@@ -100,14 +100,20 @@ def inner_for(first_ms: float) -> int:
     return 1 if first_ms >= SAMPLE_MS else min(1000, math.ceil(SAMPLE_MS / max(first_ms, 1e-4)))
 
 
-def _start(clock: Clock, fn: Call, warmup: int, first_ms: float | None = None) -> Samples:
-    """Warm up and size the repeats, from a first call made here or already (``first_ms``)."""
+def _start(clock: Clock, fn: Call, warmup: int, first_ms: float | None = None, keep: bool = False) -> Samples:
+    """Warm up and size the repeats, from a first call made here or already (``first_ms``). With
+    ``keep`` (the implementation's, warmed up here or by the caller), a sizing call made here
+    that alone makes a sample (a call of :data:`SAMPLE_MS` or more) is the first sample rather
+    than a call thrown away; the loop then takes the baseline's and the probe's after it."""
+    sized_here = first_ms is None and keep
     if first_ms is None:
         for _ in range(warmup):
             fn()
         first_ms = clock.time(fn)
     samples = Samples(inner=inner_for(first_ms), spent_s=first_ms / 1e3)
     samples.last_s = first_ms * samples.inner / 1e3
+    if sized_here and samples.inner == 1:
+        samples.ms.append(first_ms)
     return samples
 
 
@@ -128,6 +134,7 @@ def measure(
     on_switch: Callable[[str], None] | None = None,
 ) -> Timing:
     """Warm up, then time ``fn``, ``baseline`` and ``probe`` alternately (see the module).
+    ``warmup`` calls of ``fn`` come first (0: the caller has made its warm-up call already).
 
     The baseline (warmed up already, in ``baseline_spent_s``, when ``baseline_first_ms`` gives its
     first call) is sampled like the implementation — ``min_repeats`` samples, then until
@@ -136,7 +143,7 @@ def measure(
     ``on_switch("baseline")`` is called before each baseline call and ``on_switch("impl")`` after
     it, so that the worker's runner knows whose call a hang or a crash happened in."""
     switch = on_switch or (lambda callee: None)
-    impl = _start(clock, fn, warmup)
+    impl = _start(clock, fn, warmup, keep=True)
     base: Samples | None = None
     error = ""
     if baseline is not None:
@@ -150,8 +157,11 @@ def measure(
     if base is not None and baseline_spent_s:
         base.spent_s = baseline_spent_s
     machine = _start(clock, probe, 0) if probe is not None else None
+    sampled = bool(impl.ms)  # the sizing call was the first sample: the baseline's and the probe's follow it
     while True:
-        impl.take(clock, fn)
+        if not sampled:
+            impl.take(clock, fn)
+        sampled = False
         wanted = base is not None and (len(base.ms) < min_repeats or base.spent_s < max_time_s)
         if baseline is not None and base is not None and wanted and base.fits(baseline_budget_s):
             try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,14 @@ def ceilings_of(calibration: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str
     return {(str(c.get("device")), str(c.get("dtype"))): (c.get("gflops"), c.get("gbps")) for c in calibration}
 
 
-def cut(predicted: Sequence[float], limit_s: float) -> set[int]:
-    """The pairs (indices) left out so that the rest is predicted to fit ``limit_s``: the most
-    expensive first, so that the plan keeps as many pairs as it can."""
+def cut(predicted: Sequence[float], limit_s: float, rank: Sequence[int] | None = None) -> set[int]:
+    """The pairs (indices) left out so that the rest is predicted to fit ``limit_s``: the highest
+    ``rank`` first (a pair's size among its group's: every group then keeps its smaller sizes, as
+    far as the limit allows), and within a rank the most expensive first."""
     total = sum(predicted)
+    ranks = rank if rank is not None else [0] * len(predicted)
     out: set[int] = set()
-    for i in sorted(range(len(predicted)), key=lambda i: -predicted[i]):
+    for i in sorted(range(len(predicted)), key=lambda i: (-ranks[i], -predicted[i])):
         if total <= limit_s:
             break
         out.add(i)
@@ -127,38 +129,103 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def grown_call(
+    measured: Iterable[tuple[int, int, float]], seq_len: int, kv_len: int, growth: float | None
+) -> tuple[tuple[int, int, float], float] | None:
+    """A call at ``(seq_len, kv_len)`` predicted from the largest smaller ``(seq_len, kv_len,
+    call)`` measured, grown as ``(seq_len · kv_len)^(growth / 2)`` (``N^growth`` when both grow
+    together): ``(that measurement, the predicted call)``; None without a growth or a smaller size."""
+    smaller = [m for m in measured if m[0] <= seq_len and m[1] <= kv_len]
+    if not growth or not smaller:
+        return None
+    base = max(smaller, key=lambda m: m[0] * m[1])
+    return base, base[2] * ((seq_len * kv_len) / (base[0] * base[1])) ** (growth / 2)
+
+
+def group_of(case: Problem, impl: str) -> tuple[Any, ...]:
+    """The pairs one measurement informs: one implementation, every case field but the lengths
+    (the group of :class:`attnbench.sweep.jobs.Failures`)."""
+    return tuple(v for k, v in {"impl": impl, **case.fields()}.items() if k not in ("seq_len", "kv_len"))
+
+
 @dataclass
 class Forecast:
-    """The time left of a sweep: the unfinished pairs' predictions, scaled by the wall time the
-    finished ones took over what they were predicted to take (so a parallel executor's pace, and
-    a machine slower than predicted, are read off the run itself)."""
+    """The time left of a sweep. A pair whose group (:func:`group_of`) has a smaller size done is
+    predicted from that size's measured call, grown as its implementation declares; any other
+    pair keeps its plan prediction, scaled by how the finished uninformed pairs' time compared
+    with theirs (so a machine slower than its calibration suggests is read off the run itself)."""
 
-    left: dict[tuple[Any, ...], float]
-    predicted_done_s: float = 0.0
+    pairs: dict[tuple[Any, ...], Pair]
+    planned: dict[tuple[Any, ...], float]
+    budget: Mapping[str, float]
+    growth: Mapping[str, float | None]
+    measured: dict[tuple[Any, ...], list[tuple[int, int, float]]] = field(default_factory=dict)
+    rank: dict[tuple[Any, ...], int] = field(default_factory=dict)  # a pair's size among its group's, from 0
+    planned_done_s: float = 0.0
+    spent_done_s: float = 0.0
 
     @classmethod
-    def of(cls, pairs: Sequence[Pair], predicted: Sequence[float]) -> Forecast:
+    def of(
+        cls,
+        pairs: Sequence[Pair],
+        predicted: Sequence[float],
+        budget: Mapping[str, float],
+        growth: Mapping[str, float | None] | None = None,
+    ) -> Forecast:
         keys = [record_key({"impl": impl, **case.fields()}) for case, impl in pairs]
-        return cls(dict(zip(keys, predicted, strict=True)))
+        sizes: dict[tuple[Any, ...], set[tuple[int, int]]] = {}
+        for case, impl in pairs:
+            sizes.setdefault(group_of(case, impl), set()).add((case.seq_len, case.kv_len))
+        rank = {
+            key: sorted(sizes[group_of(case, impl)], key=lambda s: s[0] * s[1]).index((case.seq_len, case.kv_len))
+            for key, (case, impl) in zip(keys, pairs, strict=True)
+        }
+        planned = dict(zip(keys, predicted, strict=True))
+        return cls(dict(zip(keys, pairs, strict=True)), planned, budget, growth or {}, rank=rank)
 
-    def finish(self, key: tuple[Any, ...], ran: bool = True) -> None:
-        """A pair is done; ``ran`` False: it was settled without running (its time is not a measure)."""
-        predicted = self.left.pop(key, 0.0)
-        self.predicted_done_s += predicted if ran else 0.0
+    def finish(self, key: tuple[Any, ...], elapsed_s: float | None, call_ms: float | None, ran: bool = True) -> None:
+        """A pair is done: its seconds (``elapsed_s``) and its call (``call_ms``) when it ran."""
+        pair = self.pairs.pop(key, None)
+        planned = self.planned.pop(key, 0.0)
+        if pair is None or not ran:
+            return
+        case, impl = pair
+        if call_ms:
+            self.measured.setdefault(group_of(case, impl), []).append((case.seq_len, case.kv_len, call_ms / 1e3))
+        elif not self._informed(case, impl) and elapsed_s:
+            self.planned_done_s += planned
+            self.spent_done_s += elapsed_s
 
-    def pace(self, elapsed_s: float) -> float:
-        """Measured over predicted, so far (1 before anything ran)."""
-        return elapsed_s / self.predicted_done_s if self.predicted_done_s > 0 and elapsed_s > 0 else 1.0
+    def _informed(self, case: Problem, impl: str) -> float | None:
+        """The pair's seconds predicted from a smaller size of its group measured in this run."""
+        measured = self.measured.get(group_of(case, impl), [])
+        found = grown_call(measured, case.seq_len, case.kv_len, self.growth.get(impl))
+        return None if found is None else pair_seconds(case, self.budget, found[1])
 
-    def seconds_left(self, elapsed_s: float) -> float:
-        return sum(self.left.values()) * self.pace(elapsed_s)
+    def pace(self) -> float:
+        """Measured over planned, for the pairs no measurement informed (1 before any ran)."""
+        return self.spent_done_s / self.planned_done_s if self.planned_done_s > 0 else 1.0
 
-    def over(self, key: tuple[Any, ...], elapsed_s: float, limit_s: float) -> float | None:
+    def expected(self, key: tuple[Any, ...]) -> float:
+        case, impl = self.pairs[key]
+        informed = self._informed(case, impl)
+        return informed if informed is not None else self.planned[key] * self.pace()
+
+    def seconds_left(self) -> float:
+        return sum(self.expected(k) for k in self.pairs)
+
+    def over(self, key: tuple[Any, ...], seconds_left: float) -> float | None:
         """The pair's expected seconds when it is among those left out so that the rest fits
-        ``limit_s`` of wall (:func:`cut`, most expensive first); None when it runs."""
-        if key not in self.left:
+        ``seconds_left`` (:func:`cut`: the largest sizes of every group first); None when it runs.
+        The first size of a group is run while it fits the time left, so that its group's later
+        sizes are predicted from a measurement rather than from the plan alone."""
+        if key not in self.pairs:
             return None
-        pace = self.pace(elapsed_s)
-        keys = list(self.left)
-        dropped = cut([self.left[k] * pace for k in keys], max(0.0, limit_s - elapsed_s))
-        return self.left[key] * pace if keys.index(key) in dropped else None
+        keys = list(self.pairs)
+        expected = [self.expected(k) for k in keys]
+        mine = expected[keys.index(key)]
+        case, impl = self.pairs[key]
+        if group_of(case, impl) not in self.measured and mine <= seconds_left:
+            return None
+        ranks = [self.rank.get(k, 0) for k in keys]
+        return mine if keys.index(key) in cut(expected, max(0.0, seconds_left), ranks) else None

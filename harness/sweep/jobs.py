@@ -18,6 +18,7 @@ from attnbench.case.keys import CASE_KEYS
 from attnbench.case.status import BUDGET_FAILURES, Status
 from attnbench.measure import steps
 from attnbench.measure.records import Record
+from attnbench.sweep.estimate import grown_call
 from attnbench.sweep.workers import Budgets, WorkerDied, WorkerFailure, WorkerPool, WorkerStartError, WorkerTimeout
 
 if TYPE_CHECKING:
@@ -59,18 +60,16 @@ class Failures:
         return None
 
     def predicted(self, row: dict[str, Any], time_growth: float | None, budget: dict[str, float]) -> str | None:
-        """Why a pair is not run: its call time predicted from the largest smaller size of its
-        group measured so far, grown as ``(seq_len · kv_len)^(time_growth / 2)`` (``N^growth`` when
-        both grow together), times the calls its budget must hold at least (a first call, the
-        timing's sizing call and ``min_repeats`` samples, the judged call and the memory pass),
-        is over :data:`PREDICTION_MARGIN` times its timeout. None: run it."""
-        if not time_growth:
+        """Why a pair is not run: its call predicted from the largest smaller size of its group
+        measured so far, grown as the implementation declares (:func:`~attnbench.sweep.estimate.
+        grown_call`), times the calls its budget must hold at least (a first call, the timing's
+        sizing call and ``min_repeats`` samples, the judged call and the memory pass), is over
+        :data:`PREDICTION_MARGIN` times its timeout. None: run it."""
+        found = grown_call(self.timed.get(self.group(row), []), row["seq_len"], row["kv_len"], time_growth)
+        if found is None:
             return None
-        smaller = [t for t in self.timed.get(self.group(row), []) if t[0] <= row["seq_len"] and t[1] <= row["kv_len"]]
-        if not smaller:
-            return None
-        n, nk, ms = max(smaller, key=lambda t: t[0] * t[1])
-        call_s = ms / 1e3 * ((row["seq_len"] * row["kv_len"]) / (n * nk)) ** (time_growth / 2)
+        (n, nk, ms), call_s = found
+        call_s /= 1e3
         calls = int(budget.get("min_repeats", 5)) + 4
         if calls * call_s <= PREDICTION_MARGIN * budget["timeout_s"]:
             return None

@@ -233,8 +233,12 @@ class Runner:
                             self.unavailable[(impl, case.device)] = record.reason
                         if self.forecast is not None:
                             ran = record.status not in (Status.UNAVAILABLE, Status.UNSUPPORTED, Status.SKIPPED)
-                            self.forecast.finish(record_key(record.as_dict()), ran)
-                            progress.left_s = self.forecast.seconds_left(time.perf_counter() - self.sweep_started)
+                            key = record_key(record.as_dict())
+                            self.forecast.finish(key, record.elapsed_s, record.time_ms, ran)
+                            elapsed = time.perf_counter() - self.sweep_started
+                            # under a limit, the pairs expected past it are skipped: never more than it leaves
+                            left = self.forecast.seconds_left()
+                            progress.left_s = max(0.0, min(left, self.limit_s - elapsed))
                         progress.finish(case.label(), record.as_dict())
 
                     def started(case: Case, impl: str) -> None:
@@ -266,7 +270,8 @@ class Runner:
         for i, (_, impl) in enumerate(todo):
             if not self.catalog.get(impl).get("available", True):
                 predicted[i] = 0.0  # recorded unavailable without a worker
-        self.forecast = estimate.Forecast.of(todo, predicted)
+        growth = {impl: self.catalog.get(impl).get("time_growth") for impl in {impl for _, impl in todo}}
+        self.forecast = estimate.Forecast.of(todo, predicted, self.suite.budget, growth)
         self.sweep_started = time.perf_counter()
         expected = sum(predicted)
         measured = sum(1 for case, impl in todo if record_key({"impl": impl, **case.fields()}) in known)
@@ -276,7 +281,7 @@ class Runner:
             # the sweep ends 5% before the limit, leaving the rest for the paired timings and the report
             self.limit_s = 0.95 * self.max_minutes * 60 - (self.sweep_started - begun)
             if expected > self.limit_s:
-                line += f"; --max-minutes {self.max_minutes:g}: the most expensive pairs will be skipped to fit"
+                line += f"; --max-minutes {self.max_minutes:g}: the largest sizes will be skipped to fit"
         plan = {"pairs": len(todo), "expected_s": expected, "max_minutes": self.max_minutes}
         info.setdefault("plans", []).append(plan)
         if self.show_progress:
@@ -327,7 +332,7 @@ class Runner:
                 return outcome(Status.SKIPPED, why)
         if self.forecast is not None and self.limit_s < float("inf"):
             elapsed = time.perf_counter() - self.sweep_started
-            expected = self.forecast.over(record_key({"impl": name, **fields}), elapsed, self.limit_s)
+            expected = self.forecast.over(record_key({"impl": name, **fields}), self.limit_s - elapsed)
             if expected is not None:
                 why = (f"not run: expected {expected:.0f} s, and the plan's --max-minutes {self.max_minutes:g} leaves"
                        f" {max(0.0, self.limit_s - elapsed):.0f} s of sweep for the pairs left")  # fmt: skip
