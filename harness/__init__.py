@@ -9,9 +9,26 @@ Layer ``top``: may import any room.
 
 from __future__ import annotations
 
+from typing import Any
+
+#: The plugin API, read from :mod:`attnbench.api` on first use (PyTorch is imported then, not by
+#: ``import attnbench``: the command starts its worker before importing it). A test holds this
+#: list equal to ``attnbench.api.__all__``.
+__all__ = [
+    "REGISTRY", "Availability", "BlockLayout", "FunctionImplementation", "Growth", "Implementation", "Pattern",
+    "Problem", "Registry", "__version__", "load_registry", "load_results", "register",
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from attnbench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'attnbench' has no attribute {name!r}")
+
+
 if __name__ == "attnbench":
-    from attnbench.api import *  # noqa: F403
-    from attnbench.api import __all__, __version__  # noqa: F401
     from attnbench.plugins.legacy import install as _install_legacy_alias
 
     _install_legacy_alias()

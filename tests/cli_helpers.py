@@ -7,7 +7,7 @@ import sys
 
 
 def attnbench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python -m attnbench.cli ARGS`` in a subprocess, output captured."""
+    """``python -m attnbench ARGS`` (the installed command) in a subprocess, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "attnbench.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -24,7 +24,7 @@ from attnbench.case.status import STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOMS = ("case", "plugins", "measure", "sweep", "results")
-TOP = len(ROOMS)  # the command line, the public API and the package's own __init__
+TOP = len(ROOMS)  # the command line (and its entry point), the public API and the package's own __init__
 IMPLEMENTATIONS = 2.5  # above measure, below sweep
 SENTENCE = {
     "case": "Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.",
@@ -81,7 +81,7 @@ def graph(modules: dict[str, Path]) -> dict[str, set[str]]:
 
 def rank(name: str) -> float:
     parts = name.split(".")
-    if len(parts) == 1 or parts[1] in ("cli", "api"):
+    if len(parts) == 1 or parts[1] in ("cli", "api", "launch", "__main__"):
         return TOP
     if parts[1] == "implementations":
         return IMPLEMENTATIONS

@@ -151,7 +151,7 @@ def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     suite = tmp_path / "slow.toml"
     suite.write_text(SLOW_SUITE)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--plugin", str(PLUGIN), "--out", str(out)]
+    cmd = [sys.executable, "-m", "attnbench", "run", str(suite), "--plugin", str(PLUGIN), "--out", str(out)]
     runner = subprocess.Popen([*cmd, "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
@@ -221,7 +221,7 @@ def test_a_calibration_cache_reuses_this_hosts_measurement_and_says_so(tmp_path:
 
     def calibration(out: str, env_value: str) -> list[dict[str, Any]]:
         env = {**os.environ, "ATTNBENCH_CALIBRATION_CACHE": env_value}
-        cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--plugin", str(PLUGIN)]
+        cmd = [sys.executable, "-m", "attnbench", "run", str(suite), "--plugin", str(PLUGIN)]
         proc = subprocess.run([*cmd, "--out", str(tmp_path / out), "--no-report"], env=env, capture_output=True,
                               text=True, timeout=300, check=False)  # fmt: skip
         assert proc.returncode == 0, proc.stderr

@@ -74,7 +74,7 @@ def test_a_ray_sweep_killed_and_resumed_has_one_record_per_pair_with_a_local_run
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     out = tmp_path / "ray"
-    cmd = [sys.executable, "-m", "attnbench.cli", "run", str(TINY), "--plugin", str(plugin), "--out", str(out)]
+    cmd = [sys.executable, "-m", "attnbench", "run", str(TINY), "--plugin", str(plugin), "--out", str(out)]
     cmd += ["--executor", "ray", "--address", cluster, "--no-report"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -155,7 +155,7 @@ def test_a_killed_ray_worker_ends_as_crashed_and_the_sweep_goes_on(cluster: str,
     (tmp_path / "killable.py").write_text(KILLABLE)
     (tmp_path / "killed.toml").write_text(KILL_SUITE)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "attnbench.cli", "run", str(tmp_path / "killed.toml"), "--out", str(out)]
+    cmd = [sys.executable, "-m", "attnbench", "run", str(tmp_path / "killed.toml"), "--out", str(out)]
     cmd += ["--plugin", str(tmp_path / "killable.py"), "--executor", "ray", "--address", cluster, "--no-report"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed: dict[str, int] = {}

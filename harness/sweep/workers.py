@@ -12,6 +12,7 @@ Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``)
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -118,7 +119,11 @@ class Budgets:
 class Worker:
     """One worker process and its two pipes."""
 
-    def __init__(self, plugins: list[str], log: Path | None = None, start_timeout: float = START_TIMEOUT_S) -> None:
+    def __init__(
+        self, plugins: list[str], log: Path | None = None, start_timeout: float = START_TIMEOUT_S, wait: bool = True
+    ) -> None:
+        self.plugins = list(plugins)
+        self.start_timeout = start_timeout
         jobs_r, self._jobs_w = os.pipe()
         self._answers_r, answers_w = os.pipe()
         env = {**os.environ, **WORKER_ENV}
@@ -135,17 +140,28 @@ class Worker:
         os.close(jobs_r)
         os.close(answers_w)
         self._buffer = b""
+        self._started_at = time.monotonic()
+        self.ready = False
+        self._where = log
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for the worker's hello (within its start timeout, counted from its start)."""
+        if self.ready:
+            return
         try:
-            hello = self._read(time.monotonic() + start_timeout)
+            hello = self._read(self._started_at + self.start_timeout)
         except WorkerTimeout:
             self.kill()
-            raise WorkerStartError(f"the worker did not become ready within {start_timeout:g} s") from None
+            raise WorkerStartError(f"the worker did not become ready within {self.start_timeout:g} s") from None
         except WorkerDied as exc:
             self.kill()
-            raise WorkerStartError(f"the worker failed to start ({exc.reason}); see {log}") from None
+            raise WorkerStartError(f"the worker failed to start ({exc.reason}); see {self._where}") from None
         if not hello.get("ready"):
             self.kill()
             raise WorkerStartError(str(hello.get("failure") or hello))
+        self.ready = True
 
     @property
     def pid(self) -> int:
@@ -209,6 +225,35 @@ class Worker:
             self._log = None
 
 
+#: A worker started before the command's own imports (:func:`start_early`), for the first pool
+#: that asks for one with the same plugins.
+_EARLY: list[Worker] = []
+
+
+def start_early(plugins: list[str]) -> None:
+    """Start a worker now, without waiting for it: the command imports PyTorch and reads its
+    suite on one core while the worker imports PyTorch and loads the plugins on the other. One
+    no pool adopts is stopped when the command exits."""
+    if not _EARLY:
+        atexit.register(_stop_early)
+    _EARLY.append(Worker(plugins, wait=False))
+
+
+def _stop_early() -> None:
+    while _EARLY:
+        _EARLY.pop().kill()
+
+
+def _adopt(plugins: list[str], log: Path | None) -> Worker | None:
+    """The early worker, when it serves these plugins and writes nowhere else (else it is stopped)."""
+    while _EARLY:
+        worker = _EARLY.pop()
+        if worker.plugins == list(plugins) and log is None and worker.proc.poll() is None:
+            return worker
+        worker.kill()
+    return None
+
+
 class WorkerPool:
     """At most one live worker, reused across jobs and replaced after any failure."""
 
@@ -221,11 +266,17 @@ class WorkerPool:
         self.start_s = 0.0  # seconds spent starting workers, until each said it was ready
 
     def get(self) -> Worker:
+        if self.worker is None and (early := _adopt(self.plugins, self.log)) is not None:
+            self.worker, self.started = early, self.started + 1
         if self.worker is None or self.worker.proc.poll() is not None:
-            began = time.perf_counter()
-            self.worker = Worker(self.plugins, self.log, self.start_timeout)
-            self.start_s += time.perf_counter() - began
+            self.worker = Worker(self.plugins, self.log, self.start_timeout, wait=False)
             self.started += 1
+        if not self.worker.ready:
+            began = time.perf_counter()
+            try:
+                self.worker.wait_ready()
+            finally:
+                self.start_s += time.perf_counter() - began
         return self.worker
 
     def set_log(self, path: Path) -> None:
