@@ -234,10 +234,28 @@ def test_a_calibration_cache_reuses_this_hosts_measurement_and_says_so(tmp_path:
     assert second["reused"] == first["measured_at"] and second["gflops"] == first["gflops"]
 
 
-def test_without_the_variable_no_calibration_cache_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnbench.sweep.calibration_cache import ENV, CalibrationCache
+def test_the_calibration_cache_is_this_hosts_by_default_recent_only_and_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    from attnbench.sweep.calibration_cache import ENV, MAX_AGE_S, CalibrationCache
 
     monkeypatch.delenv(ENV, raising=False)
-    assert CalibrationCache.from_env() is None
-    monkeypatch.setenv(ENV, "  ")
-    assert CalibrationCache.from_env() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = CalibrationCache.from_env()
+    assert cache is not None and cache.path == tmp_path / "attnbench" / "calibration.json"
+    key = {"host": "h", "torch": "2.13.0", "device": "cpu", "dtype": "float32", "requested_threads": 2}
+    fresh = dt.datetime.now(dt.UTC).astimezone().isoformat(timespec="seconds")
+    stale = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=MAX_AGE_S + 60)).isoformat(timespec="seconds")
+    cache.add({**key, "gflops": 100.0, "measured_at": stale})
+    assert cache.find(**key) is None  # older than a day: measured again
+    cache.add({**key, "gflops": 120.0, "measured_at": fresh})
+    found = cache.find(**key)
+    assert found is not None and found["gflops"] == 120.0
+    assert cache.find(**{**key, "requested_threads": 1}) is None
+    for off in ("off", "  ", "0"):
+        monkeypatch.setenv(ENV, off)
+        assert CalibrationCache.from_env() is None
+    monkeypatch.setenv(ENV, str(tmp_path / "mine.json"))
+    assert CalibrationCache.from_env().path == tmp_path / "mine.json"  # type: ignore[union-attr]

@@ -1,13 +1,16 @@
 """A run's calibrations: measured on a worker (:func:`measure`, :func:`calibrate_run`), or reused
-across runs when asked to (``ATTNBENCH_CALIBRATION_CACHE``).
+from this host's calibration cache.
 
-Every run measures the matrix-product peak and the bandwidth of each (device, dtype, threads) it
-sweeps: about two seconds each on a two-core CPU. Many short runs in a row (a test suite, a
-sweep split into many small suites) spend much of their time there. With the environment
-variable set to a file, a run takes this host's entry for the same device, dtype, thread count
-and PyTorch version from that file, labelled ``reused`` with the time it was measured, and adds
-what it measures itself. The figures stay measured: on this host, by this PyTorch, at the time
-shown in the run's ``run.json``. Unset (the default), nothing is read or written.
+Every run needs the matrix-product peak and the bandwidth of each (device, dtype, threads) it
+sweeps: about two seconds each to measure on a two-core CPU, which many short runs in a row (a
+test suite, a sweep split into small suites) would spend again and again. So a run takes this
+host's entry for the same device, dtype, thread count and PyTorch version from a cache file when
+it was measured within :data:`MAX_AGE_S`, labelled ``reused`` with the time it was measured, and
+stores what it measures itself. The figures stay measured: on this host, by this PyTorch, at the
+time shown in the run's ``run.json``, and the probe timed beside each case still sets the
+ceiling when the machine is faster now. The file is ``$XDG_CACHE_HOME/attnbench/calibration.json``
+(``~/.cache`` without the variable), or the path in ``ATTNBENCH_CALIBRATION_CACHE``; that
+variable set to ``off`` (or empty) makes every run measure and store nothing.
 
 Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
 ``attnbench.sweep``; never ``results``.
@@ -15,7 +18,9 @@ Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``)
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -25,6 +30,17 @@ from typing import Any
 from attnbench.sweep.workers import WorkerFailure, WorkerPool
 
 ENV = "ATTNBENCH_CALIBRATION_CACHE"
+#: An entry older than this is measured again (a day: a machine's ceilings drift with its
+#: kernel, its firmware and its neighbours).
+MAX_AGE_S = 24 * 3600.0
+
+
+def default_path() -> Path:
+    """Where the cache lives unless ``ATTNBENCH_CALIBRATION_CACHE`` says otherwise."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base) / "attnbench" / "calibration.json"
+
+
 KEY_FIELDS = ("host", "torch", "device", "dtype", "requested_threads")
 
 
@@ -36,8 +52,12 @@ class CalibrationCache:
 
     @classmethod
     def from_env(cls) -> CalibrationCache | None:
-        value = os.environ.get(ENV, "").strip()
-        return cls(Path(value)) if value else None
+        """The cache this process uses: the default file, the variable's path, or None (``off``)."""
+        value = os.environ.get(ENV)
+        if value is None:
+            return cls(default_path())
+        value = value.strip()
+        return cls(Path(value)) if value and value.lower() not in ("off", "0", "none") else None
 
     def _entries(self) -> list[dict[str, Any]]:
         try:
@@ -54,7 +74,7 @@ class CalibrationCache:
         """The entry measured for ``key`` (the :data:`KEY_FIELDS`), or None."""
         wanted = tuple(key.get(k) for k in KEY_FIELDS)
         for entry in self._entries():
-            if self._key(entry) == wanted and entry.get("gflops"):
+            if self._key(entry) == wanted and entry.get("gflops") and _age_s(entry) <= MAX_AGE_S:
                 return dict(entry)
         return None
 
@@ -66,6 +86,17 @@ class CalibrationCache:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump([*kept, entry], out, indent=1)
         os.replace(tmp, self.path)
+
+
+def _age_s(entry: dict[str, Any]) -> float:
+    """Seconds since the entry was measured (infinite when it does not say when)."""
+    try:
+        when = dt.datetime.fromisoformat(str(entry.get("measured_at")))
+    except ValueError:
+        return math.inf
+    if when.tzinfo is None:
+        return math.inf
+    return (dt.datetime.now(dt.UTC) - when).total_seconds()
 
 
 def measure(pool: WorkerPool, where: str, dtype: str, threads: int) -> dict[str, Any]:
@@ -88,7 +119,7 @@ def calibrate_run(
     stamp: Callable[[], str],
 ) -> None:
     """Add to ``info["calibration"]`` each (device, dtype, threads) of ``wanted`` that this host has
-    not measured yet: from the cache where one is set and holds it (labelled ``reused``), else
+    not measured yet: from the cache where it holds a recent one (labelled ``reused``), else
     measured on ``pool_for(device)`` (and stored in the cache when it succeeded)."""
     mine = [c for c in info["calibration"] if c.get("host", host) == host]
     have = {(c["device"], c["dtype"], c["requested_threads"]) for c in mine}
