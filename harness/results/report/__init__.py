@@ -119,16 +119,13 @@ def draw(data: ReportData, folder: Path, baseline: str) -> dict[str, list[Plot]]
         empty = ("time", "memory", "throughput", "speedup", "bandwidth", "bars", "pareto", "heatmaps")
         return {k: [] for k in (*empty, "curves", "maps", "toy", "fidelity_pareto")}
     painter = Painter(data, folder, baseline)
-    try:
-        plots = {m: painter.by_length(m) for m in ("time", "memory", "throughput", "speedup", "bandwidth")}
-        plots["bars"] = painter.bars()
-        plots["pareto"] = painter.pareto()
-        plots["heatmaps"] = draw_heatmaps(painter)
-        drawn = fidelity.draw(painter)
-        plots.update(curves=drawn["curves"], maps=drawn["maps"], toy=drawn["toy"], fidelity_pareto=drawn["pareto"])
-        return {kind: painter.finish(made) for kind, made in plots.items()}
-    finally:
-        painter.close()
+    plots = {metric: painter.by_length(metric) for metric in ("time", "memory", "throughput", "speedup", "bandwidth")}
+    plots["bars"] = painter.bars()
+    plots["pareto"] = painter.pareto()
+    plots["heatmaps"] = draw_heatmaps(painter)
+    drawn = fidelity.draw(painter)
+    plots.update(curves=drawn["curves"], maps=drawn["maps"], toy=drawn["toy"], fidelity_pareto=drawn["pareto"])
+    return plots
 
 
 def notes(data: ReportData, fits: pd.DataFrame) -> list[str]:
