@@ -84,7 +84,10 @@ def _scores(qg: Tensor, k: Tensor, c0: int, c1: int, allowed: Tensor, problem: P
     return s.masked_fill(~keep, float("-inf"))
 
 
-def _statistics(q: Tensor, k: Tensor, problem: Problem, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+Statistics = tuple[Tensor, Tensor, Tensor, Tensor]  # grouped rows, their mask, row maxima, exp-sums
+
+
+def _statistics(q: Tensor, k: Tensor, problem: Problem, rows: Tensor) -> Statistics:
     """Grouped rows, their mask, and each row's score maximum and exp-sum over every allowed key."""
     qg = _grouped(q, problem, rows)  # [B, Hkv, G·R, D]
     allowed = problem.pattern.mask(problem.seq_len, problem.kv_len, rows=rows)  # [R, Nk]
@@ -123,12 +126,13 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: T
 
 
 def softmax_attention_terms(
-    q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None
+    q: Tensor, k: Tensor, v: Tensor, problem: Problem, rows: Tensor | None = None, stats: Statistics | None = None
 ) -> tuple[Tensor, Tensor]:
     """The output and the magnitude of the terms it sums, ``P |V|`` (both ``[B, H, R, D]``):
-    what a reordered sum's rounding error is proportional to (:mod:`attnbench.measure.accuracy`)."""
+    what a reordered sum's rounding error is proportional to (:mod:`attnbench.measure.accuracy`).
+    ``stats``: the rows' :func:`_statistics`, when the caller has them already."""
     picked = _rows(problem, rows)
-    qg, allowed, m, total = _statistics(q, k, problem, picked)
+    qg, allowed, m, total = stats if stats is not None else _statistics(q, k, problem, picked)
     out = torch.zeros((*qg.shape[:-1], v.shape[-1]), dtype=torch.float64)  # [B, Hkv, G·R, Dv]
     terms = torch.zeros_like(out)
     for c0, c1 in _chunks(problem, len(picked)):
@@ -166,8 +170,9 @@ def softmax_attention_grads(
     ``dS = P ⊙ (dP − rowsum(dO ⊙ O))``, ``dQ = dS K · scale``, ``dK = dSᵀ Q · scale``, chunk by
     chunk of keys."""
     picked = _rows(problem, rows)
-    out, out_terms = softmax_attention_terms(q, k, v, problem, picked)  # [B, H, R, D]
-    qg, allowed, m, total = _statistics(q, k, problem, picked)
+    stats = _statistics(q, k, problem, picked)  # one pass over the keys, shared by the output and the gradients
+    out, out_terms = softmax_attention_terms(q, k, v, problem, picked, stats)  # [B, H, R, D]
+    qg, allowed, m, total = stats
     b, hkv = problem.batch, problem.kv_heads
     do = dout.detach().to("cpu", torch.float64).reshape(b, hkv, -1, dout.shape[-1])  # [B, Hkv, G·R, D]
     og = out.reshape(b, hkv, -1, out.shape[-1])  # [B, Hkv, G·R, D]
