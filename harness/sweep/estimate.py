@@ -1,12 +1,13 @@
 """How long a pair, and a run, is expected to take: the plan's duration before it starts, the
 progress line's time left, the balance of shards and the cut of a ``--max-minutes`` plan.
 
-A pair's call is predicted from the case's work against this machine's measured ceilings: the
-FLOPs of its pattern over the calibrated matrix-product rate, or its compulsory bytes over the measured
-bandwidth (a decode step), whichever is longer, at :data:`EFFICIENCY` of the ceiling. The pair
-then costs its fixed :data:`OVERHEAD_S`, a few untimed calls (the first call, the judged call,
-the memory pass, the reference on sampled rows) and its timing, the implementation and its
-baseline interleaved within the budget's bounds — never more than its three time budgets.
+A pair's call is predicted from the case's work against this machine's measured ceilings: its
+dense FLOPs (a closed form: counting a sparse pattern's pairs takes seconds at 128K tokens, and a
+prediction need not) over the calibrated matrix-product rate, or its compulsory bytes over the
+measured bandwidth (a decode step), whichever is longer, at :data:`EFFICIENCY` of the ceiling.
+The pair then costs its fixed :data:`OVERHEAD_S`, a few untimed calls (the first call, the
+judged call, the memory pass, the reference on sampled rows) and its timing, the implementation
+and its baseline interleaved within the budget's bounds — never more than its three time budgets.
 
 Where earlier runs on this machine (same machine id) measured the same pair, its recorded
 ``elapsed_s`` is the prediction instead. While a run goes on, :class:`Forecast` scales what is
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.case.problem import Problem
-from attnbench.case.work import io_bytes, softmax_flops
+from attnbench.case.work import dense_flops, io_bytes
 from attnbench.measure.records import record_key
 
 Pair = tuple[Problem, str]
@@ -40,13 +41,13 @@ UNTIMED_CALLS = 6
 #: FLOP/s of a nominal device, when no calibration is known; only ratios matter then.
 NOMINAL_FLOPS = 5e10
 #: The share of a measured ceiling a typical implementation's call reaches: the median of the
-#: recorded ``quick`` run's ok records (its pattern's FLOPs over the calibrated rate) is 0.26.
+#: recorded ``quick`` run's ok records (their dense FLOPs over the calibrated rate) is 0.26.
 EFFICIENCY = 0.25
 
 
 def call_seconds(case: Problem, gflops: float | None = None, gbps: float | None = None) -> float:
     """One call's predicted time: FLOPs over the compute rate, or bytes over the bandwidth."""
-    flops_s = softmax_flops(case) / ((gflops * 1e9 if gflops else NOMINAL_FLOPS) * EFFICIENCY)
+    flops_s = dense_flops(case) / ((gflops * 1e9 if gflops else NOMINAL_FLOPS) * EFFICIENCY)
     bytes_s = io_bytes(case) / (gbps * 1e9 * EFFICIENCY) if gbps else 0.0
     return max(flops_s, bytes_s)
 
