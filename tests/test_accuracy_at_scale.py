@@ -61,6 +61,7 @@ class KeyGradientFivePercentWrong(_SDPA):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.slow
 def test_a_softmax_scale_five_percent_wrong_is_inaccurate_at_n8192(dtype: str, causal: bool) -> None:
     problem = Problem(batch=1, heads=8, seq_len=8192, head_dim=64, dtype=dtype, causal=causal)
     inputs = problem.make_inputs()
@@ -72,6 +73,7 @@ def test_a_softmax_scale_five_percent_wrong_is_inaccurate_at_n8192(dtype: str, c
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.slow
 def test_a_key_gradient_five_percent_wrong_is_inaccurate_at_n4096(dtype: str) -> None:
     """dk alone is wrong: the output, dq and dv pass and dk fails, at 4096 × 8 heads (2^27 score
     entries, far above the old 2^24 limit under which gradients were checked at all)."""
@@ -84,6 +86,7 @@ def test_a_key_gradient_five_percent_wrong_is_inaccurate_at_n4096(dtype: str) ->
     assert failed == ["dk"], planted.failures()
 
 
+@pytest.mark.slow
 def test_sdpa_flash_bfloat16_backward_is_within_flashattentions_bound_though_less_accurate_than_math() -> None:
     """A finding about PyTorch's kernel, not a planted bug: on the CPU, SDPA's flash back end
     computes bfloat16 key and value gradients several times less accurately than its math back end
@@ -101,6 +104,7 @@ def test_sdpa_flash_bfloat16_backward_is_within_flashattentions_bound_though_les
         assert verdict.plain_err is not None and verdict.max_abs_err <= 2 * verdict.plain_err + verdict.bound
 
 
+@pytest.mark.slow
 def test_long_exact_implementations_pass_the_scaled_criterion_in_bfloat16() -> None:
     """Our own kernels and the libraries' pass at N=8192 in bfloat16 (not only SDPA)."""
     problem = Problem(batch=1, heads=4, seq_len=8192, head_dim=64, dtype="bfloat16", causal=True)
@@ -152,6 +156,7 @@ print(cpu_peak_bytes(lambda: softmax_attention_terms(q, k, v, problem)))
 """
 
 
+@pytest.mark.slow
 def test_reference_of_a_long_grouped_cache_stays_small() -> None:
     """32 query heads over 8 KV heads against 64K cached keys (256 MiB of K and V in float32): the
     old reference repeated K and V to 32 heads in float64 (4 GiB); this one reads the cache a

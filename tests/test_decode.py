@@ -111,6 +111,7 @@ def test_native_decoders_are_exact(name: str, cache: str, lengths: str, seq_len:
 @pytest.mark.parametrize(
     "fields", [{"cache": "paged:16", "kv_lengths": "ragged", "seq_len": 2, "window": 40}, {"seq_len": 1}]
 )
+@pytest.mark.slow
 def test_flex_decodes_from_the_cache_itself(fields: dict[str, Any]) -> None:
     """FlexAttention compiles one kernel per shape (seconds each), so two cases here."""
     result = judged(load_registry().get("flex"), decode(**fields))
@@ -208,6 +209,7 @@ max_time_s = 0.1
 """
 
 
+@pytest.mark.slow
 def test_a_decode_run_records_bandwidth_and_tokens(tmp_path: Path) -> None:
     suite = tmp_path / "tiny_decode.toml"
     suite.write_text(TINY_DECODE)

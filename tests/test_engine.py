@@ -37,6 +37,7 @@ def by_impl(records: list[dict[str, Any]], seq_len: int) -> dict[str, dict[str, 
     return {r["impl"]: r for r in records if r["seq_len"] == seq_len}
 
 
+@pytest.mark.slow
 def test_every_status_is_produced_and_every_pair_recorded_once(
     every_status_run: tuple[Path, list[dict[str, Any]]],
 ) -> None:
@@ -147,6 +148,7 @@ def _children(pid: int) -> list[psutil.Process]:
         return []
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     suite = tmp_path / "slow.toml"
     suite.write_text(SLOW_SUITE)
@@ -212,6 +214,7 @@ def test_a_known_sleep_is_measured_within_ten_percent(tmp_path: Path) -> None:
     assert len(record["baseline_samples_ms"]) == len(record["samples_ms"])
 
 
+@pytest.mark.slow
 def test_a_calibration_cache_reuses_this_hosts_measurement_and_says_so(tmp_path: Path) -> None:
     """With ATTNBENCH_CALIBRATION_CACHE set, the first run measures and stores its calibration;
     the next takes it from the file, labelled with when it was measured."""

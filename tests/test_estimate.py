@@ -105,6 +105,7 @@ def test_a_size_predicted_far_past_its_budget_is_skipped_with_the_prediction() -
     assert failures.predicted(other, 2.0, BUDGET) is None
 
 
+@pytest.mark.slow
 def test_max_minutes_plans_the_run_and_skips_what_does_not_fit(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = attnbench("run", "smoke", "--out", str(out), "--max-minutes", "0.01", "--no-report")

@@ -104,6 +104,7 @@ def test_an_unknown_model_is_a_usage_error() -> None:
     assert proc.returncode == 2 and "no such config file or preset" in proc.stderr
 
 
+@pytest.mark.slow
 def test_run_model_runs_the_models_suite_directly(tmp_path: Path) -> None:
     tiny = {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 256}
     out = tmp_path / "run"

@@ -277,6 +277,7 @@ def test_a_subclass_does_not_inherit_its_parents_registered_name(fake_package: P
 # -- attnbench check ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_check_gives_a_verdict_for_an_honest_and_a_dishonest_plugin() -> None:
     good = attnbench("check", "chunked", "--case", "seq_len=200,causal=true", "--case", "seq_len=64,dtype=bfloat16")
     assert good.returncode == 0, good.stdout + good.stderr

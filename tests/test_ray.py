@@ -65,6 +65,7 @@ def _attnbench_workers(plugin: Path) -> list[psutil.Process]:
     return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.slow
 def test_a_ray_sweep_killed_and_resumed_has_one_record_per_pair_with_a_local_runs_statuses(
     cluster: str, tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ max_time_s = 0.02
 """
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_ends_as_crashed_and_the_sweep_goes_on(cluster: str, tmp_path: Path) -> None:
     (tmp_path / "killable.py").write_text(KILLABLE)
     (tmp_path / "killed.toml").write_text(KILL_SUITE)

@@ -61,6 +61,7 @@ def test_the_readme_names_its_plugin_files() -> None:
     assert {"my_attention.py", "local_attention_plugin.py"} <= set(plugin_files())
 
 
+@pytest.mark.slow
 def test_the_first_plugin_works_verbatim_and_joins_smoke_and_quick(tmp_path: Path) -> None:
     runs = run_as_written(tmp_path, "my_attention.py")
     suites = {}
@@ -74,6 +75,7 @@ def test_the_first_plugin_works_verbatim_and_joins_smoke_and_quick(tmp_path: Pat
 
 
 @pytest.mark.skipif(importlib.util.find_spec("local_attention") is None, reason="local-attention is not installed")
+@pytest.mark.slow
 def test_the_third_party_example_works_verbatim(tmp_path: Path) -> None:
     (run,) = run_as_written(tmp_path, "local_attention_plugin.py")
     mine = [r for r in read_records(run / "results.jsonl") if r["impl"] == "local_attention"]

@@ -48,6 +48,7 @@ def test_each_command_parses_as_written(command: str) -> None:
             assert parse_shard(args.shard) == Shard(ARRAY, ARRAY)  # the array covers every shard
 
 
+@pytest.mark.slow
 def test_merge_and_report_run_verbatim_on_what_the_array_leaves(tmp_path: Path) -> None:
     scaling = load_suite("scaling").text
     for index in range(1, ARRAY + 1):  # results/scaling_${SLURM_ARRAY_TASK_ID}, as each job writes it

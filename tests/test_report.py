@@ -43,6 +43,7 @@ def html(folder: Path) -> str:
     return (folder / "report.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_writes_every_file(sweep: Path) -> None:
     for name in ("report.md", "report.html"):
         assert (sweep / name).stat().st_size > 1000
@@ -280,6 +281,7 @@ def test_recorded_runner_output(tmp_path: Path) -> None:
     assert set(summary_csv["speedup"]) == {1.0}
 
 
+@pytest.mark.slow
 def test_generated_data_is_labelled_as_generated(tmp_path: Path) -> None:
     """Made-up fixtures say so in their run.json, and the report says so before anything else."""
     info = json.loads((DATA / "sweep" / "run.json").read_text(encoding="utf-8"))

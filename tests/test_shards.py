@@ -238,6 +238,7 @@ def statuses(folder: Path) -> dict[tuple[Any, ...], str]:
     return {record_key(r): r["status"] for r in rows}
 
 
+@pytest.mark.slow
 def test_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
     for name, extra in (("whole", []), ("s1", ["--shard", "1/2"]), ("s2", ["--shard", "2/2"])):
         proc = attnbench(
@@ -266,6 +267,7 @@ def test_shards_merged_equal_the_unsharded_run(tmp_path: Path) -> None:
     assert compared.only_new == [] and compared.only_base == []
 
 
+@pytest.mark.slow
 def test_resume_on_a_merged_folder_runs_only_the_missing_pairs(tmp_path: Path) -> None:
     make_shard(tmp_path / "s1", SMALL, Shard(1, 2))
     out = tmp_path / "merged"

@@ -60,6 +60,7 @@ def test_list_table_prints() -> None:
     assert "xformers unavailable:" in proc.stdout.replace("\n", " ")
 
 
+@pytest.mark.slow
 def test_smoke_gives_every_available_builtin_an_ok_case(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
     _, records = smoke
     registry = load_registry()
@@ -72,6 +73,7 @@ def test_smoke_gives_every_available_builtin_an_ok_case(smoke: tuple[Path, list[
     assert "block_sparse" in sparse
 
 
+@pytest.mark.slow
 def test_no_ok_record_of_a_real_run_exceeds_its_peak_or_its_bandwidth(
     smoke: tuple[Path, list[dict[str, Any]]],
 ) -> None:
@@ -93,6 +95,7 @@ def test_no_ok_record_of_a_real_run_exceeds_its_peak_or_its_bandwidth(
         assert 0 < r["bandwidth_fraction"] <= 1.0 and r["gbps"] <= r["peak_gbps"], (r["impl"], r["bandwidth_fraction"])
 
 
+@pytest.mark.slow
 def test_a_run_reports_its_own_cost(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
     """run.json, the last progress line and the report's header say where the wall time went; the
     parts add up to the wall, and the timed part holds at least every timed sample of the records."""
@@ -119,6 +122,7 @@ def test_a_run_reports_its_own_cost(smoke: tuple[Path, list[dict[str, Any]]]) ->
     assert f"efficiency {before:.2f}" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_smoke_records_unavailable_with_reasons(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
     _, records = smoke
     for r in records:
@@ -126,6 +130,7 @@ def test_smoke_records_unavailable_with_reasons(smoke: tuple[Path, list[dict[str
             assert r["reason"], r
 
 
+@pytest.mark.slow
 def test_run_writes_its_report(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
     out, _ = smoke
     assert (out / "report.html").stat().st_size > 10_000
@@ -133,6 +138,7 @@ def test_run_writes_its_report(smoke: tuple[Path, list[dict[str, Any]]]) -> None
     assert list((out / "plots").glob("*.png"))
 
 
+@pytest.mark.slow
 def test_results_load_into_a_dataframe(smoke: tuple[Path, list[dict[str, Any]]]) -> None:
     from attnbench import load_results
 
@@ -142,6 +148,7 @@ def test_results_load_into_a_dataframe(smoke: tuple[Path, list[dict[str, Any]]])
     assert {"impl", "status", "time_ms", "seq_len", "peak_mem_bytes", "speedup"} <= set(frame.columns)
 
 
+@pytest.mark.slow
 def test_pytest_benchmark_route_and_its_report(tmp_path: Path) -> None:
     suite = tmp_path / "tiny.toml"
     suite.write_text(

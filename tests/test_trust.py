@@ -49,6 +49,7 @@ max_time_s = 0.3
 """
 
 
+@pytest.mark.slow
 def test_a_fast_implementation_beside_a_slow_baseline_stays_ok(tmp_path: Path) -> None:
     """A 1.5 s baseline in a 5 s budget: the baseline gets its own repeat count and budget, so the
     fast implementation is neither timed out nor its next size skipped. A second grid names no
@@ -85,6 +86,7 @@ def test_a_kernels_temporaries_are_timed_as_in_a_users_loop_and_counted_in_its_m
     assert record["peak_mem_bytes"] >= 2**19  # the workspace is seen (heap pages reused: about 0)
 
 
+@pytest.mark.slow
 def test_a_baseline_past_its_own_budget_costs_the_implementation_nothing(tmp_path: Path) -> None:
     records = run_suite(tmp_path, BASELINE_SUITE.format(baseline="hanging_baseline", timeout=6))
     assert [r["status"] for r in records] == ["ok", "ok"]
@@ -94,6 +96,7 @@ def test_a_baseline_past_its_own_budget_costs_the_implementation_nothing(tmp_pat
         assert r["step"] == "done" and r["time_ms"] > 0
 
 
+@pytest.mark.slow
 def test_a_plain_sdpa_function_plugin_runs_at_16k_in_a_3_gib_budget(tmp_path: Path) -> None:
     """No memory declared, so nothing is predicted: it runs under the cap (the old default
     assumed a quadratic footprint, 4 GiB here, and recorded oom without running it)."""
@@ -119,6 +122,7 @@ accuracy_rows = 32
     assert record["peak_mem_bytes"] < 3 * 2**30
 
 
+@pytest.mark.slow
 def test_an_approximation_whose_reference_fails_is_unchecked_never_failed_and_never_ranked(tmp_path: Path) -> None:
     """An approximation is judged by its own reference() alone: when that raises or kills the
     worker, its accuracy could not be checked. That is not the implementation's failure (its time
@@ -149,6 +153,7 @@ max_time_s = 0.05
     assert all("SIGSEGV" in r["check_note"] for r in crashes)
 
 
+@pytest.mark.slow
 def test_an_exact_claim_is_judged_before_its_own_reference_runs_and_a_stored_output_is_found_out(
     tmp_path: Path,
 ) -> None:
@@ -200,6 +205,7 @@ max_time_s = 0.05
         ("baseline_hangs_when_timed", "ran past its budget during the interleaved timing"),
     ],
 )
+@pytest.mark.slow
 def test_a_baseline_that_fails_during_the_interleaved_timing_is_the_baselines_failure(
     tmp_path: Path, baseline: str, happened: str
 ) -> None:
@@ -228,6 +234,7 @@ max_time_s = 0.3
     assert happened in record["baseline_note"], record["baseline_note"]
 
 
+@pytest.mark.slow
 def test_resume_with_another_suite_exits_2_and_leaves_the_folder_untouched(tmp_path: Path) -> None:
     first = BASELINE_SUITE.format(baseline="", timeout=30).replace("[64, 128]", "[64]")
     run_suite(tmp_path, first)
@@ -273,6 +280,7 @@ def test_threads_come_from_the_cpus_this_process_may_use() -> None:
     assert usable_cores() == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slow
 def test_a_plugin_whose_supports_segfaults_is_recorded_crashed_and_the_sweep_goes_on(tmp_path: Path) -> None:
     """availability and supports() are asked of a worker: the crash ends that pair, not the run."""
     both = '["supports_segfaults", "fast_sdpa"]'
@@ -361,6 +369,7 @@ at_least = 1.5
 """
 
 
+@pytest.mark.slow
 def test_a_ratio_between_records_is_timed_again_in_pairs_so_drift_between_them_is_not_blamed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -409,6 +418,7 @@ causal = [false]
 """
 
 
+@pytest.mark.slow
 def test_a_group_that_breaks_its_declared_growth_is_timed_in_pairs_and_judged_on_them(tmp_path: Path) -> None:
     """An implementation costing N^1 declares N^0.5, and its suite declares no ratio: after the
     sweep the run times each length alternately with the next shorter one (each step 2x), and the
