@@ -1,4 +1,4 @@
-"""The ``attnbench`` command: list, check, run, suite, report, merge, compare, rejudge.
+"""The ``attnbench`` command: list, check, run, suite, report, merge, compare, rejudge, profile.
 
 Mistakes a user can make (a bad suite, an unknown name, a missing folder) end with exit code 2
 and one sentence on standard error, never a traceback.
@@ -13,69 +13,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from attnbench.case.status import Status
+from attnbench.implementations.hf import dispatched
+from attnbench.listing import cmd_list, implementation_table  # noqa: F401 (implementation_table: the tests' too)
 from attnbench.plugins.registry import RegistryError, load_registry
 from attnbench.sweep.suite import Suite, SuiteError, load_suite, parse_suite
-
-USAGE_ERROR = 2
-#: How ``list`` says an implementation's FLOPs are counted (:data:`attnbench.case.work.COUNTED`).
-FLOPS_COUNTED = {"softmax": "softmax pairs", "declared": "declared", "none": "none"}
-
-
-def _fail(message: str) -> int:
-    print(f"attnbench: error: {message}", file=sys.stderr)
-    return USAGE_ERROR
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    try:
-        registry = load_registry(args.plugin)
-    except RegistryError as exc:
-        return _fail(str(exc))
-    rows = [impl.declaration() for impl in registry.implementations()]
-    aliases = registry.aliases()
-    if args.json:
-        for row in rows:
-            row["aliases"] = sorted(a for a, n in aliases.items() if n == row["name"])
-        print(json.dumps(rows, indent=2))
-        return 0
-    console = Console()
-    console.print(implementation_table(rows, aliases, console.width))
-    for row in rows:
-        if not row["available"]:
-            console.print(f"[bold]{row['name']}[/] unavailable: {row['reason']}", markup=True, highlight=False)
-    return 0
-
-
-def implementation_table(rows: list[dict[str, Any]], aliases: dict[str, str], width: int) -> Table:
-    """The ``list`` table: names never wrap mid-word; narrow terminals drop the widest columns."""
-    table = Table(title="attention implementations", width=min(width, 160) if width < 100 else None)
-    table.add_column("name", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("computes", overflow="fold")
-    wide = width >= 100
-    if wide:
-        table.add_column("devices")
-        table.add_column("claims (time, memory)")
-        table.add_column("FLOPs", no_wrap=True)
-    table.add_column("available", no_wrap=True)
-    for row in rows:
-        kind = "exact" if row["exact"] else "approx."
-        status = "[green]yes[/]" if row["available"] else "[red]no[/]"
-        name = row["name"] + "".join(f"\n= {a}" for a, n in sorted(aliases.items()) if n == row["name"])
-        computes = ", ".join(row["computes"]).replace("block-sparse", "blocks")
-        cells = [name, kind, computes]
-        if wide:
-            growth = row["time_growth"], row["memory_growth"]
-            claims = "–" if growth[0] is None else f"N^{growth[0]:g}, N^{growth[1]:g}"
-            cells += [", ".join(row["devices"]), claims, FLOPS_COUNTED.get(row.get("work", ""), "–")]
-        table.add_row(*cells, status)
-    return table
+from attnbench.usage import fail as _fail
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -119,7 +66,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         return _fail("give --model CONFIG (a config.json or a preset: see --list-models)")
     try:
         name, config = load_config(args.model)
-        text = suite_text(shapes_of(name, config))
+        text = suite_text(shapes_of(name, config), dispatched())
         parse_suite(text, f"--model {args.model}")  # what it writes must be a valid suite
     except (ModelConfigError, SuiteError) as exc:
         return _fail(str(exc))
@@ -140,7 +87,7 @@ def _suite_for(args: argparse.Namespace) -> Suite:
         from attnbench.sweep.models import load_config, shapes_of, suite_text
 
         name, config = load_config(args.model)
-        return parse_suite(suite_text(shapes_of(name, config)), f"model {args.model}")
+        return parse_suite(suite_text(shapes_of(name, config), dispatched()), f"model {args.model}")
     if args.suite is None and args.resume and args.out:
         given = read_run_json(Path(args.out))["suite"]
         if not isinstance(given.get("text"), str):
@@ -381,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="OUT", help="where to write compare.md/html (default: a folder of its own in results/)"
     )
     p.set_defaults(func=cmd_compare)
+
+    from attnbench import profiling
+
+    profiling.add_parser(sub)
     return parser
 
 

@@ -81,7 +81,7 @@ def graph(modules: dict[str, Path]) -> dict[str, set[str]]:
 
 def rank(name: str) -> float:
     parts = name.split(".")
-    if len(parts) == 1 or parts[1] in ("cli", "api", "launch", "__main__"):
+    if len(parts) == 1 or parts[1] in ("cli", "api", "launch", "listing", "profiling", "usage", "__main__"):
         return TOP
     if parts[1] == "implementations":
         return IMPLEMENTATIONS

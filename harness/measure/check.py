@@ -14,6 +14,7 @@ only.
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from dataclasses import dataclass, fields
@@ -65,7 +66,9 @@ class Outcome:
 def parse_case(spec: str) -> dict[str, Any]:
     """``seq_len=512,causal=true,dtype=bfloat16`` → problem fields."""
     out: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
+    # a comma starts an item only before KEY= (a layout holds commas, and a seed= of its own)
+    keys = "|".join(k for k in PROBLEM_FIELDS if k != "seed")
+    for item in filter(None, (part.strip() for part in re.split(rf",(?=\s*(?:{keys})\s*=)", spec))):
         key, eq, raw = item.partition("=")
         key = key.strip()
         if not eq or key not in PROBLEM_FIELDS or key == "seed":

@@ -27,6 +27,7 @@ Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,20 @@ def doubling(low: int, high: int) -> list[int]:
     return [*out, high]
 
 
-def suite_text(shapes: ModelShapes) -> str:
-    """A suite TOML for the model: prefill, decode and training grids (see the module)."""
+def _dispatched_lines(names: Sequence[str]) -> list[str]:
+    if not names:
+        return []
+    return [
+        "# \"all\" holds transformers' attention functions, among which the model's attn_implementation",
+        '# chooses (default "sdpa"; pip install -e ".[hf]"; FlashAttention needs CUDA):',
+        "# " + ", ".join(names),
+    ]
+
+
+def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
+    """A suite TOML for the model: prefill, decode and training grids (see the module), run by
+    every implementation, the ``dispatched`` ones named (transformers' functions for the model's
+    ``attn_implementation``)."""
     slug = "".join(c if c.isalnum() else "-" for c in shapes.name.lower()).strip("-")
     windows = [0, shapes.window] if shapes.alternating_window else [shapes.window]
     prefill = shapes.lengths or doubling(min(512, shapes.context), shapes.context)
@@ -168,6 +181,7 @@ def suite_text(shapes: ModelShapes) -> str:
         f" {shapes.head_dim}, context {shapes.context}" + (f", window {shapes.window}" if shapes.window else "") + '"',
         'implementations = "all"',
         'baseline = "sdpa"',
+        *_dispatched_lines(dispatched),
         "",
         "# Prefill: the whole prompt at once.",
         "[[grid]]",

@@ -106,6 +106,7 @@ def settle_heap() -> None:
 def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
     from attnbench.measure.case_run import run_case
     from attnbench.measure.paired import time_pair
+    from attnbench.measure.profile import profile_pair
     from attnbench.plugins.registry import load_registry
 
     def send(message: dict[str, Any]) -> None:
@@ -130,6 +131,8 @@ def serve(jobs: IO[str], answers: IO[str], plugins: list[str]) -> None:
                 answer = {"describe": {"log": redirect_output(job["path"])}}
             elif job["op"] == "pair":
                 answer = {"pair": time_pair(registry, job)}
+            elif job["op"] == "profile":
+                answer = {"profile": profile_pair(registry, job)}
             else:
                 answer = run_case(registry, job, set_memory_cap, send)
         except BaseException as exc:  # the runner records it; the worker is replaced

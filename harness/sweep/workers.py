@@ -33,7 +33,7 @@ WORKER_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 START_TIMEOUT_S = 180.0
-FINAL_KEYS = ("record", "calibration", "describe", "fatal", "pair")
+FINAL_KEYS = ("record", "calibration", "describe", "fatal", "pair", "profile")
 
 
 class WorkerFailure(Exception):

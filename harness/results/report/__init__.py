@@ -95,6 +95,7 @@ def build_context(data: ReportData, target: Path) -> dict[str, Any]:
         "accuracy": _rows(frames["accuracy"]),
         "accuracy_summary": _rows(tables.accuracy_summary(data)),
         "check_notes": _rows(tables.check_notes(data)),
+        "profiles": _rows(tables.profiles(data)),
         "library_findings": _rows(findings),
         "fits": _rows(fits),
         "ratios": ratios.context(declared),

@@ -16,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from attnbench.case.keys import CASE_KEYS
 from attnbench.case.status import STATUSES, Status
+from attnbench.measure.profile import command_for
 from attnbench.results.report.data import (
     CROSS_MACHINE_KEYS,
     ReportData,
@@ -223,7 +225,22 @@ def records_csv(data: ReportData) -> pd.DataFrame:
     out = data.records.copy()
     for col in ("samples_ms", "baseline_samples_ms"):
         out[col] = [" ".join(f"{x:g}" for x in v) if isinstance(v, list) else "" for v in out[col]]
+    out["profile"] = [command_for(r["impl"], {k: r[k] for k in CASE_KEYS if k in r}) for r in records_of(out)]
     return out
+
+
+def profiles(data: ReportData) -> pd.DataFrame:
+    """For each implementation, the ``attnbench profile`` command of its slowest ``ok`` pair (every
+    pair's is in ``records.csv``)."""
+    ok = data.ok
+    if not len(ok):
+        return pd.DataFrame(columns=["impl", "case", "time_ms", "command"])
+    slowest = ok.sort_values("time_ms", ascending=False, kind="stable").drop_duplicates("impl")
+    rows = [
+        {"impl": r["impl"], "case": f"{r['group']} · {r['length']}", "time_ms": r["time_ms"], "command": command_for(r["impl"], r)}
+        for r in records_of(slowest.sort_values("impl", kind="stable"))
+    ]
+    return pd.DataFrame(rows)
 
 
 def write_csvs(tables: dict[str, pd.DataFrame], folder: Path) -> list[Path]:
