@@ -33,8 +33,11 @@ FlashAttention names need CUDA and transformers' own ``is_flash_attn_N_available
 attnbench case builds. The function itself is imported in :meth:`prepare`; where a release moved
 it, the case ends ``error`` with the import's message, and ``tests/test_hf.py`` fails.
 
-Decoding goes through attnbench's dense-cache adapter (the keys of each sequence, the new
-tokens at their end), the way transformers' non-paged functions read a ``DynamicCache``.
+A decode step is made as transformers makes one against a ``DynamicCache``: the new tokens
+appended, then one batched call on the keys up to the longest sequence, with a mask built per
+sequence (its queries at the end of its own keys, the keys past them padding, through
+transformers' 2-D ``attention_mask``). ``flex_attention`` and paged caches go through attnbench's
+dense-cache adapter (each sequence's keys, one call each).
 
 Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
 ``attnbench.measure`` only.
@@ -52,6 +55,7 @@ from typing import Any, ClassVar
 import torch
 
 from attnbench import Availability, Growth, Implementation, Problem, register
+from attnbench.case.kvcache import KVCache
 from attnbench.plugins.contract import AttentionFn, Computes
 
 Tensor = torch.Tensor
@@ -111,22 +115,29 @@ def mask_function(problem: Problem) -> tuple[Callable[..., Any], int | None]:
     return masks.bidirectional_mask_function, None
 
 
-def build_mask(key: str, problem: Problem) -> Any:
+def build_mask(
+    key: str, problem: Problem, kv_len: int | None = None, q_offset: int | None = None, valid: int | None = None
+) -> Any:
     """The mask transformers' mask interface builds for ``key`` (``sdpa``: ``[B, 1, Nq, Nk]`` bool
     or None; ``eager``: ``[B, 1, Nq, Nk]`` additive float; ``flex_attention``: a ``BlockMask``),
-    queries at the end of the keys."""
+    the queries at the end of the keys (``q_offset``, default ``Nk − Nq``). For one sequence of
+    a padded decode batch, ``valid`` of the ``kv_len`` keys are its own: the rest are padding,
+    masked through transformers' 2-D ``attention_mask``, and no mask is skipped."""
     interface = importlib.import_module("transformers.masking_utils").ALL_MASK_ATTENTION_FUNCTIONS
     fn, window = mask_function(problem)
+    nk = problem.kv_len if kv_len is None else kv_len
+    padding = None if valid is None else (torch.arange(nk, device=problem.device) < valid)[None, :]  # [1, Nk]
+    skip = padding is None
     return interface[key.removeprefix("paged|")](  # the arguments create_*_mask passes
-        batch_size=problem.batch,
+        batch_size=problem.batch if valid is None else 1,
         q_length=problem.seq_len,
-        kv_length=problem.kv_len,
-        q_offset=problem.kv_len - problem.seq_len,
+        kv_length=nk,
+        q_offset=nk - problem.seq_len if q_offset is None else q_offset,
         kv_offset=0,
         mask_function=fn,
-        attention_mask=None,
-        allow_is_causal_skip=problem.causal,
-        allow_is_bidirectional_skip=not problem.causal,
+        attention_mask=padding,
+        allow_is_causal_skip=skip and problem.causal,
+        allow_is_bidirectional_skip=skip and not problem.causal,
         local_size=window,  # without it, sdpa's mask skips a window as if it were plain causal
         dtype=problem.torch_dtype,
         device=problem.device,
@@ -190,6 +201,29 @@ class _HF(Implementation):
 
         return run
 
+    def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """A decode step as transformers makes one: the new tokens appended, then one call on the
+        batch's keys up to the longest sequence, each sequence's shorter keys masked as padding
+        (its queries at the end of its own keys). A paged cache goes through the dense-cache
+        adapter (each sequence's tokens gathered)."""
+        if cache.paged:
+            return super().prepare_decode(problem, cache)
+        fn, module, scale = function_of(self.key), LayerStandIn(self.key, problem), problem.scale
+        lengths = [int(n) for n in cache.attended]
+        longest, new = max(lengths), cache.new
+        if len(set(lengths)) == 1:
+            mask = build_mask(self.key, problem, kv_len=longest)
+        else:
+            mask = torch.cat([build_mask(self.key, problem, longest, n - new, n) for n in lengths])  # [B, 1, S, Lmax]
+
+        def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+            cache.append(k_new, v_new)
+            k, v = cache.k[:, :, :longest], cache.v[:, :, :longest]  # [B, Hkv, Lmax, D] views
+            out, _ = fn(module, q, k, v, mask, dropout=0.0, scaling=scale)  # [B, S, H, D]
+            return out.transpose(1, 2)  # [B, H, S, D]
+
+        return step
+
 
 @register(hf_name("sdpa"))
 class HFSDPA(_HF):
@@ -217,6 +251,10 @@ class HFFlex(_HF):
         if reason is None and problem.needs_grad and problem.device == "cpu":
             return "FlexAttention's backward runs on CUDA only (PyTorch raises NotImplementedError on the CPU)"
         return reason
+
+    def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """The dense-cache adapter: a ``BlockMask`` per sequence cannot be stacked into one."""
+        return Implementation.prepare_decode(self, problem, cache)
 
     def prepare(self, problem: Problem) -> AttentionFn:
         run = super().prepare(problem)

@@ -68,6 +68,9 @@ GRADIENTS = {
 }
 DECODE = {
     "decode-uniform": Problem(batch=2, heads=8, kv_heads=2, seq_len=1, kv_len=300, head_dim=64, mode="decode"),
+    "decode-ragged": Problem(
+        batch=3, heads=8, kv_heads=2, seq_len=1, kv_len=300, head_dim=64, mode="decode", kv_lengths="ragged"
+    ),
     "decode-ragged-window": Problem(
         batch=3,
         heads=4,
