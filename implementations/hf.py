@@ -65,8 +65,6 @@ Tensor = torch.Tensor
 KNOWN = (
     "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4", "paged|eager"
 )  # fmt: skip
-#: The transformers releases the tests ran against (the ``hf`` extra's range).
-TESTED = "5.23 to 5.25"
 
 
 def hf_name(key: str) -> str:

@@ -80,3 +80,15 @@ def test_the_third_party_example_works_verbatim(tmp_path: Path) -> None:
     (run,) = run_as_written(tmp_path, "local_attention_plugin.py")
     mine = [r for r in read_records(run / "results.jsonl") if r["impl"] == "local_attention"]
     assert mine and all(r["status"] == "ok" for r in mine), [(r["status"], r["reason"]) for r in mine]
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    """``.ci/run`` ends with the README's test command, so CI installs the extras the tests need
+    (a test command without the ``hf`` extra once skipped every transformers test in CI)."""
+    setup = README[README.index("## Set up") : README.index("## The command line")]
+    tests = setup[setup.index("Run the tests:") :]
+    command = BLOCK.findall(tests)[0][1].strip()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
+    assert ci[-1] == command
+    for extra in ("dev", "xformers", "ray", "hf"):
+        assert re.search(rf"\[[\w,]*\b{extra}\b[\w,]*\]", command), extra
