@@ -107,6 +107,16 @@ def varying_label(row: dict[str, Any], varying: list[str]) -> str:
     return " ".join(parts)
 
 
+def as_text(x: Any) -> str:
+    """A case value as text, alike whether it comes from a record (JSON) or from a report's frame
+    (numpy scalars, integral floats): ``2048``, never ``2048.0``."""
+    item = getattr(x, "item", None)
+    x = item() if callable(item) else x  # numpy scalars
+    if isinstance(x, float) and x.is_integer():
+        x = int(x)
+    return str(x)
+
+
 def truthy(x: Any) -> bool:
     return bool(x) and str(x).lower() not in ("false", "0", "none", "nan")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from attnbench.case.keys import problem_of
+from attnbench.case.keys import as_text, problem_of
 from attnbench.measure.bench import bench, prepare_timed
 from attnbench.measure.devices import device
 from attnbench.plugins.registry import Registry
@@ -40,11 +40,11 @@ def command_for(impl: str, case: dict[str, Any]) -> str:
     command's defaults (:data:`attnbench.measure.check.BASE`; the seed is the profile's own)."""
     default = _defaults()
     implied = {"kv_heads": case.get("heads"), "kv_len": case.get("seq_len")}  # 0 means these
-    case = {k: v for k, v in case.items() if k not in implied or _text(v) != _text(implied[k])}
+    case = {k: v for k, v in case.items() if k not in implied or as_text(v) != as_text(implied[k])}
     spec = ",".join(
-        f"{k}={str(v).lower() if isinstance(v, bool) else _text(v)}"
+        f"{k}={str(v).lower() if isinstance(v, bool) else as_text(v)}"
         for k, v in case.items()
-        if k in default and k != "seed" and _text(default[k]) != _text(v)
+        if k in default and k != "seed" and as_text(default[k]) != as_text(v)
     )
     quoted = f"'{spec}'" if any(c in spec for c in " |;&*?") else spec
     return f"attnbench profile {impl}" + (f" --case {quoted}" if spec else "")
@@ -56,14 +56,6 @@ def _defaults() -> dict[str, Any]:
     from attnbench.measure.check import BASE
 
     return Problem(**BASE).fields()
-
-
-def _text(x: Any) -> str:
-    item = getattr(x, "item", None)
-    x = item() if callable(item) else x  # numpy scalars, from a report's frame
-    if isinstance(x, float) and x.is_integer():
-        x = int(x)
-    return str(x)
 
 
 def profile_pair(registry: Registry, job: dict[str, Any]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from attnbench.case.keys import CASE_KEYS, value
+from attnbench.case.keys import CASE_KEYS, as_text, value
 from attnbench.case.status import Status
 from attnbench.measure.records import read_records
 from attnbench.sweep.ratios import Ratio
@@ -89,15 +89,7 @@ def pair_key(ratio: str, impl: str, case: dict[str, Any]) -> tuple[Any, ...]:
 
 def _case_text(case: dict[str, Any]) -> tuple[str, ...]:
     """A case's fields as text, alike whether they come from a record or from a report's frame."""
-    return tuple(_text(value(case, k)) for k in CASE_KEYS)
-
-
-def _text(x: Any) -> str:
-    item = getattr(x, "item", None)
-    x = item() if callable(item) else x  # numpy scalars
-    if isinstance(x, float) and x.is_integer():
-        x = int(x)
-    return str(x)
+    return tuple(as_text(value(case, k)) for k in CASE_KEYS)
 
 
 def case_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +176,7 @@ def slope_group(case: dict[str, Any]) -> tuple[str, ...]:
     its key length as the report's ``kv_rel`` names it for a sweep of the query length: "self"
     (the query length) or "Nk=…" (a fixed one)."""
     kv = "self" if int(case["kv_len"]) == int(case["seq_len"]) else f"Nk={int(case['kv_len'])}"
-    return (*(_text(case[k]) for k in CASE_KEYS if k not in LENGTHS), kv)
+    return (*(as_text(case[k]) for k in CASE_KEYS if k not in LENGTHS), kv)
 
 
 def _neighbours(ratio: Ratio, records: list[dict[str, Any]], breaking: bool = False) -> list[Pairing]:
