@@ -22,6 +22,11 @@ its limit of 8 recompilations, per code object and silently falls back to the un
 path beyond it; each cache entry therefore compiles its own copy of the code. FlexAttention's
 backward runs on CUDA only (PyTorch 2.13 raises NotImplementedError on the CPU).
 
+Soft-capping and ALiBi are a ``score_mod`` (``c·tanh(s/c)``, ``−slope_h·|p − j|``), compiled into
+the kernel; sinks use the log-sum-exp FlexAttention returns: the output times
+``sigmoid(lse − σ_h)``, which is the sink's share of each row's denominator taken out (on CUDA:
+torch.compile on CPU returns no log-sum-exp).
+
 Decoding (``prepare_decode``) reads the cache itself: a contiguous cache with a block mask of
 each sequence's valid tokens, a paged pool (``[1, Hkv, tokens, D]``, broadcast over the batch)
 with a mask that maps each pool token back to its sequence and position through the inverse of
@@ -36,7 +41,7 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -48,10 +53,12 @@ if TYPE_CHECKING:  # imported where used: torch._dynamo costs 2 s at every worke
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 from attnbench.case.patterns import Pattern
+from attnbench.case.variants import alibi_slopes, sink_logits
 from attnbench.measure.devices import device
 
 Tensor = torch.Tensor
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 CACHE_SIZE = 32
 
 
@@ -106,10 +113,35 @@ def decode_mask_mod(problem: Problem, cache: KVCache) -> MaskMod:
     return paged
 
 
-def _flex_call(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask | None, scale: float, gqa: bool) -> Tensor:
+def _flex_call(
+    q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask | None, scale: float, gqa: bool,
+    score_mod: ScoreMod | None = None, sink: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     from torch.nn.attention.flex_attention import flex_attention
 
-    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)  # type: ignore[return-value]
+    if sink is None:
+        return flex_attention(q, k, v, score_mod, block_mask, scale, gqa)  # type: ignore[return-value]
+    out, lse = flex_attention(q, k, v, score_mod, block_mask, scale, gqa, return_lse=True)  # [B, H, Nq, D], [B, H, Nq]
+    # the sink joins each row's denominator: out · Σe^s / (Σe^s + e^σ) = out · sigmoid(lse − σ)
+    return out * torch.sigmoid(lse - sink)[..., None].to(out.dtype)  # type: ignore[no-any-return]
+
+
+def score_mod_for(problem: Problem) -> ScoreMod | None:
+    """FlexAttention's ``score_mod`` for the case's soft-cap and ALiBi bias (None when neither)."""
+    cap = problem.softcap
+    slopes = alibi_slopes(problem.heads).to(problem.device, torch.float32) if problem.bias == "alibi" else None
+    if not cap and slopes is None:
+        return None
+    offset = problem.kv_len - problem.seq_len  # bottom-right: query i sits at key position i + offset
+
+    def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        if cap:
+            score = torch.tanh(score / cap) * cap
+        if slopes is not None:
+            score = score - slopes[h] * (q_idx + offset - kv_idx).abs()
+        return score
+
+    return score_mod
 
 
 def _compile_fresh() -> Callable[..., Tensor]:
@@ -129,9 +161,11 @@ class CompiledFlex:
     scale: float
     gqa: bool
     setup_s: float = 0.0
+    score_mod: ScoreMod | None = None
+    sink: Tensor | None = None  # [1, H, 1] sink logits
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return self.compiled(q, k, v, self.block_mask, self.scale, self.gqa)  # [B, H, Nq, D]
+        return self.compiled(q, k, v, self.block_mask, self.scale, self.gqa, self.score_mod, self.sink)
 
 
 #: Above this many (query, key) pairs the block mask is built under torch.compile (16K x 16K).
@@ -140,7 +174,10 @@ EAGER_MASK_PAIRS = 2**28
 
 def _cache_key(problem: Problem) -> tuple[Any, ...]:
     p = problem
-    return (p.pattern, p.batch, p.heads, p.kv_heads, p.seq_len, p.kv_len, p.head_dim, p.dtype, p.device, p.needs_grad)
+    return (
+        p.pattern, p.batch, p.heads, p.kv_heads, p.seq_len, p.kv_len, p.head_dim, p.dtype, p.device, p.needs_grad,
+        p.softcap, p.bias, p.sinks, p.seed if p.sinks != "none" else 0,
+    )  # fmt: skip
 
 
 def _build(problem: Problem) -> CompiledFlex:
@@ -155,7 +192,10 @@ def _build(problem: Problem) -> CompiledFlex:
         from torch.nn.attention.flex_attention import create_block_mask
 
         block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=problem.device, _compile=compiled_mask)
-    call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa)
+    sink = None
+    if problem.sinks != "none":
+        sink = sink_logits(problem.heads, problem.seed).to(problem.device, torch.float32)[None, :, None]  # [1, H, 1]
+    call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa, 0.0, score_mod_for(problem), sink)
     q, k, v = (torch.zeros_like(t) for t in problem.make_inputs())  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
     if problem.needs_grad:
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
@@ -187,7 +227,9 @@ class FlexAttention(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
+    features = frozenset(
+        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks"}
+    )
     growth = Growth(2.0, 1.0)  # time N² dense; less where the block mask skips tiles
 
     def __init__(self) -> None:
@@ -203,6 +245,8 @@ class FlexAttention(Implementation):
             return reason
         if problem.needs_grad and not device(problem.device).is_gpu:
             return "FlexAttention does not support backward on CPU (PyTorch raises NotImplementedError)"
+        if problem.sinks != "none" and not device(problem.device).is_gpu:
+            return "sinks need FlexAttention's log-sum-exp, which torch.compile on CPU does not return (return_lse)"
         return None
 
     def prepare(self, problem: Problem) -> CompiledFlex:
@@ -216,7 +260,7 @@ class FlexAttention(Implementation):
             self._cache[key] = cached
         setup_s = time.perf_counter() - start
         self.last_setup_s = setup_s
-        return CompiledFlex(cached.compiled, cached.block_mask, cached.scale, cached.gqa, setup_s)
+        return replace(cached, setup_s=setup_s)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
         return self.prepare(problem)(q, k, v)

@@ -15,6 +15,10 @@ backward pass for free. The mask ``M`` comes from the problem's pattern (causal,
 window, block layout: see :mod:`attnbench.case.patterns`), so this implementation computes every
 pattern — but always at the price of the full, dense computation.
 
+Soft-capping, ALiBi and sinks (:mod:`attnbench.case.variants`) are applied as written: the
+scores capped with ``tanh``, the bias added, the sink joined to the softmax as one more column
+that is dropped after it.
+
 A query row that may attend no key (possible with causal cross attention when ``Nq > Nk``)
 would be ``softmax`` of all ``-inf``, i.e. NaN; such rows are given zero scores before the
 softmax and zero probabilities after it, so that they output zeros.
@@ -39,22 +43,52 @@ Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
+from attnbench.case.variants import alibi_slopes, distance, positions, sink_logits
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
 
 
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None) -> Tensor:
+@dataclass(frozen=True)
+class ScoreChanges:
+    """What a case does to the scores (:mod:`attnbench.case.variants`), as float32 tensors shaped
+    for the grouped scores ``[B, Hkv, G, Nq, Nk]``."""
+
+    softcap: float = 0.0
+    bias: Tensor | None = None  # [Hkv, G, Nq, Nk] ALiBi's −slope·|p − j|
+    sink: Tensor | None = None  # [1, Hkv, G, 1, 1] sink logits
+
+    @classmethod
+    def of(cls, problem: Problem) -> ScoreChanges | None:
+        if not problem.varies_scores:
+            return None
+        g, device = problem.heads // problem.kv_heads, problem.device
+        per_head = (problem.kv_heads, g, 1, 1)
+        bias = None
+        if problem.bias == "alibi":
+            far = distance(positions(problem.seq_len, problem.kv_len), torch.arange(problem.kv_len))  # [Nq, Nk]
+            bias = (-alibi_slopes(problem.heads).view(per_head) * far).to(device, torch.float32)
+        sink = None
+        if problem.sinks != "none":
+            sink = sink_logits(problem.heads, problem.seed).view(1, *per_head).to(device, torch.float32)
+        return cls(problem.softcap, bias, sink)
+
+
+def naive_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None, changes: ScoreChanges | None = None
+) -> Tensor:
     """``softmax(q kᵀ · scale, masked) v`` with the full score matrix.
 
     ``q`` is ``[B, H, Nq, D]``, ``k``/``v`` are ``[B, Hkv, Nk, D]``, ``mask`` is ``[Nq, Nk]``
     bool (True where a pair is computed; ``[B, 1, 1, Nq, Nk]`` for a mask per batch entry) or
-    None for full attention.
+    None for full attention; ``changes`` soft-caps and biases the scores, and adds a sink column
+    to the softmax that is dropped after it.
     """
     b, h, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -63,6 +97,10 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor 
     scores = torch.matmul(qg, k.transpose(-1, -2))  # [B, Hkv, G·Nq, Nk]
     scores = scores.float() * scale  # float32 statistics for low-precision inputs
     scores = scores.view(b, hkv, g, nq, nk)  # [B, Hkv, G, Nq, Nk]
+    if changes is not None and changes.softcap:
+        scores = torch.tanh(scores / changes.softcap) * changes.softcap
+    if changes is not None and changes.bias is not None:
+        scores = scores + changes.bias
     empty = None
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # mask [Nq, Nk] broadcasts
@@ -71,7 +109,11 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor 
             scores = scores.masked_fill(empty, 0.0)
         else:
             empty = None
-    probs = torch.softmax(scores, dim=-1)  # [B, Hkv, G, Nq, Nk]
+    if changes is not None and changes.sink is not None:  # the sink: a column without a value
+        sink = changes.sink.expand(b, hkv, g, nq, 1)  # [B, Hkv, G, Nq, 1]
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :nk]
+    else:
+        probs = torch.softmax(scores, dim=-1)  # [B, Hkv, G, Nq, Nk]
     if empty is not None:
         probs = probs.masked_fill(empty, 0.0)
     probs = probs.view(b, hkv, g * nq, nk).to(v.dtype)  # [B, Hkv, G·Nq, Nk]
@@ -86,17 +128,19 @@ class Naive(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
+    features = frozenset(
+        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks"}
+    )
     growth = Growth(2.0, 2.0)
 
     def prepare(self, problem: Problem) -> AttentionFn:
-        """Build the dense ``[Nq, Nk]`` mask once, outside the timed call."""
+        """Build the dense ``[Nq, Nk]`` mask (and an ALiBi bias) once, outside the timed call."""
         pattern = problem.pattern
         mask = None if pattern.is_full else pattern.mask(problem.seq_len, problem.kv_len, device=problem.device)
-        scale = problem.scale
+        scale, changes = problem.scale, ScoreChanges.of(problem)
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            return naive_attention(q, k, v, scale, mask)
+            return naive_attention(q, k, v, scale, mask, changes)
 
         return run
 

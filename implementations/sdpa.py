@@ -14,7 +14,10 @@ Patterns: full attention passes no mask; causal with ``Nq == Nk`` passes ``is_ca
 bottom-right causal with ``Nq < Nk`` passes ``causal_lower_right`` (no dense mask); every other
 pattern (``Nq > Nk`` causal, where some queries see no key, window, block layout) passes the
 pattern's dense boolean mask, built once in :meth:`prepare`, never inside the timed call.
-Grouped-query attention uses ``enable_gqa=True``.
+Grouped-query attention uses ``enable_gqa=True``. ALiBi (``bias = "alibi"``) has no SDPA
+argument: it is passed as an additive float mask ``[1, H, Nq, Nk]`` holding the bias and the
+pattern, as SDPA's users pass it, and costs its memory. Soft-capping and sinks have no SDPA form
+(its kernels take no score hook and return no log-sum-exp): unsupported.
 
 What a backend accepts depends on the device, dtype, head dim, mask and gradients, so
 availability and per-case support are decided by a tiny probe call of the same kind, cached;
@@ -43,6 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
+from attnbench.case.variants import alibi_slopes, distance, positions
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -56,6 +60,8 @@ ALL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 def pattern_arguments(problem: Problem, device: str | torch.device) -> tuple[Mask, bool]:
     """``(attn_mask, is_causal)`` giving SDPA the problem's pattern with the least mask."""
     pattern, nq, nk = problem.pattern, problem.seq_len, problem.kv_len
+    if problem.bias == "alibi":
+        return alibi_mask(problem, device), False
     if pattern.is_full:
         return None, False
     if pattern.window == 0 and pattern.layout is None:  # causal only
@@ -66,6 +72,20 @@ def pattern_arguments(problem: Problem, device: str | torch.device) -> tuple[Mas
 
             return causal_lower_right(nq, nk), False
     return pattern.mask(nq, nk, device=device), False  # [Nq, Nk] bool
+
+
+def alibi_mask(problem: Problem, device: str | torch.device) -> Tensor:
+    """``[1, H, Nq, Nk]``: ALiBi's ``−slope_h·|p − j|`` as SDPA's additive float mask, ``−inf``
+    where the pattern hides a pair, in float32 (the bias of FlashAttention's reference; a
+    low-precision mask would round a bias of thousands to tens), or the query dtype where the
+    kernel takes no other."""
+    nq, nk = problem.seq_len, problem.kv_len
+    far = distance(positions(nq, nk), torch.arange(nk))  # [Nq, Nk]
+    bias = -alibi_slopes(problem.heads)[:, None, None] * far  # [H, Nq, Nk]
+    if not problem.pattern.is_full:
+        bias = bias.masked_fill(~problem.pattern.mask(nq, nk), float("-inf"))
+    dtype = torch.float32 if torch.device(device).type == "cpu" else problem.torch_dtype
+    return bias[None].to(device, dtype)
 
 
 def _call(q: Tensor, k: Tensor, v: Tensor, mask: Mask, is_causal: bool, scale: float, gqa: bool) -> Tensor:
@@ -121,7 +141,7 @@ class _SDPA(Implementation):
     library = "PyTorch"
     computes = ("full", "causal", "window", "block-sparse")
     dtypes = ALL_DTYPES
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode", "alibi"})
     growth = Growth(2.0, 1.0)
 
     def _probe_dtype(self, device: str) -> str:

@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench import Implementation, Problem
+from attnbench.case.problem import FEATURES
 from attnbench.implementations import _dispatch, _fused_work, _plan, _tiles
 from attnbench.measure.verify import check
 from attnbench.plugins.registry import load_registry
@@ -250,7 +251,7 @@ def test_declarations(name: str) -> None:
     assert impl.description and "\n" not in impl.description
     assert impl.approximates == ("" if exact else "softmax attention")
     assert impl.available().ok
-    assert impl.features <= {"causal", "window", "layout", "gqa", "cross", "backward", "decode"}
+    assert impl.features <= set(FEATURES)
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,7 @@ def test_a_kernels_temporaries_are_timed_as_in_a_users_loop_and_counted_in_its_m
     faults = tmp_path / "faults.txt"
     monkeypatch.setenv("ATTNBENCH_TEST_FAULTS", str(faults))
     text = BASELINE_SUITE.format(baseline="", timeout=30).replace('["fast_sdpa"]', '["temporaries"]')
+    text += "min_repeats = 12\n"  # the calls counted below, however slow a loaded machine makes each
     (record,) = run_suite(tmp_path, text.replace("[64, 128]", "[64]"))
     assert record["status"] == "ok"
     per_call = sorted(int(x) for x in faults.read_text().split())

@@ -34,6 +34,15 @@ class CaseField:
     empty_ok: bool = False  # an empty grid list means "derived" (kv_heads, kv_len)
     description: str = ""
 
+    def takes(self, item: Any) -> bool:
+        """Whether a value (from TOML or JSON) is of the field's kind: a float field takes integers
+        (``softcap = [50]``), an integer field never takes a boolean."""
+        if isinstance(item, bool):
+            return self.kind is bool
+        if self.kind is float:
+            return isinstance(item, int | float)
+        return isinstance(item, self.kind)
+
 
 def case_field(default: Any, meta: CaseField) -> Any:
     """A dataclass field carrying its :class:`CaseField` metadata."""

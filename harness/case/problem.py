@@ -22,6 +22,7 @@ from attnbench.case.kvcache import parse_cache, parse_lengths
 from attnbench.case.modes import DECODE, FORWARD, MODES, Mode, mode
 from attnbench.case.patterns import Pattern
 from attnbench.case.probes import Targets, parse_probe, probe_inputs, targets
+from attnbench.case.variants import BIASES, SINKS, SOFTCAP_SPREAD
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -42,7 +43,9 @@ def torch_dtype(name: str) -> torch.dtype:
 #: What a case can ask of an implementation: an implementation declares the features it can
 #: compute (``features``) and those it cannot run without (``requires``). ``decode``: it reads a
 #: KV cache itself; without it a decode case runs through the dense-cache adapter.
-FEATURES: tuple[str, ...] = ("causal", "window", "layout", "gqa", "cross", "backward", "decode")
+FEATURES: tuple[str, ...] = (
+    "causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks",
+)  # fmt: skip
 #: Features a case may use although an implementation lacks them (the adapter covers decode).
 OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
 
@@ -87,6 +90,10 @@ def _probe_ok(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _softcap_ok(value: Any) -> bool:
+    return value >= 0 and math.isfinite(value)
 
 
 def _heads(value: Any, case: dict[str, Any]) -> str:
@@ -192,6 +199,27 @@ class Problem:
             " global, toy (optionally ':mass=M')", _probe_ok, lambda v, c: None if v == "random" else str(v), 52,
         ),
     )  # fmt: skip
+    softcap: float = case_field(
+        0.0,
+        CaseField(
+            float, [0.0], "numbers >= 0 (0: none; Gemma 2's 50: scores become 50·tanh(s/50))", _softcap_ok,
+            lambda v, c: f"cap{v:g}" if v else None, 43,
+        ),
+    )  # fmt: skip
+    bias: str = case_field(
+        "none",
+        CaseField(
+            str, ["none"], f"{list(BIASES)} (ALiBi: a per-head linear distance bias)", one_of(BIASES),
+            lambda v, c: None if v == "none" else str(v), 44,
+        ),
+    )  # fmt: skip
+    sinks: str = case_field(
+        "none",
+        CaseField(
+            str, ["none"], f"{list(SINKS)} (learned: a seeded per-head sink logit in every softmax)", one_of(SINKS),
+            lambda v, c: None if v == "none" else f"sinks:{v}", 45,
+        ),
+    )  # fmt: skip
     #: Seeds the inputs and :meth:`generator` (random features, random layouts of a plugin).
     seed: int = 0
     pattern: Pattern = field(init=False, repr=False, compare=False)
@@ -223,10 +251,30 @@ class Problem:
             raise ValueError("probes plant structure in a whole sequence's queries and keys: not in decode mode")
         if not self.kind.reads_cache and (self.cache, self.kv_lengths) != ("contiguous", "uniform"):
             raise ValueError(f"cache and kv_lengths describe a KV cache: they apply to mode {DECODE.name!r} only")
+        self._check_variants()
         torch_dtype(self.dtype)
         pattern = Pattern.make(self.causal, self.window, self.layout)
         object.__setattr__(self, "layout", pattern.layout_name)
         object.__setattr__(self, "pattern", pattern)
+
+    def _check_variants(self) -> None:
+        object.__setattr__(self, "softcap", float(self.softcap))
+        if not _softcap_ok(self.softcap):
+            raise ValueError(f"softcap must be 0 (none) or a positive number, got {self.softcap}")
+        if self.bias not in BIASES:
+            raise ValueError(f"unknown bias {self.bias!r}; expected one of {list(BIASES)}")
+        if self.sinks not in SINKS:
+            raise ValueError(f"unknown sinks {self.sinks!r}; expected one of {list(SINKS)}")
+        if self.varies_scores and self.kind.reads_cache:
+            raise ValueError(
+                "softcap, bias and sinks are not modelled against a KV cache yet: use them with modes forward,"
+                " backward and forward_backward"
+            )
+
+    @property
+    def varies_scores(self) -> bool:
+        """Whether the case changes the scores (soft-capping, a bias) or the softmax (sinks)."""
+        return bool(self.softcap) or self.bias != "none" or self.sinks != "none"
 
     @property
     def scale(self) -> float:
@@ -259,6 +307,9 @@ class Problem:
             "cross": self.cross,
             "backward": self.needs_grad,
             "decode": self.kind.reads_cache,
+            "softcap": self.softcap > 0,
+            "alibi": self.bias == "alibi",
+            "sinks": self.sinks != "none",
         }
 
     @property
@@ -296,7 +347,8 @@ class Problem:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Seeded random ``q, k, v`` (standard normal; the case's seed unless ``seed`` is given),
         generated in float32 on the CPU so that every device and dtype sees the same values, then
-        moved and cast."""
+        moved and cast. With a soft-cap ``c`` the queries are scaled by ``c / 4``
+        (:data:`~attnbench.case.variants.SOFTCAP_SPREAD`)."""
         gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
         if self.probe != "random":  # planted structure (attnbench.case.probes)
             kind, mass = parse_probe(self.probe)
@@ -308,6 +360,8 @@ class Problem:
             q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
             k = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
             v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
+        if self.softcap:  # scores spread to a quarter of the cap, where the tanh bends (attnbench.case.variants)
+            q = q * (self.softcap / SOFTCAP_SPREAD)
         target_dtype = dtype or self.torch_dtype
         target_device = device or self.device
         return tuple(t.to(device=target_device, dtype=target_dtype) for t in (q, k, v))  # type: ignore[return-value]

@@ -14,7 +14,10 @@ heads), while staying exact for what it computes:
   float64 copy of the whole cache exists. Gradients take a second pass over the chunks with the
   final maximum and sum (the backward FlashAttention uses), again one chunk at a time.
 
-Rows that may attend no key output zeros (and pass no gradient).
+The scores are the case's (:mod:`attnbench.case.variants`): soft-capped, then biased (ALiBi),
+then masked; a sink logit starts every row's running maximum and sum as one more term without a
+value, and the backward multiplies the score gradient by the soft-cap's slope. Rows that may
+attend no key output zeros (and pass no gradient).
 
 Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from attnbench.case.problem import Problem
+from attnbench.case.variants import alibi_slopes, distance, positions, sink_logits, soft_cap, soft_cap_slope
 
 Tensor = torch.Tensor
 #: The most float64 numbers one key chunk's scores (``B·H·R·chunk``) or keys (``B·Hkv·chunk·D``) hold.
@@ -75,45 +79,83 @@ def _chunks(problem: Problem, rows: int) -> Iterator[tuple[int, int]]:
         yield c0, min(problem.kv_len, c0 + size)
 
 
-def _scores(qg: Tensor, k: Tensor, c0: int, c1: int, allowed: Tensor, problem: Problem) -> Tensor:
-    """Scores of the grouped rows ``qg`` against keys ``[c0, c1)``, -inf where not allowed."""
+@dataclass
+class RowSet:
+    """The sampled rows as the reference reads them: which keys each may see, and what the case
+    does to their scores (:mod:`attnbench.case.variants`), laid out like the grouped rows
+    ``[B, Hkv, G·R, ·]`` (row ``g·R + r`` is head ``hkv·G + g``, sampled row ``r``)."""
+
+    allowed: Tensor  # [R, Nk] bool
+    slope: Tensor | None  # [1, Hkv, G·R, 1] ALiBi slopes, or None
+    q_pos: Tensor  # [G·R, 1] each row's key position
+    sink: Tensor | None  # [1, Hkv, G·R, 1] sink logits, or None
+
+    @classmethod
+    def of(cls, problem: Problem, rows: Tensor) -> RowSet:
+        g, hkv = problem.heads // problem.kv_heads, problem.kv_heads
+
+        def per_row(per_head: Tensor) -> Tensor:  # [H] -> [1, Hkv, G·R, 1]
+            return per_head.view(hkv, g).repeat_interleave(len(rows), dim=1).reshape(1, hkv, -1, 1)
+
+        return cls(
+            allowed=problem.pattern.mask(problem.seq_len, problem.kv_len, rows=rows),
+            slope=per_row(alibi_slopes(problem.heads)) if problem.bias == "alibi" else None,
+            q_pos=positions(problem.seq_len, problem.kv_len, rows).repeat(g, 1),
+            sink=per_row(sink_logits(problem.heads, problem.seed)) if problem.sinks != "none" else None,
+        )
+
+
+def _scores(qg: Tensor, k: Tensor, c0: int, c1: int, at: RowSet, problem: Problem) -> tuple[Tensor, Tensor | None]:
+    """Scores of the grouped rows ``qg`` against keys ``[c0, c1)`` as the case computes them
+    (soft-capped, biased), -inf where not allowed; and, with a soft-cap, its slope (the backward's
+    factor)."""
     kc = k[:, :, c0:c1].to("cpu", torch.float64)  # [B, Hkv, C, D]
-    s = (qg @ kc.transpose(-1, -2)) * problem.scale  # [B, Hkv, G·R, C]
+    s = soft_cap((qg @ kc.transpose(-1, -2)) * problem.scale, problem.softcap)  # [B, Hkv, G·R, C]
+    slope = soft_cap_slope(s, problem.softcap) if problem.softcap else None
+    if at.slope is not None:
+        s = s - at.slope * distance(at.q_pos, torch.arange(c0, c1, dtype=torch.float64))
     g = problem.heads // problem.kv_heads
-    keep = allowed[:, c0:c1].repeat(g, 1)  # [G·R, C] (row g·R + r is head g, sampled row r)
-    return s.masked_fill(~keep, float("-inf"))
+    keep = at.allowed[:, c0:c1].repeat(g, 1)  # [G·R, C] (row g·R + r is head g, sampled row r)
+    return s.masked_fill(~keep, float("-inf")), slope
 
 
-Statistics = tuple[Tensor, Tensor, Tensor, Tensor]  # grouped rows, their mask, row maxima, exp-sums
+Statistics = tuple[Tensor, RowSet, Tensor, Tensor]  # grouped rows, what they see, row maxima, exp-sums
 
 
 def _statistics(q: Tensor, k: Tensor, problem: Problem, rows: Tensor) -> Statistics:
-    """Grouped rows, their mask, and each row's score maximum and exp-sum over every allowed key."""
+    """Grouped rows, what they see, and each row's score maximum and exp-sum over every allowed
+    key (and its sink, which joins the sum)."""
     qg = _grouped(q, problem, rows)  # [B, Hkv, G·R, D]
-    allowed = problem.pattern.mask(problem.seq_len, problem.kv_len, rows=rows)  # [R, Nk]
+    at = RowSet.of(problem, rows)
     m = torch.full((*qg.shape[:-1], 1), float("-inf"), dtype=torch.float64)  # [B, Hkv, G·R, 1]
     total = torch.zeros_like(m)
+    if at.sink is not None:  # the sink as one more term of every row's sum
+        m = at.sink.expand_as(m).clone()
+        total = torch.ones_like(m)
     for c0, c1 in _chunks(problem, len(rows)):
-        s = _scores(qg, k, c0, c1, allowed, problem)  # [B, Hkv, G·R, C]
+        s, _ = _scores(qg, k, c0, c1, at, problem)  # [B, Hkv, G·R, C]
         m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
         safe = torch.nan_to_num(m_new, neginf=0.0)
         total = total * torch.exp(torch.nan_to_num(m - safe, nan=0.0)) + torch.exp(s - safe).sum(-1, keepdim=True)
         m = m_new
-    return qg, allowed, torch.nan_to_num(m, neginf=0.0), total
+    return qg, at, torch.nan_to_num(m, neginf=0.0), total
 
 
 def weights_on(q: Tensor, k: Tensor, problem: Problem, rows: Tensor, keys: Tensor) -> Tensor:
     """``[B, H, R, T]``: softmax attention's weight on the given ``keys`` ``[R, T]`` of each sampled
     row (float64; 0 where a key index is -1 or the pattern hides the pair)."""
-    _, allowed, m, total = _statistics(q, k, problem, rows)
+    _, at, m, total = _statistics(q, k, problem, rows)
     lse = _ungroup(m + torch.log(total.clamp(min=1e-300)), problem)[..., 0]  # [B, H, R]
     index = keys.clamp(min=0)  # [R, T]
     g = problem.heads // problem.kv_heads
     picked = k.detach()[:, :, index.to(k.device)].to("cpu", torch.float64)  # [B, Hkv, R, T, D]
     picked = picked.repeat_interleave(g, dim=1)  # [B, H, R, T, D]
     q64 = q.detach()[:, :, rows.to(q.device)].to("cpu", torch.float64)  # [B, H, R, D]
-    s = (picked @ q64[..., None])[..., 0] * problem.scale  # [B, H, R, T]
-    seen = (keys >= 0) & torch.gather(allowed, 1, index)  # [R, T]
+    s = soft_cap((picked @ q64[..., None])[..., 0] * problem.scale, problem.softcap)  # [B, H, R, T]
+    if at.slope is not None:
+        slopes = alibi_slopes(problem.heads)[None, :, None, None]  # [1, H, 1, 1]
+        s = s - slopes * distance(positions(problem.seq_len, problem.kv_len, rows), index.to(torch.float64))
+    seen = (keys >= 0) & torch.gather(at.allowed, 1, index)  # [R, T]
     return torch.exp(s - lse[..., None]) * seen
 
 
@@ -132,11 +174,11 @@ def softmax_attention_terms(
     what a reordered sum's rounding error is proportional to (:mod:`attnbench.measure.accuracy`).
     ``stats``: the rows' :func:`_statistics`, when the caller has them already."""
     picked = _rows(problem, rows)
-    qg, allowed, m, total = stats if stats is not None else _statistics(q, k, problem, picked)
+    qg, at, m, total = stats if stats is not None else _statistics(q, k, problem, picked)
     out = torch.zeros((*qg.shape[:-1], v.shape[-1]), dtype=torch.float64)  # [B, Hkv, G·R, Dv]
     terms = torch.zeros_like(out)
     for c0, c1 in _chunks(problem, len(picked)):
-        p = torch.exp(_scores(qg, k, c0, c1, allowed, problem) - m)  # [B, Hkv, G·R, C]
+        p = torch.exp(_scores(qg, k, c0, c1, at, problem)[0] - m)  # [B, Hkv, G·R, C]
         vc = v[:, :, c0:c1].to("cpu", torch.float64)
         out += p @ vc
         terms += p @ vc.abs()
@@ -172,7 +214,7 @@ def softmax_attention_grads(
     picked = _rows(problem, rows)
     stats = _statistics(q, k, problem, picked)  # one pass over the keys, shared by the output and the gradients
     out, out_terms = softmax_attention_terms(q, k, v, problem, picked, stats)  # [B, H, R, D]
-    qg, allowed, m, total = stats
+    qg, at, m, total = stats
     b, hkv = problem.batch, problem.kv_heads
     do = dout.detach().to("cpu", torch.float64).reshape(b, hkv, -1, dout.shape[-1])  # [B, Hkv, G·R, D]
     og = out.reshape(b, hkv, -1, out.shape[-1])  # [B, Hkv, G·R, D]
@@ -184,11 +226,14 @@ def softmax_attention_grads(
     for c0, c1 in _chunks(problem, len(picked)):
         kc = k[:, :, c0:c1].to("cpu", torch.float64)  # [B, Hkv, C, D]
         vc = v[:, :, c0:c1].to("cpu", torch.float64)
-        p = torch.exp(_scores(qg, k, c0, c1, allowed, problem) - m) * inv  # [B, Hkv, G·R, C]
+        s, cap_slope = _scores(qg, k, c0, c1, at, problem)
+        p = torch.exp(s - m) * inv  # [B, Hkv, G·R, C]
         dv[:, :, c0:c1] = p.transpose(-1, -2) @ do
         dv_terms[:, :, c0:c1] = p.transpose(-1, -2) @ do.abs()
         ds = p * (do @ vc.transpose(-1, -2) - delta)  # [B, Hkv, G·R, C]
         ds_terms = p * (do.abs() @ vc.abs().transpose(-1, -2) + delta.abs())  # before the subtraction cancels
+        if cap_slope is not None:  # through the soft-cap: d(c·tanh(s/c))/ds
+            ds, ds_terms = ds * cap_slope, ds_terms * cap_slope
         dq += (ds @ kc) * problem.scale
         dq_terms += (ds_terms @ kc.abs()) * problem.scale
         dk[:, :, c0:c1] = (ds.transpose(-1, -2) @ qg) * problem.scale

@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass, fields
 from typing import Any
 
+from attnbench.case.keys import SPEC
 from attnbench.case.modes import FORWARD, FORWARD_BACKWARD
 from attnbench.case.problem import Problem
 from attnbench.case.status import Status
@@ -37,6 +38,8 @@ REPRESENTATIVE: tuple[dict[str, Any], ...] = (
     {"seq_len": 256, "window": 32},
     {"seq_len": 256, "layout": "bigbird:block=32"},
 )
+#: The case fields that change the scores or the softmax, shown in a check's case names.
+VARIANT_KEYS = ("softcap", "bias", "sinks")
 BASE: dict[str, Any] = {"batch": 2, "heads": 4, "head_dim": 64}
 PROBLEM_FIELDS = {f.name: f.type for f in fields(Problem) if f.init and f.name != "threads"}
 
@@ -60,6 +63,8 @@ class Outcome:
         bits += ["causal"] if p.causal else []
         bits += [f"W{p.window}"] if p.window else []
         bits += [p.layout.split(":")[0]] if p.layout != "dense" else []
+        row = p.as_dict()
+        bits += [part for key in VARIANT_KEYS if (short := SPEC[key].short) and (part := short(row[key], row))]
         return " ".join(bits)
 
 
@@ -89,6 +94,11 @@ def _value(key: str, raw: str, spec: str) -> Any:
             return int(raw)
         except ValueError:
             raise CaseSpecError(f"--case {spec!r}: {key} must be an integer, not {raw!r}") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise CaseSpecError(f"--case {spec!r}: {key} must be a number, not {raw!r}") from None
     return raw
 
 

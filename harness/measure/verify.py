@@ -35,12 +35,14 @@ import torch
 from attnbench.case.modes import FORWARD, FORWARD_BACKWARD, DecodeInputs, sequence_problem
 from attnbench.case.problem import Problem
 from attnbench.case.reference import (
+    RowSet,
     sample_rows,
     softmax_attention,
     softmax_attention_grads,
     softmax_attention_terms,
     uniform_attention,
 )
+from attnbench.case.variants import distance
 from attnbench.measure.accuracy import (
     LOW_DTYPES,
     Verdict,
@@ -168,9 +170,18 @@ def comparator(
             r1 = min(len(rows), r0 + per)
             qb = qr[:, :, r0:r1].reshape(b, hkv, g * (r1 - r0), d).to(acc)  # [B, Hkv, G·r, D]: head = hkv·G + g
             s = _Round.apply(qb @ ks.transpose(-1, -2), low)  # [B, Hkv, G·r, Nk]
+            at = RowSet.of(problem, rows[r0:r1]) if problem.varies_scores else None
+            if problem.softcap:  # FlashAttention's reference: s / c, tanh, · c, each in the dtype
+                s = _Round.apply(torch.tanh(_Round.apply(s / problem.softcap, low)) * problem.softcap, low)
+            if at is not None and at.slope is not None:  # its float32 bias, added in float32
+                s = s - (at.slope * distance(at.q_pos, torch.arange(k.shape[2], dtype=torch.float64))).to(s)
             keep = mask[r0:r1].repeat(g, 1)  # [G·r, Nk]
             s = s.masked_fill(~(keep | empty[r0:r1].repeat(g)[:, None]), float("-inf"))
-            p = _Softmax.apply(s, low)
+            if at is not None and at.sink is not None:  # one more column, without a value
+                sink = at.sink.expand(b, hkv, s.shape[2], 1).to(s)  # [B, Hkv, G·r, 1]
+                p = _Softmax.apply(torch.cat([s, sink], dim=-1), low)[..., :-1]
+            else:
+                p = _Softmax.apply(s, low)
             o = _Round.apply(p @ vf, low).reshape(b, h, r1 - r0, d)  # [B, H, r, D]
             o = torch.where(empty[r0:r1, None].to(o.device), torch.zeros_like(o), o)
             if dout is not None:

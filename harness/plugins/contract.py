@@ -35,6 +35,7 @@ from attnbench.case.devices import device_kind
 from attnbench.case.kvcache import KVCache
 from attnbench.case.modes import FORWARD, sequence_problem
 from attnbench.case.problem import FEATURES, OPTIONAL_FEATURES, Problem
+from attnbench.case.variants import alibi_slopes, sink_logits
 from attnbench.case.work import Work, io_bytes, softmax_work
 
 Tensor = torch.Tensor
@@ -234,7 +235,10 @@ class FunctionImplementation(Implementation):
 
     The function receives ``q, k, v`` and the keywords ``causal`` and ``scale``; when it
     declares the ``window`` or ``layout`` feature it also receives ``window=`` (an int) and
-    ``layout=`` (a :class:`~attnbench.case.patterns.BlockLayout` or None). The keywords of
+    ``layout=`` (a :class:`~attnbench.case.patterns.BlockLayout` or None); likewise
+    ``softcap=`` (a float, 0: none) with the ``softcap`` feature, ``alibi_slopes=`` (``[H]``
+    float32, or None when the case has no bias) with ``alibi``, and ``sinks=`` (``[H]`` float32
+    logits, or None) with ``sinks`` (:mod:`attnbench.case.variants`). The keywords of
     ``@register`` declare the rest:
 
     * ``description``, ``exact``, ``approximates``, ``devices``, ``dtypes``, ``growth``;
@@ -302,6 +306,14 @@ class FunctionImplementation(Implementation):
             options["window"] = problem.window
         if "layout" in self.features:
             options["layout"] = problem.pattern.layout
+        if "softcap" in self.features:
+            options["softcap"] = problem.softcap
+        if "alibi" in self.features:
+            slopes = alibi_slopes(problem.heads) if problem.bias == "alibi" else None
+            options["alibi_slopes"] = None if slopes is None else slopes.to(problem.device, torch.float32)
+        if "sinks" in self.features:
+            sinks = sink_logits(problem.heads, problem.seed) if problem.sinks != "none" else None
+            options["sinks"] = None if sinks is None else sinks.to(problem.device, torch.float32)
         if _takes_problem(fn):
             options["problem"] = problem
         return options

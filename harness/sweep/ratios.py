@@ -131,6 +131,6 @@ def _fields(table: dict[str, Any], key: str, at: str) -> dict[str, Any]:
         if name not in SPEC:
             raise RatioError(f"{at}.{key}.{name}: not a case field; expected one of {', '.join(CASE_KEYS)}")
         for one in item if isinstance(item, list) else [item]:
-            if not isinstance(one, SPEC[name].kind) or isinstance(one, bool) != (SPEC[name].kind is bool):
+            if not SPEC[name].takes(one):
                 raise RatioError(f"{at}.{key}.{name} has {one!r}: expected {SPEC[name].expected}")
     return dict(value)

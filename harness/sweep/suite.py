@@ -311,7 +311,7 @@ def _grid_axis(grid: dict[str, Any], key: str, where: str, name: str = "grid") -
     if isinstance(value, str) and value in meta.auto:
         return [value]
     if not isinstance(value, list):
-        value = [value] if isinstance(value, meta.kind) else value
+        value = [value] if meta.takes(value) else value
     if not isinstance(value, list):
         raise SuiteError(f"{where}: {name}.{key} = {value!r}: expected {expected}")
     if not value and not meta.empty_ok and meta.grid is not None:
@@ -319,7 +319,7 @@ def _grid_axis(grid: dict[str, Any], key: str, where: str, name: str = "grid") -
     for item in value:
         if item in meta.auto:
             continue
-        wrong_type = not isinstance(item, meta.kind) or (meta.kind is int and isinstance(item, bool))
+        wrong_type = not meta.takes(item)
         if wrong_type or (meta.check is not None and not meta.check(item)):
             raise SuiteError(f"{where}: {name}.{key} has {item!r}: expected {expected}{_why(key, item)}")
     return _unique(value)

@@ -1,0 +1,82 @@
+"""What today's models do to the scores: logit soft-capping, ALiBi and attention sinks.
+
+A case computes softmax attention; three case fields change its scores the way shipped models
+do, each defined here once for the float64 reference, the plain low-precision comparator and the
+implementations that take it:
+
+* ``softcap = c > 0`` (Gemma 2: 50; Grok): each scaled score ``s`` becomes ``c · tanh(s / c)``,
+  before any bias or mask. A case's standard-normal inputs give scores of spread 1, where a cap
+  of 50 does nothing (``50·tanh(4/50)`` is 3.998): a kernel that ignored the cap would pass. So
+  with a cap the queries are scaled by ``c / 4`` (:data:`SOFTCAP_SPREAD`), as FlashAttention's
+  tests scale them, and the scores spread to a quarter of the cap, where the tanh bends: a cap of
+  45 where 50 is asked moves the output by 0.27 in float32 and float16, against bounds of 3e-5
+  and 0.06 (causal, N = 2048, 8/2 heads). In bfloat16 the plain computation's own error there
+  is already 0.23 (a score near 16 is rounded to a sixteenth), and the criterion cannot tell 45
+  from 50.
+* ``bias = "alibi"`` (BLOOM, MPT): head ``h`` adds ``−slope_h · |p − j|`` to the pair of a query at
+  key position ``p`` and key ``j`` (queries aligned bottom-right, as every pattern is), with
+  BLOOM's slopes (:func:`alibi_slopes`): ``2^(−8(h+1)/H)`` for a power-of-two ``H``. Under causal
+  masking ``|p − j| = p − j``, which FlashAttention's ``alibi_slopes`` and the key-position form
+  ``+slope_h · j`` of BLOOM's code agree with up to a per-row constant, which the softmax ignores.
+* ``sinks = "learned"`` (gpt-oss): head ``h`` has a sink logit ``σ_h`` that joins every row's
+  softmax denominator and carries no value, ``o = Σ_j e^{s_j} v_j / (e^{σ_h} + Σ_j e^{s_j})``.
+  The logits are seeded from the case's seed (:func:`sink_logits`), uniform in [1, 8): at the
+  lengths the suites run (row log-sum-exps near ``log N``, 7 at 1K), some heads lose a few
+  percent of their mass to the sink and others most of it, so a dropped sink cannot pass.
+
+Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+#: The score biases a case can ask for.
+BIASES = ("none", "alibi")
+#: The attention sinks a case can ask for.
+SINKS = ("none", "learned")
+#: With a soft-cap ``c`` the queries are scaled by ``c / SOFTCAP_SPREAD``: scores of spread c/4.
+SOFTCAP_SPREAD = 4.0
+#: The range the seeded sink logits are drawn from, uniformly.
+SINK_RANGE = (1.0, 8.0)
+
+
+def alibi_slopes(heads: int) -> Tensor:
+    """``[H]`` float64: BLOOM's ALiBi slopes (Press et al. 2022): for the largest power of two
+    ``n <= H``, ``2^(−8i/n)`` for ``i = 1..n``; the remaining heads take every other slope of
+    ``2n`` heads, ``2^(−4i/n)`` for odd ``i``."""
+    n = 1 << (heads.bit_length() - 1)  # the largest power of two <= heads
+    slopes = [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
+    slopes += [2.0 ** (-4.0 * i / n) for i in range(1, 2 * min(n, heads - n), 2)]
+    return torch.tensor(slopes, dtype=torch.float64)
+
+
+def sink_logits(heads: int, seed: int) -> Tensor:
+    """``[H]`` float64: each head's sink logit, seeded (the same for every implementation)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    low, high = SINK_RANGE
+    return low + (high - low) * torch.rand(heads, generator=gen, dtype=torch.float64)
+
+
+def soft_cap(s: Tensor, cap: float) -> Tensor:
+    """``cap · tanh(s / cap)`` (``s`` unchanged when ``cap`` is 0)."""
+    return s if not cap else torch.tanh(s / cap) * cap
+
+
+def soft_cap_slope(capped: Tensor, cap: float) -> Tensor:
+    """``d capped / d s = 1 − tanh²(s / cap)``, from the capped scores: the backward's factor."""
+    return 1.0 - (capped / cap) ** 2
+
+
+def distance(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """``|p − j|`` for query positions ``[R, 1]`` (or ``[..., R, 1]``) and key positions ``[C]``."""
+    return (q_pos - k_pos).abs()
+
+
+def positions(nq: int, nk: int, rows: Tensor | None = None, device: torch.device | str = "cpu") -> Tensor:
+    """``[R, 1]`` float64 key positions of the query ``rows`` (every row when None), aligned
+    bottom-right: query ``i`` of ``nq`` sits at ``i + nk − nq``."""
+    index = torch.arange(nq, device=device) if rows is None else rows.to(device)
+    return (index + (nk - nq)).to(torch.float64)[:, None]
