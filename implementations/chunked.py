@@ -38,7 +38,12 @@ seen, :meth:`Chunked.prepare` classifies every tile once
   drops): **skipped**, never computed;
 * every pair kept: unmasked; the consecutive unmasked tiles of a block are joined into one run;
 * the causal diagonal tile: top-left causal (query ``r`` sees key ``c ≤ r``), no mask tensor;
-* other boundary tiles (window edges, layout blocks finer than a tile): a boolean mask.
+* other boundary tiles (window edges, layout blocks finer than a tile, the edges of packed
+  documents): a boolean mask.
+
+A packed batch (``documents``) is a pattern like the others: each row sees its own document
+only, so every tile outside all documents is skipped and the batch costs its documents' pairs
+plus the boundary tiles' waste.
 
 Tiles of the same shape, mask and position relative to their block's diagonal are batched over
 all query blocks into one call, as strided views of ``q``, ``k`` and ``v`` (no copies): under
@@ -100,7 +105,7 @@ class Chunked(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "documents"})
     growth = Growth(2.0, 1.0)
     #: Query rows per block (the diagonal tile is ``block_q × block_q``) and keys per other tile.
     block_q: int = 256

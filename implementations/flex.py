@@ -70,6 +70,7 @@ def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device)
     block = 1 if layout is None else layout.block
     shift = 0 if layout is None else layout.shift(nq, nk)  # table row of query i: (i + shift) // block
     last_row, last_col = (0, 0) if table is None else (table.shape[0] - 1, table.shape[1] - 1)
+    docs = pattern.document_of(torch.arange(nk)).to(device) if pattern.documents else None  # [Nk]
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         p = q_idx + offset
@@ -80,6 +81,8 @@ def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device)
             keep = keep & (p - kv_idx < window)
             if not causal:
                 keep = keep & (kv_idx - p < window)
+        if docs is not None:  # packed documents: the query's own only (clamped like the table)
+            keep = keep & (docs[kv_idx.clamp(max=nk - 1)] == docs[p.clamp(min=0, max=nk - 1)])
         if table is not None:
             # clamped: the kernel may evaluate padding positions past Nq or Nk (masked anyway)
             keep = keep & table[((q_idx + shift) // block).clamp(max=last_row), (kv_idx // block).clamp(max=last_col)]
@@ -228,7 +231,7 @@ class FlexAttention(Implementation):
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
     features = frozenset(
-        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks"}
+        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents"}
     )
     growth = Growth(2.0, 1.0)  # time N² dense; less where the block mask skips tiles
 

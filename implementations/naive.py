@@ -129,7 +129,7 @@ class Naive(Implementation):
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
     features = frozenset(
-        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks"}
+        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents"}
     )
     growth = Growth(2.0, 2.0)
 

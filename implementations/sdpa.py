@@ -12,8 +12,8 @@ priority order). Each other variant pins one backend with ``torch.nn.attention.s
 
 Patterns: full attention passes no mask; causal with ``Nq == Nk`` passes ``is_causal=True``;
 bottom-right causal with ``Nq < Nk`` passes ``causal_lower_right`` (no dense mask); every other
-pattern (``Nq > Nk`` causal, where some queries see no key, window, block layout) passes the
-pattern's dense boolean mask, built once in :meth:`prepare`, never inside the timed call.
+pattern (``Nq > Nk`` causal, where some queries see no key, window, block layout, packed
+documents) passes the pattern's dense boolean mask, built once in :meth:`prepare`, never inside the timed call.
 Grouped-query attention uses ``enable_gqa=True``. ALiBi (``bias = "alibi"``) has no SDPA
 argument: it is passed as an additive float mask ``[1, H, Nq, Nk]`` holding the bias and the
 pattern, as SDPA's users pass it, and costs its memory. Soft-capping and sinks have no SDPA form
@@ -64,7 +64,7 @@ def pattern_arguments(problem: Problem, device: str | torch.device) -> tuple[Mas
         return alibi_mask(problem, device), False
     if pattern.is_full:
         return None, False
-    if pattern.window == 0 and pattern.layout is None:  # causal only
+    if pattern.window == 0 and pattern.layout is None and not pattern.documents:  # causal only
         if nq == nk:
             return None, True
         if nq < nk:  # every query sees at least one key: no empty rows
@@ -141,7 +141,7 @@ class _SDPA(Implementation):
     library = "PyTorch"
     computes = ("full", "causal", "window", "block-sparse")
     dtypes = ALL_DTYPES
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode", "alibi"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode", "alibi", "documents"})
     growth = Growth(2.0, 1.0)
 
     def _probe_dtype(self, device: str) -> str:

@@ -12,7 +12,8 @@ Positions are aligned bottom-right: query ``i`` of ``nq`` sits at key position
 * window ``W > 0``: ``|p - j| < W`` — with causal the ``W`` keys ending at ``p``, otherwise the
   symmetric band of ``2W - 1`` keys centred on ``p``;
 * block layout: the block table marks ``(p // block, j // block)`` as kept — blocks are cut by
-  key position, so the diagonal block of every row holds its own key.
+  key position, so the diagonal block of every row holds its own key;
+* packed documents (:mod:`attnbench.case.documents`): ``j`` is in the same document as ``p``.
 
 All conditions hold together. A query that may attend no key outputs zeros (SDPA's convention).
 
@@ -128,12 +129,15 @@ class Pattern:
     causal: bool = False
     window: int = 0
     layout: BlockLayout | None = None
+    documents: tuple[int, ...] = ()  # where each packed document after the first starts
 
     @classmethod
-    def make(cls, causal: bool, window: int, layout: str | BlockLayout | None) -> Pattern:
+    def make(
+        cls, causal: bool, window: int, layout: str | BlockLayout | None, documents: tuple[int, ...] = ()
+    ) -> Pattern:
         if isinstance(layout, str):
             layout = None if layout in ("", "dense") else BlockLayout.parse(layout)
-        return cls(bool(causal), int(window), layout)
+        return cls(bool(causal), int(window), layout, tuple(documents))
 
     @property
     def layout_name(self) -> str:
@@ -142,11 +146,17 @@ class Pattern:
     @property
     def is_full(self) -> bool:
         """True when every pair is computed."""
-        return not self.causal and not self.window and self.layout is None
+        return not self.causal and not self.window and self.layout is None and not self.documents
+
+    def document_of(self, positions: torch.Tensor) -> torch.Tensor:
+        """The packed document each key position is in (0 when the sequence is one document)."""
+        if not self.documents:
+            return torch.zeros_like(positions)
+        return torch.searchsorted(torch.tensor(self.documents), positions, right=True)
 
     def row_ranges(self, nq: int, nk: int, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each query row, the half-open key range ``[lo, hi)`` allowed by causal and window
-        (the layout is applied on top). Both ``[len(rows)]`` int64."""
+        """For each query row, the half-open key range ``[lo, hi)`` allowed by causal, window and
+        its packed document (the layout is applied on top). Both ``[len(rows)]`` int64."""
         i = torch.arange(nq) if rows is None else rows  # [R]
         p = i + (nk - nq)  # aligned position of each query
         lo = torch.zeros_like(i)
@@ -157,6 +167,11 @@ class Pattern:
             lo = torch.maximum(lo, p - self.window + 1)
             if not self.causal:
                 hi = torch.minimum(hi, p + self.window)
+        if self.documents:  # only the query's own document: [its start, its end)
+            bounds = torch.tensor([0, *self.documents, nk])
+            doc = self.document_of(p)
+            lo = torch.maximum(lo, bounds[doc])
+            hi = torch.minimum(hi, bounds[doc + 1])
         hi = torch.maximum(hi, lo)  # empty rows: lo == hi
         return lo, hi
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from attnbench.case.devices import canonical
+from attnbench.case.documents import document_cuts, parse_documents
 from attnbench.case.fields import CaseField, at_least, between, case_field, one_of, short_label
 from attnbench.case.kvcache import parse_cache, parse_lengths
 from attnbench.case.modes import DECODE, FORWARD, MODES, Mode, mode
@@ -44,7 +45,7 @@ def torch_dtype(name: str) -> torch.dtype:
 #: compute (``features``) and those it cannot run without (``requires``). ``decode``: it reads a
 #: KV cache itself; without it a decode case runs through the dense-cache adapter.
 FEATURES: tuple[str, ...] = (
-    "causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks",
+    "causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents",
 )  # fmt: skip
 #: Features a case may use although an implementation lacks them (the adapter covers decode).
 OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
@@ -87,6 +88,14 @@ def _lengths_ok(value: str) -> bool:
 def _probe_ok(value: str) -> bool:
     try:
         parse_probe(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _documents_ok(value: str) -> bool:
+    try:
+        parse_documents(value)
     except ValueError:
         return False
     return True
@@ -220,6 +229,13 @@ class Problem:
             lambda v, c: None if v == "none" else f"sinks:{v}", 45,
         ),
     )  # fmt: skip
+    documents: str = case_field(
+        "1",
+        CaseField(
+            str, ["1"], "'1' or DIST:K packed documents, DIST uniform, longtail or bimodal (e.g. 'longtail:8')",
+            _documents_ok, lambda v, c: None if v == "1" else f"docs:{v}", 46,
+        ),
+    )  # fmt: skip
     #: Seeds the inputs and :meth:`generator` (random features, random layouts of a plugin).
     seed: int = 0
     pattern: Pattern = field(init=False, repr=False, compare=False)
@@ -253,7 +269,8 @@ class Problem:
             raise ValueError(f"cache and kv_lengths describe a KV cache: they apply to mode {DECODE.name!r} only")
         self._check_variants()
         torch_dtype(self.dtype)
-        pattern = Pattern.make(self.causal, self.window, self.layout)
+        cuts = document_cuts(self.documents, self.kv_len, self.seed) if self.documents != "1" else ()
+        pattern = Pattern.make(self.causal, self.window, self.layout, cuts)
         object.__setattr__(self, "layout", pattern.layout_name)
         object.__setattr__(self, "pattern", pattern)
 
@@ -265,6 +282,12 @@ class Problem:
             raise ValueError(f"unknown bias {self.bias!r}; expected one of {list(BIASES)}")
         if self.sinks not in SINKS:
             raise ValueError(f"unknown sinks {self.sinks!r}; expected one of {list(SINKS)}")
+        parse_documents(self.documents)
+        if self.documents != "1" and (self.cross or self.kind.reads_cache or self.probe != "random"):
+            raise ValueError(
+                f"documents {self.documents!r} packs one sequence of seq_len == kv_len tokens: not with kv_len"
+                f" {self.kv_len} != seq_len {self.seq_len}, mode decode or a probe"
+            )
         if self.varies_scores and self.kind.reads_cache:
             raise ValueError(
                 "softcap, bias and sinks are not modelled against a KV cache yet: use them with modes forward,"
@@ -310,6 +333,7 @@ class Problem:
             "softcap": self.softcap > 0,
             "alibi": self.bias == "alibi",
             "sinks": self.sinks != "none",
+            "documents": self.documents != "1",
         }
 
     @property

@@ -20,8 +20,9 @@ the ``config.json`` its numbers come from), under the names the common model fam
 
 Encoder families (BERT, RoBERTa, ViT, …) attend both ways and do not decode. The suite has one
 grid each for prefill at lengths doubling up to the context, decode against caches of lengths
-doubling up to the context (batch 1 and 8, uniform and ragged) and training (forward+backward),
-each with the model's window where it has one — both with and without it for models that
+doubling up to the context (batch 1 and 8, uniform and ragged) and training (forward+backward;
+a decoder's on packed batches of 8 long-tailed documents), each with the model's window where it
+has one — both with and without it for models that
 alternate windowed and global layers (``"_attnbench": {"alternating_window": true}``).
 A model whose scores are soft-capped, biased or sunk has no decode grid yet (those are not
 modelled against a KV cache), and a config holding multi-head latent attention's keys
@@ -213,6 +214,7 @@ def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
     windows = [0, shapes.window] if shapes.alternating_window else [shapes.window]
     prefill = shapes.lengths or doubling(min(512, shapes.context), shapes.context)
     train = shapes.lengths or doubling(min(512, shapes.context), min(shapes.context, 4096))
+    packs = shapes.causal and not shapes.lengths  # a decoder trains on packed documents
     common = (
         f"heads = [{shapes.heads}]\nkv_heads = [{shapes.kv_heads}]\nhead_dim = [{shapes.head_dim}]\n"
         f'dtype = ["{shapes.dtype}"]\ncausal = [{str(shapes.causal).lower()}]\nwindow = {windows}\n'
@@ -257,11 +259,16 @@ def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
             common,
         ]
     lines += [
-        "# Training: forward and backward.",
+        "# Training: forward and backward"
+        + (
+            ", on packed batches of 8 documents of long-tailed lengths, as training batches real text."
+            if packs
+            else "."
+        ),
         "[[grid]]",
         'mode = ["forward_backward"]',
         f"seq_len = {train}",
-        common,
+        common + ('documents = ["longtail:8"]\n' if packs else ""),
         "[budget]",
         "timeout_s = 60",
         "memory_gib = 8",
