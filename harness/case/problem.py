@@ -10,6 +10,7 @@ Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -53,52 +54,25 @@ OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 
 
-def _device_ok(value: str) -> bool:
-    try:
-        canonical(value)
-    except ValueError:
-        return False
-    return True
+def _parses(parse: Callable[[Any], object]) -> Callable[[Any], bool]:
+    """A field check: whether ``parse`` takes the value without a ValueError."""
+
+    def ok(value: Any) -> bool:
+        try:
+            parse(value)
+        except ValueError:
+            return False
+        return True
+
+    return ok
 
 
-def _layout_ok(value: str) -> bool:
-    try:
-        Pattern.make(False, 0, value)
-    except ValueError:
-        return False
-    return True
-
-
-def _cache_ok(value: str) -> bool:
-    try:
-        parse_cache(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _lengths_ok(value: str) -> bool:
-    try:
-        parse_lengths(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _probe_ok(value: str) -> bool:
-    try:
-        parse_probe(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _documents_ok(value: str) -> bool:
-    try:
-        parse_documents(value)
-    except ValueError:
-        return False
-    return True
+_device_ok = _parses(canonical)
+_layout_ok = _parses(lambda value: Pattern.make(False, 0, value))
+_cache_ok = _parses(parse_cache)
+_lengths_ok = _parses(parse_lengths)
+_probe_ok = _parses(parse_probe)
+_documents_ok = _parses(parse_documents)
 
 
 def _softcap_ok(value: Any) -> bool:
