@@ -231,7 +231,20 @@ class FlexAttention(Implementation):
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
     features = frozenset(
-        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents"}
+        {
+            "causal",
+            "window",
+            "layout",
+            "gqa",
+            "cross",
+            "backward",
+            "decode",
+            "softcap",
+            "alibi",
+            "sinks",
+            "documents",
+            "v_head_dim",
+        }
     )
     growth = Growth(2.0, 1.0)  # time N² dense; less where the block mask skips tiles
 

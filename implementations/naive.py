@@ -117,8 +117,8 @@ def naive_attention(
     if empty is not None:
         probs = probs.masked_fill(empty, 0.0)
     probs = probs.view(b, hkv, g * nq, nk).to(v.dtype)  # [B, Hkv, G·Nq, Nk]
-    out = torch.matmul(probs, v)  # [B, Hkv, G·Nq, D]
-    return out.view(b, h, nq, d)  # [B, H, Nq, D]
+    out = torch.matmul(probs, v)  # [B, Hkv, G·Nq, Dv]
+    return out.view(b, h, nq, v.shape[-1])  # [B, H, Nq, Dv]
 
 
 @register("naive")
@@ -129,7 +129,20 @@ class Naive(Implementation):
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
     features = frozenset(
-        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents"}
+        {
+            "causal",
+            "window",
+            "layout",
+            "gqa",
+            "cross",
+            "backward",
+            "decode",
+            "softcap",
+            "alibi",
+            "sinks",
+            "documents",
+            "v_head_dim",
+        }
     )
     growth = Growth(2.0, 2.0)
 

@@ -141,7 +141,9 @@ class _SDPA(Implementation):
     library = "PyTorch"
     computes = ("full", "causal", "window", "block-sparse")
     dtypes = ALL_DTYPES
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "decode", "alibi", "documents"})
+    features = frozenset(
+        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "alibi", "documents", "v_head_dim"}
+    )
     growth = Growth(2.0, 1.0)
 
     def _probe_dtype(self, device: str) -> str:

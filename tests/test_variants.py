@@ -241,7 +241,12 @@ def test_a_suite_takes_an_integer_soft_cap_and_labels_the_variants() -> None:
 
 @pytest.mark.parametrize(
     "preset,field,value",
-    [("gemma-2-9b", "softcap", 50.0), ("bloom-7b1", "bias", "alibi"), ("gpt-oss-20b", "sinks", "learned")],
+    [
+        ("gemma-2-9b", "softcap", 50.0),
+        ("bloom-7b1", "bias", "alibi"),
+        ("gpt-oss-20b", "sinks", "learned"),
+        ("deepseek-v3", "v_head_dim", 128),
+    ],
 )
 def test_model_presets_compute_their_variants(preset: str, field: str, value: object) -> None:
     name, config = load_config(preset)
@@ -257,11 +262,19 @@ def test_gpt_oss_alternates_its_window_from_layer_types() -> None:
     assert shapes.window == 128 and shapes.alternating_window and (shapes.heads, shapes.kv_heads) == (64, 8)
 
 
-@pytest.mark.parametrize("key", ["kv_lora_rank", "qk_rope_head_dim", "v_head_dim"])
-def test_a_config_with_latent_attention_is_refused_naming_the_key(key: str) -> None:
-    name, config = load_config("llama-3.1-8b")
+@pytest.mark.parametrize("key", ["qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"])
+def test_a_config_with_part_of_latent_attention_is_refused_naming_the_missing_key(key: str) -> None:
+    name, config = load_config("deepseek-v3")
     with pytest.raises(ModelConfigError, match=key):
-        shapes_of(name, {**config, key: 64})
+        shapes_of(name, {k: v for k, v in config.items() if k != key})
+
+
+def test_deepseek_v3_is_read_in_its_prefill_form() -> None:
+    shapes = shapes_of(*load_config("deepseek-v3"))
+    assert (shapes.heads, shapes.kv_heads, shapes.head_dim, shapes.v_head_dim) == (128, 128, 192, 128)
+    cases = parse_suite(suite_text(shapes), "deepseek.toml").cases(["cpu"])
+    assert cases and all(c.head_dim == 192 and c.dv == 128 for c in cases)
+    assert not any(c.kind.reads_cache for c in cases)
 
 
 def test_a_config_s_dtype_key_is_read_as_torch_dtype_is() -> None:
@@ -300,3 +313,32 @@ def test_a_function_plugin_receives_the_variant_keywords_it_declares_and_compute
     assert check(honest, problem.with_(softcap=0.0, bias="none", sinks="none"), max_rows=64).ok  # keywords: none
     plain = FunctionImplementation("plain", lambda q, k, v, causal, scale: q, features=("causal",))
     assert "softcap" in (plain.supports(problem) or "")
+
+
+class ValuesScaledAsKeys(Implementation):
+    """Multi-head latent attention with the values' head dimension used where the keys' belongs:
+    the scores scaled by ``1/sqrt(Dv)`` instead of ``1/sqrt(D)``."""
+
+    exact = True
+    dtypes = ("float32", "bfloat16", "float16")
+    features = frozenset({"causal", "gqa", "backward", "v_head_dim"})
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, problem: Problem) -> Tensor:
+        mask = None if problem.pattern.is_full else problem.pattern.mask(problem.seq_len, problem.kv_len)
+        return naive_attention(q, k, v, problem.dv**-0.5, mask)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_latent_attention_s_two_head_dimensions_and_a_planted_mix_up(dtype: str) -> None:
+    """DeepSeek-V3's prefill shapes (keys 192, values 128), causal at N = 2048: naive and sdpa
+    pass, FLOPs count each product with its own dimension, and the mix-up is caught."""
+    problem = Problem(heads=4, seq_len=2048, head_dim=192, v_head_dim=128, causal=True, dtype=dtype)
+    registry = load_registry()
+    for name in ("naive", "sdpa"):
+        assert check(registry.get(name), problem, max_rows=64).ok, name
+    assert not check(ValuesScaledAsKeys(), problem, max_rows=64).ok
+    from attnbench.case.work import softmax_work
+
+    same = softmax_work(problem.with_(head_dim=160, v_head_dim=0)).flops
+    assert softmax_work(problem).flops == same  # 2·pairs·(192 + 128) = 4·pairs·160
+    assert "does not support v_head_dim" in (registry.get("chunked").supports(problem) or "")

@@ -48,6 +48,9 @@ class Problem(Protocol):
     def head_dim(self) -> int: ...
 
     @property
+    def dv(self) -> int: ...
+
+    @property
     def device(self) -> str: ...
 
     @property
@@ -117,12 +120,13 @@ class Mode:
         return self.name
 
 
-def tensor_bytes(problem: Problem) -> tuple[float, float, float]:
-    """Bytes of ``q`` (and of the output, the same shape), of ``k`` and of ``v`` in the case's dtype."""
+def tensor_bytes(problem: Problem) -> tuple[float, float, float, float]:
+    """Bytes of ``q``, ``k``, ``v`` and the output in the case's dtype (values and the output
+    have ``v_head_dim`` columns)."""
     elem = torch.empty((), dtype=problem.torch_dtype).element_size()
-    q = problem.batch * problem.heads * problem.seq_len * problem.head_dim * elem
-    kv = problem.batch * problem.kv_heads * problem.kv_len * problem.head_dim * elem
-    return float(q), float(kv), float(kv)
+    rows_q, rows_kv = problem.batch * problem.heads * problem.seq_len, problem.batch * problem.kv_heads * problem.kv_len
+    q, k = rows_q * problem.head_dim * elem, rows_kv * problem.head_dim * elem
+    return float(q), float(k), float(rows_kv * problem.dv * elem), float(rows_q * problem.dv * elem)
 
 
 class Forward(Mode):
@@ -131,8 +135,8 @@ class Forward(Mode):
     name = "forward"
 
     def io_bytes(self, problem: Problem) -> float:
-        q, k, v = tensor_bytes(problem)
-        return 2 * q + k + v  # read q, k, v; write the output (shaped like q)
+        q, k, v, o = tensor_bytes(problem)
+        return q + k + v + o  # read q, k, v; write the output
 
 
 class Backward(Mode):
@@ -145,8 +149,8 @@ class Backward(Mode):
     memory_factor = 2.0
 
     def io_bytes(self, problem: Problem) -> float:
-        q, k, v = tensor_bytes(problem)
-        return 3 * q + k + v + q + k + v  # read q, k, v, out, dout; write dq, dk, dv
+        q, k, v, o = tensor_bytes(problem)
+        return q + k + v + 2 * o + q + k + v  # read q, k, v, out, dout; write dq, dk, dv
 
 
 class ForwardBackward(Mode):
@@ -159,8 +163,8 @@ class ForwardBackward(Mode):
     memory_factor = 2.0
 
     def io_bytes(self, problem: Problem) -> float:
-        q, k, v = tensor_bytes(problem)
-        return (2 * q + k + v) + (3 * q + k + v + q + k + v)  # the forward's traffic, then the backward's
+        q, k, v, o = tensor_bytes(problem)
+        return (q + k + v + o) + (q + k + v + 2 * o + q + k + v)  # the forward's traffic, then the backward's
 
 
 @dataclass

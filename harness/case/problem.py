@@ -24,7 +24,7 @@ from attnbench.case.kvcache import parse_cache, parse_lengths
 from attnbench.case.modes import DECODE, FORWARD, MODES, Mode, mode
 from attnbench.case.patterns import Pattern
 from attnbench.case.probes import Targets, parse_probe, probe_inputs, targets
-from attnbench.case.variants import BIASES, SINKS, SOFTCAP_SPREAD
+from attnbench.case.variants import BIASES, SINKS, SOFTCAP_SPREAD, check_variants, softcap_ok
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -47,6 +47,7 @@ def torch_dtype(name: str) -> torch.dtype:
 #: KV cache itself; without it a decode case runs through the dense-cache adapter.
 FEATURES: tuple[str, ...] = (
     "causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents",
+    "v_head_dim",
 )  # fmt: skip
 #: Features a case may use although an implementation lacks them (the adapter covers decode).
 OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
@@ -73,10 +74,6 @@ _cache_ok = _parses(parse_cache)
 _lengths_ok = _parses(parse_lengths)
 _probe_ok = _parses(parse_probe)
 _documents_ok = _parses(parse_documents)
-
-
-def _softcap_ok(value: Any) -> bool:
-    return value >= 0 and math.isfinite(value)
 
 
 def _heads(value: Any, case: dict[str, Any]) -> str:
@@ -114,6 +111,13 @@ class Problem:
     head_dim: int = case_field(
         64, CaseField(int, [64], "integers from 1 to 1024", between(1, 1024), lambda v, c: f"D{v}", 33)
     )
+    v_head_dim: int = case_field(  # 0: same as head_dim
+        0,
+        CaseField(
+            int, [0], "integers from 0 to 1024 (0: same as head_dim; multi-head latent attention's 128 beside 192)",
+            between(0, 1024), lambda v, c: f"Dv{v}" if v and v != c.get("head_dim") else None, 34,
+        ),
+    )  # fmt: skip
     kv_heads: int = case_field(  # 0: same as heads
         0, CaseField(int, [], "integers >= 1 that divide heads (empty: same as heads)", at_least(1), empty_ok=True)
     )
@@ -185,7 +189,7 @@ class Problem:
     softcap: float = case_field(
         0.0,
         CaseField(
-            float, [0.0], "numbers >= 0 (0: none; Gemma 2's 50: scores become 50·tanh(s/50))", _softcap_ok,
+            float, [0.0], "numbers >= 0 (0: none; Gemma 2's 50: scores become 50·tanh(s/50))", softcap_ok,
             lambda v, c: f"cap{v:g}" if v else None, 43,
         ),
     )  # fmt: skip
@@ -219,6 +223,8 @@ class Problem:
             object.__setattr__(self, "kv_heads", self.heads)
         if self.kv_len == 0:
             object.__setattr__(self, "kv_len", self.seq_len)
+        if self.v_head_dim == self.head_dim:  # one spelling of "the same": 0
+            object.__setattr__(self, "v_head_dim", 0)
         for key in ("batch", "heads", "seq_len", "head_dim", "kv_heads", "kv_len"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -241,37 +247,23 @@ class Problem:
             raise ValueError("probes plant structure in a whole sequence's queries and keys: not in decode mode")
         if not self.kind.reads_cache and (self.cache, self.kv_lengths) != ("contiguous", "uniform"):
             raise ValueError(f"cache and kv_lengths describe a KV cache: they apply to mode {DECODE.name!r} only")
-        self._check_variants()
+        object.__setattr__(self, "softcap", float(self.softcap))
+        check_variants(self)
         torch_dtype(self.dtype)
         cuts = document_cuts(self.documents, self.kv_len, self.seed) if self.documents != "1" else ()
         pattern = Pattern.make(self.causal, self.window, self.layout, cuts)
         object.__setattr__(self, "layout", pattern.layout_name)
         object.__setattr__(self, "pattern", pattern)
 
-    def _check_variants(self) -> None:
-        object.__setattr__(self, "softcap", float(self.softcap))
-        if not _softcap_ok(self.softcap):
-            raise ValueError(f"softcap must be 0 (none) or a positive number, got {self.softcap}")
-        if self.bias not in BIASES:
-            raise ValueError(f"unknown bias {self.bias!r}; expected one of {list(BIASES)}")
-        if self.sinks not in SINKS:
-            raise ValueError(f"unknown sinks {self.sinks!r}; expected one of {list(SINKS)}")
-        parse_documents(self.documents)
-        if self.documents != "1" and (self.cross or self.kind.reads_cache or self.probe != "random"):
-            raise ValueError(
-                f"documents {self.documents!r} packs one sequence of seq_len == kv_len tokens: not with kv_len"
-                f" {self.kv_len} != seq_len {self.seq_len}, mode decode or a probe"
-            )
-        if self.varies_scores and self.kind.reads_cache:
-            raise ValueError(
-                "softcap, bias and sinks are not modelled against a KV cache yet: use them with modes forward,"
-                " backward and forward_backward"
-            )
-
     @property
     def varies_scores(self) -> bool:
         """Whether the case changes the scores (soft-capping, a bias) or the softmax (sinks)."""
         return bool(self.softcap) or self.bias != "none" or self.sinks != "none"
+
+    @property
+    def dv(self) -> int:
+        """The values' (and the output's) head dimension."""
+        return self.v_head_dim or self.head_dim
 
     @property
     def scale(self) -> float:
@@ -308,6 +300,7 @@ class Problem:
             "alibi": self.bias == "alibi",
             "sinks": self.sinks != "none",
             "documents": self.documents != "1",
+            "v_head_dim": self.v_head_dim != 0,
         }
 
     @property
@@ -357,7 +350,7 @@ class Problem:
         else:
             q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
             k = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
-            v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
+            v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.dv, generator=gen)  # [B, Hkv, Nk, Dv]
         if self.softcap:  # scores spread to a quarter of the cap, where the tanh bends (attnbench.case.variants)
             q = q * (self.softcap / SOFTCAP_SPREAD)
         target_dtype = dtype or self.torch_dtype
@@ -382,5 +375,5 @@ class Problem:
         """Bytes held by ``q, k, v`` (and, with gradients, their gradients and the output's)."""
         elem = torch.empty((), dtype=self.torch_dtype).element_size()
         q_elems = self.batch * self.heads * self.seq_len * self.head_dim
-        kv_elems = 2 * self.batch * self.kv_heads * self.kv_len * self.head_dim
+        kv_elems = self.batch * self.kv_heads * self.kv_len * (self.head_dim + self.dv)
         return (q_elems + kv_elems) * elem

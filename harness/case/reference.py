@@ -222,7 +222,8 @@ def softmax_attention_grads(
     inv = 1.0 / total.masked_fill(total == 0, 1.0)
     dq, dq_terms = torch.zeros_like(qg), torch.zeros_like(qg)
     dk = torch.zeros(k.shape, dtype=torch.float64)  # [B, Hkv, Nk, D]
-    dv, dk_terms, dv_terms = torch.zeros_like(dk), torch.zeros_like(dk), torch.zeros_like(dk)
+    dv = torch.zeros(v.shape, dtype=torch.float64)  # [B, Hkv, Nk, Dv]
+    dk_terms, dv_terms = torch.zeros_like(dk), torch.zeros_like(dv)
     for c0, c1 in _chunks(problem, len(picked)):
         kc = k[:, :, c0:c1].to("cpu", torch.float64)  # [B, Hkv, C, D]
         vc = v[:, :, c0:c1].to("cpu", torch.float64)

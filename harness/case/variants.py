@@ -29,7 +29,12 @@ Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
+
+from attnbench.case.documents import parse_documents
 
 Tensor = torch.Tensor
 
@@ -80,3 +85,35 @@ def positions(nq: int, nk: int, rows: Tensor | None = None, device: torch.device
     bottom-right: query ``i`` of ``nq`` sits at ``i + nk − nq``."""
     index = torch.arange(nq, device=device) if rows is None else rows.to(device)
     return (index + (nk - nq)).to(torch.float64)[:, None]
+
+
+def softcap_ok(value: Any) -> bool:
+    """Whether a soft-cap is 0 (none) or a positive finite number."""
+    return bool(value >= 0 and math.isfinite(value))
+
+
+def check_variants(p: Any) -> None:
+    """A ValueError naming the keys of a case (a :class:`~attnbench.case.problem.Problem`) whose
+    variants do not go together (see the module, :mod:`attnbench.case.documents`); what is not
+    modelled yet says so."""
+    if not softcap_ok(p.softcap):
+        raise ValueError(f"softcap must be 0 (none) or a positive number, got {p.softcap}")
+    if p.bias not in BIASES:
+        raise ValueError(f"unknown bias {p.bias!r}; expected one of {list(BIASES)}")
+    if p.sinks not in SINKS:
+        raise ValueError(f"unknown sinks {p.sinks!r}; expected one of {list(SINKS)}")
+    parse_documents(p.documents)
+    if p.documents != "1" and (p.cross or p.kind.reads_cache or p.probe != "random"):
+        raise ValueError(
+            f"documents {p.documents!r} packs one sequence of seq_len == kv_len tokens: not with kv_len"
+            f" {p.kv_len} != seq_len {p.seq_len}, mode decode or a probe"
+        )
+    if p.v_head_dim and (p.kind.reads_cache or p.probe != "random"):
+        raise ValueError(
+            "v_head_dim: values of their own head dimension are not modelled in decode mode or with probes yet"
+        )
+    if p.varies_scores and p.kind.reads_cache:
+        raise ValueError(
+            "softcap, bias and sinks are not modelled against a KV cache yet: use them with modes forward,"
+            " backward and forward_backward"
+        )

@@ -2,7 +2,8 @@
 
 FLOPs follow the convention of FlashAttention's and tritonbench's benchmarks: the forward pass
 is two matrix products, ``QKᵀ`` and ``PV``, of ``2·D`` operations per (query, key) pair each, so
-``4·B·H·pairs·D``; ``pairs`` is ``Nq·Nk`` for full attention and counts only the pairs really
+``4·B·H·pairs·D`` (``2·B·H·pairs·(D + Dv)`` where values have their own head dimension ``Dv``,
+as multi-head latent attention's do); ``pairs`` is ``Nq·Nk`` for full attention and counts only the pairs really
 computed for causal (bottom-right aligned), windowed and block-sparse patterns. Other modes
 scale it by their factor (:mod:`attnbench.case.modes`: backward 2.5×, forward+backward 3.5×).
 That is the work of *softmax attention*: an exact implementation computes that function, so one
@@ -46,13 +47,13 @@ class Work:
 def softmax_flops(problem: Problem) -> float:
     """FLOPs of the pairs the problem's pattern computes, for the problem's mode."""
     pairs = problem.kind.pairs(problem)  # over the batch
-    return 4.0 * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
+    return 2.0 * problem.heads * pairs * (problem.head_dim + problem.dv) * problem.kind.flops_factor
 
 
 def dense_flops(problem: Problem) -> float:
     """FLOPs of the same shapes computed densely (every pair), for comparison."""
     pairs = problem.kind.dense_pairs(problem)
-    return 4.0 * problem.heads * pairs * problem.head_dim * problem.kind.flops_factor
+    return 2.0 * problem.heads * pairs * (problem.head_dim + problem.dv) * problem.kind.flops_factor
 
 
 def io_bytes(problem: Problem) -> float:

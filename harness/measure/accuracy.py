@@ -17,11 +17,13 @@ sized for outputs near 1), plus an allowance for float32 accumulation in another
 ``8·ε(float32)·max|terms|`` (``|terms|`` the magnitude of what each element sums: ``P|V|`` for the
 output), which matters only in float32.
 
-Measured on this project's two-core machine (``benchmarks/criterion_sweep.py``): no flag on
-PyTorch's SDPA or its math back end over 20 seeds × bfloat16 and float16 × full and causal ×
-forward and forward+backward, while the criterion catches a softmax scale 5% wrong at N = 8192
-and a key gradient 5% wrong at N = 4096. A row-by-row bound against the float64 values, the
-criterion before, flagged PyTorch's CPU flash kernel on causal bfloat16 gradients in 8 of 20
+Measured on this project's two-core machine (``benchmarks/criterion_sweep.py``, 718 checks: 20
+seeds × bfloat16 and float16 × full and causal × forward and forward+backward at N = 1K and 4K,
+and bfloat16 at 16K): no flag on PyTorch's math back end; two on its CPU flash kernel, both in the
+value gradient (1.31× the bound in float16 at 4K causal, 1.19× in bfloat16 at 16K full) — a
+finding about that kernel's backward; while the criterion catches a softmax scale 5% wrong at
+N = 8192 and a key gradient 5% wrong at N = 4096. A row-by-row bound against the float64 values,
+the criterion before, flagged PyTorch's CPU flash kernel on causal bfloat16 gradients in 8 of 20
 seeds at N = 1024: finer than its source, it fired on a correct kernel.
 
 **Approximations** are held to their own definition with a tolerance relative to the tensor's

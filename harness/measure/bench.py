@@ -84,13 +84,19 @@ class Bench:
         raise NotImplementedError
 
 
-def same_shape(out: object, q: Tensor) -> Tensor:
-    """An output must be a tensor shaped like the query."""
+def same_shape(out: object, like: Tensor) -> Tensor:
+    """An output must be a tensor shaped ``like`` the output (:func:`output_like`)."""
     if not isinstance(out, Tensor):
         raise TypeError(f"the implementation returned {type(out).__name__}, not a tensor")
-    if tuple(out.shape) != tuple(q.shape):
-        raise ValueError(f"output shape {tuple(out.shape)} differs from the query's {tuple(q.shape)}")
+    if tuple(out.shape) != tuple(like.shape):
+        raise ValueError(f"output shape {tuple(out.shape)} differs from the expected {tuple(like.shape)}")
     return out
+
+
+def output_like(q: Tensor, v: Tensor, device: str | torch.device = "meta") -> Tensor:
+    """An empty tensor shaped like the output, ``[B, H, Nq, Dv]`` (the query's rows, the values'
+    columns), on ``device`` (``meta``: no memory) in the query's dtype."""
+    return torch.empty((*q.shape[:-1], v.shape[-1]), device=device, dtype=q.dtype)
 
 
 def output_gradient(problem: Problem, like: Tensor) -> Tensor:
@@ -147,13 +153,13 @@ class ForwardBench(Bench):
                 return fn(q, k, v)
 
         super().__init__(forward, inputs)
-        self.q = q
+        self.like = output_like(q, v)
 
     def first(self) -> None:
-        same_shape(self.call(), self.q)
+        same_shape(self.call(), self.like)
 
     def check(self, rows: Tensor) -> Outputs:
-        out = same_shape(self.call(), self.q)  # [B, H, Nq, D]
+        out = same_shape(self.call(), self.like)  # [B, H, Nq, Dv]
         return Outputs(out[:, :, rows.to(out.device)].detach().cpu())
 
 
@@ -165,7 +171,7 @@ class BackwardBench(Bench):
     def __init__(self, fn: AttentionFn, problem: Problem, inputs: Inputs) -> None:
         self.problem = problem
         self.grads = leaves(inputs)
-        self.out = same_shape(fn(*self.grads), inputs[0])  # [B, H, Nq, D]: the graph, built once outside the timing
+        self.out = same_shape(fn(*self.grads), output_like(inputs[0], inputs[2]))  # [B, H, Nq, Dv]: the graph, once
         self.dout = output_gradient(problem, self.out)  # [B, H, Nq, D]: one buffer, refilled for the check
 
         def backward() -> object:
@@ -191,7 +197,8 @@ class ForwardBackwardBench(Bench):
     def __init__(self, fn: AttentionFn, problem: Problem, inputs: Inputs) -> None:
         self.problem = problem
         self.grads = leaves(inputs)  # [B, H(kv), N, D] each
-        self.dout = output_gradient(problem, inputs[0])  # [B, H, Nq, D]: one buffer, refilled for the check
+        self.like = output_like(inputs[0], inputs[2], inputs[0].device)  # [B, H, Nq, Dv]
+        self.dout = output_gradient(problem, self.like)  # [B, H, Nq, Dv]: one buffer, refilled for the check
 
         def forward_backward() -> object:
             for t in self.grads:
@@ -203,13 +210,13 @@ class ForwardBackwardBench(Bench):
         super().__init__(forward_backward, self.grads)
 
     def first(self) -> None:
-        same_shape(self.call(), self.grads[0])
+        same_shape(self.call(), self.like)
 
     def check(self, rows: Tensor) -> Outputs:
-        full, on_rows = check_gradient(self.problem, self.grads[0], rows)
+        full, on_rows = check_gradient(self.problem, self.like, rows)
         with torch.no_grad():
             self.dout.copy_(full)
-        out = same_shape(self.call(), self.grads[0])  # [B, H, Nq, D], the leaves' gradients filled
+        out = same_shape(self.call(), self.like)  # [B, H, Nq, Dv], the leaves' gradients filled
         return gradient_outputs(out, self.grads, rows, on_rows)
 
 
@@ -226,13 +233,13 @@ class DecodeBench(Bench):
                 return fn(q, k_new, v_new)  # [B, H, S, D]; the cache now holds the new tokens
 
         super().__init__(step, (q, k_new, v_new, inputs.cache.k, inputs.cache.v))
-        self.q = q
+        self.like = output_like(q, v_new)
 
     def first(self) -> None:
-        same_shape(self.call(), self.q)
+        same_shape(self.call(), self.like)
 
     def check(self, rows: Tensor) -> Outputs:
-        return Outputs(same_shape(self.call(), self.q).detach().cpu())
+        return Outputs(same_shape(self.call(), self.like).detach().cpu())
 
 
 #: The bench of each mode, by the mode's class.

@@ -182,7 +182,7 @@ def comparator(
                 p = _Softmax.apply(torch.cat([s, sink], dim=-1), low)[..., :-1]
             else:
                 p = _Softmax.apply(s, low)
-            o = _Round.apply(p @ vf, low).reshape(b, h, r1 - r0, d)  # [B, H, r, D]
+            o = _Round.apply(p @ vf, low).reshape(b, h, r1 - r0, v.shape[-1])  # [B, H, r, Dv]
             o = torch.where(empty[r0:r1, None].to(o.device), torch.zeros_like(o), o)
             if dout is not None:
                 o.backward(dout[:, :, r0:r1].to(o.device, o.dtype))

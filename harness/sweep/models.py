@@ -25,8 +25,10 @@ a decoder's on packed batches of 8 long-tailed documents), each with the model's
 has one — both with and without it for models that
 alternate windowed and global layers (``"_attnbench": {"alternating_window": true}``).
 A model whose scores are soft-capped, biased or sunk has no decode grid yet (those are not
-modelled against a KV cache), and a config holding multi-head latent attention's keys
-(``kv_lora_rank``, ``qk_rope_head_dim``, ``v_head_dim``, …) is refused, naming the key.
+modelled against a KV cache). Multi-head latent attention (``qk_nope_head_dim``,
+``qk_rope_head_dim``, ``v_head_dim``) is read in its prefill form: keys of the two first summed,
+values of the third, a key/value head per query head; a config with only part of those keys is
+refused, naming the missing one.
 
 Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
 ``attnbench.sweep``; never ``results``.
@@ -69,26 +71,29 @@ class ModelShapes:
     softcap: float = 0.0
     bias: str = "none"
     sinks: str = "none"
+    v_head_dim: int = 0  # multi-head latent attention's values (0: head_dim)
 
     def variant_words(self) -> str:
-        """``soft-capping at 50``, ``ALiBi``, ``learned sinks``: what the model does to its scores."""
+        """``soft-capping at 50``, ``ALiBi``, ``learned sinks``, ``values of 128 dimensions``: what
+        the model computes beyond plain softmax attention."""
         words = [f"soft-capping at {self.softcap:g}"] if self.softcap else []
         words += ["ALiBi"] if self.bias == "alibi" else []
+        words += [f"values of {self.v_head_dim} dimensions"] if self.v_head_dim else []
         return ", ".join(words + (["learned sinks"] if self.sinks != "none" else []))
 
     @property
     def variants(self) -> dict[str, Any]:
-        """The case fields that change the model's scores, where it changes them."""
+        """The case fields beyond plain softmax attention's, where the model sets them."""
         out: dict[str, Any] = {"softcap": self.softcap} if self.softcap else {}
         out |= {"bias": self.bias} if self.bias != "none" else {}
+        out |= {"v_head_dim": self.v_head_dim} if self.v_head_dim else {}
         return out | ({"sinks": self.sinks} if self.sinks != "none" else {})
 
 
-#: Keys of attention attnbench does not model yet: a config holding one is refused, naming it.
-UNMODELLED = {
-    key: "multi-head latent attention (a value head dimension other than the key's)"
-    for key in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
-}
+#: Multi-head latent attention's keys (DeepSeek-V2/V3, Kimi K2). Its prefill form is read: per
+#: head, keys of ``qk_nope_head_dim + qk_rope_head_dim`` dimensions and values of ``v_head_dim``;
+#: ``kv_lora_rank`` is the latent of its absorbed decode form, not modelled yet.
+MLA_KEYS = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
 def presets() -> dict[str, Path]:
@@ -158,9 +163,17 @@ def shapes_of(name: str, config: dict[str, Any]) -> ModelShapes:
         lengths = [(image // patch) ** 2 + 1]  # the patches and a class token
     context = _int(config, ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"), where, not lengths)
     context = context or max(lengths)
-    for key, what in UNMODELLED.items():
-        if config.get(key) is not None:
-            raise ModelConfigError(f"{where}: {key} = {config[key]!r}: {what} is not modelled by attnbench yet")
+    v_head_dim = 0
+    if any(config.get(key) is not None for key in (*MLA_KEYS, "kv_lora_rank")):
+        for key in MLA_KEYS:
+            if _int(config, (key,), where, False) is None:
+                raise ModelConfigError(
+                    f"{where}: multi-head latent attention without {key}: its prefill form needs"
+                    f" {', '.join(MLA_KEYS)} (attnbench does not model the absorbed decode form alone)"
+                )
+        head_dim = int(config["qk_nope_head_dim"]) + int(config["qk_rope_head_dim"])
+        v_head_dim = int(config["v_head_dim"]) if config["v_head_dim"] != head_dim else 0
+        kv_heads = heads  # after the up-projection every head has its own keys and values
     window = _int(config, ("sliding_window",), where, False) or 0
     if config.get("use_sliding_window") is False or window >= context:
         window = 0
@@ -183,7 +196,7 @@ def shapes_of(name: str, config: dict[str, Any]) -> ModelShapes:
         alternating_window=alternating and window > 0, causal=not encoder,
         decodes=not encoder, dtype=dtype, source=str(config.get("_source") or ""), lengths=lengths,
         softcap=float(softcap), bias="alibi" if alibi else "none",
-        sinks="learned" if model_type == "gpt_oss" else "none",
+        sinks="learned" if model_type == "gpt_oss" else "none", v_head_dim=v_head_dim,
     )  # fmt: skip
 
 
