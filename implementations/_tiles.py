@@ -310,6 +310,7 @@ class TileAttention(torch.autograd.Function):
         scale: float,
         backend: str,
         work: torch.dtype,
+        sink: Tensor | None = None,
     ) -> Tensor:
         b, h, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
@@ -318,7 +319,10 @@ class TileAttention(torch.autograd.Function):
         k3 = k.to(work).reshape(b * hkv, nk, d).contiguous()  # [BHkv, Nk, D]
         v3 = v.to(work).reshape(b * hkv, nk, d).contiguous()
         grad = any(ctx.needs_input_grad[:3])
-        out3, lse3 = forward_plan(q3, k3, v3, plan, scale, backend, by_head, grad)  # [BH, Nq, D], [BH, Nq]
+        out3, lse3 = forward_plan(q3, k3, v3, plan, scale, backend, by_head, grad or sink is not None)
+        if sink is not None:  # [BH, Nq, D], [BH, Nq] with each head's sink joined to its rows' sums
+            assert lse3 is not None
+            out3, lse3 = with_sink(out3, lse3, sink.to(lse3.device).repeat(b)[:, None])
         out = out3.to(q.dtype).view(b, h, nq, d)
         if grad:
             assert lse3 is not None
@@ -340,11 +344,24 @@ class TileAttention(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, plan: Plan, scale: float, backend: str, work: torch.dtype) -> Tensor:
+def with_sink(out: Tensor, lse: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
+    """Join a sink logit ``[BH, 1]`` to every row's softmax: ``lse' = log(e^lse + e^σ)`` and
+    ``out' = out · e^(lse − lse')`` (the sink takes its share and carries no value). The backward
+    needs nothing else: it recomputes ``P = exp(S − lse')``, the probabilities with the sink, and
+    ``rowsum(dO ⊙ out')``, exactly the gradient of attention with a sink."""
+    joined = torch.logaddexp(lse, sink)  # [BH, Nq]
+    return out * torch.exp(lse - joined).unsqueeze(-1).to(out.dtype), joined
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: Plan, scale: float, backend: str, work: torch.dtype,
+    sink: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """``q`` ``[B, H, Nq, D]``, ``k``/``v`` ``[B, Hkv, Nk, D]`` → ``[B, H, Nq, D]`` over ``plan``,
-    differentiable through :class:`TileAttention`."""
-    out = TileAttention.apply(q, k, v, plan, scale, backend, work)
+    differentiable through :class:`TileAttention`; ``sink`` ``[H]``: each head's sink logit."""
+    out = TileAttention.apply(q, k, v, plan, scale, backend, work, sink)
     return out  # type: ignore[no-any-return]

@@ -59,6 +59,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.patterns import BlockLayout, Pattern
+from attnbench.case.variants import sink_logits
 from attnbench.implementations import _dispatch, _plan, _tiles
 from attnbench.plugins.contract import AttentionFn
 
@@ -202,7 +203,7 @@ class BlockSparse(Implementation):
     computes = ("block-sparse",)
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"layout", "causal", "window", "gqa", "cross", "backward"})
+    features = frozenset({"layout", "causal", "window", "gqa", "cross", "backward", "sinks"})
     growth = Growth(1.0, 1.0)
     #: ``"fused"`` (PyTorch's CPU FlashAttention kernel) or ``"matmul"``; None: fused on the CPU.
     backend: str | None = None
@@ -224,10 +225,11 @@ class BlockSparse(Implementation):
         work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
+        sink = sink_logits(problem.heads, problem.seed).float() if problem.sinks != "none" else None  # [H]
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             dtype = _dispatch.under_autograd(work, asked, q, k, v)
-            return _tiles.attention(q, k, v, plan, scale, backend, dtype)  # [B, H, Nq, D]
+            return _tiles.attention(q, k, v, plan, scale, backend, dtype, sink)  # [B, H, Nq, D]
 
         return run
 

@@ -41,6 +41,10 @@ seen, :meth:`Chunked.prepare` classifies every tile once
 * other boundary tiles (window edges, layout blocks finer than a tile, the edges of packed
   documents): a boolean mask.
 
+Sinks (``sinks = "learned"``) join at the end, through the log-sum-exp the tiles already merge
+by: ``lse' = log(e^lse + e^σ)``, ``out' = out · e^(lse − lse')``; the backward recomputes each
+tile's probabilities from ``lse'``, which are those with the sink, so it needs no change.
+
 A packed batch (``documents``) is a pattern like the others: each row sees its own document
 only, so every tile outside all documents is skipped and the batch costs its documents' pairs
 plus the boundary tiles' waste.
@@ -92,6 +96,7 @@ from __future__ import annotations
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
+from attnbench.case.variants import sink_logits
 from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tiles
 from attnbench.plugins.contract import AttentionFn
 
@@ -105,7 +110,7 @@ class Chunked(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "documents"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "documents", "sinks"})
     growth = Growth(2.0, 1.0)
     #: Query rows per block (the diagonal tile is ``block_q × block_q``) and keys per other tile.
     block_q: int = 256
@@ -127,10 +132,11 @@ class Chunked(Implementation):
         work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
+        sink = sink_logits(problem.heads, problem.seed).float() if problem.sinks != "none" else None  # [H]
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             dtype = _dispatch.under_autograd(work, asked, q, k, v)
-            return _tiles.attention(q, k, v, plan, scale, backend, dtype)  # [B, H, Nq, D]
+            return _tiles.attention(q, k, v, plan, scale, backend, dtype, sink)  # [B, H, Nq, D]
 
         return run
 

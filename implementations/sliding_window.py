@@ -57,6 +57,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.patterns import Pattern
+from attnbench.case.variants import sink_logits
 from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tiles
 from attnbench.plugins.contract import AttentionFn
 
@@ -107,7 +108,7 @@ class SlidingWindow(Implementation):
     computes = ("window",)
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "gqa", "cross", "backward"})
+    features = frozenset({"causal", "window", "gqa", "cross", "backward", "sinks"})
     growth = Growth(1.0, 1.0)
     #: Query rows per tile (the span of a tile is ``tile + W - 1`` keys, causal).
     tile: int = 32
@@ -135,10 +136,11 @@ class SlidingWindow(Implementation):
         work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
+        sink = sink_logits(problem.heads, problem.seed).float() if problem.sinks != "none" else None  # [H]
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             dtype = _dispatch.under_autograd(work, asked, q, k, v)
-            return _tiles.attention(q, k, v, plan, scale, backend, dtype)  # [B, H, Nq, D]
+            return _tiles.attention(q, k, v, plan, scale, backend, dtype, sink)  # [B, H, Nq, D]
 
         return run
 

@@ -342,3 +342,22 @@ def test_latent_attention_s_two_head_dimensions_and_a_planted_mix_up(dtype: str)
     same = softmax_work(problem.with_(head_dim=160, v_head_dim=0)).flops
     assert softmax_work(problem).flops == same  # 2·pairs·(192 + 128) = 4·pairs·160
     assert "does not support v_head_dim" in (registry.get("chunked").supports(problem) or "")
+
+
+@pytest.mark.parametrize(
+    "name,fields",
+    [
+        ("chunked", dict(causal=True)),
+        ("chunked", dict(causal=True, documents="longtail:4")),
+        ("sliding_window", dict(causal=True, window=128)),
+        ("block_sparse", dict(causal=True, layout="bigbird")),
+    ],
+)
+def test_our_tiled_kernels_join_sinks_through_the_log_sum_exp(name: str, fields: dict) -> None:
+    """gpt-oss's sinks in chunked, sliding_window and block_sparse, forward and backward (the
+    backward recomputes the tiles from the log-sum-exp with the sink joined)."""
+    impl = load_registry().get(name)
+    for mode in ("forward", "forward_backward"):
+        problem = Problem(heads=4, kv_heads=2, seq_len=1100, sinks="learned", mode=mode, dtype="bfloat16", **fields)
+        result = check(impl, problem, max_rows=64)
+        assert result.ok, (mode, result.figures())
