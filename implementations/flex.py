@@ -71,6 +71,7 @@ def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device)
     shift = 0 if layout is None else layout.shift(nq, nk)  # table row of query i: (i + shift) // block
     last_row, last_col = (0, 0) if table is None else (table.shape[0] - 1, table.shape[1] - 1)
     docs = pattern.document_of(torch.arange(nk)).to(device) if pattern.documents else None  # [Nk]
+    first = pattern.first
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         p = q_idx + offset
@@ -86,6 +87,8 @@ def mask_mod_for(pattern: Pattern, nq: int, nk: int, device: str | torch.device)
         if table is not None:
             # clamped: the kernel may evaluate padding positions past Nq or Nk (masked anyway)
             keep = keep & table[((q_idx + shift) // block).clamp(max=last_row), (kv_idx // block).clamp(max=last_col)]
+        if first:  # StreamingLLM's sinks: the first keys too, within the causal limit
+            keep = keep | ((kv_idx < first) & (kv_idx <= p)) if causal else keep | (kv_idx < first)
         return keep
 
     return mask_mod
@@ -179,7 +182,7 @@ def _cache_key(problem: Problem) -> tuple[Any, ...]:
     p = problem
     return (
         p.pattern, p.batch, p.heads, p.kv_heads, p.seq_len, p.kv_len, p.head_dim, p.dtype, p.device, p.needs_grad,
-        p.softcap, p.bias, p.sinks, p.seed if p.sinks != "none" else 0,
+        p.softcap, p.bias, p.sinks, p.seed if p.learned_sinks else 0,
     )  # fmt: skip
 
 
@@ -196,7 +199,7 @@ def _build(problem: Problem) -> CompiledFlex:
 
         block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=problem.device, _compile=compiled_mask)
     sink = None
-    if problem.sinks != "none":
+    if problem.learned_sinks:
         sink = sink_logits(problem.heads, problem.seed).to(problem.device, torch.float32)[None, :, None]  # [1, H, 1]
     call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa, 0.0, score_mod_for(problem), sink)
     q, k, v = (torch.zeros_like(t) for t in problem.make_inputs())  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
@@ -244,6 +247,7 @@ class FlexAttention(Implementation):
             "sinks",
             "documents",
             "v_head_dim",
+            "first_tokens",
         }
     )
     growth = Growth(2.0, 1.0)  # time N² dense; less where the block mask skips tiles
@@ -261,7 +265,7 @@ class FlexAttention(Implementation):
             return reason
         if problem.needs_grad and not device(problem.device).is_gpu:
             return "FlexAttention does not support backward on CPU (PyTorch raises NotImplementedError)"
-        if problem.sinks != "none" and not device(problem.device).is_gpu:
+        if problem.learned_sinks and not device(problem.device).is_gpu:
             return "sinks need FlexAttention's log-sum-exp, which torch.compile on CPU does not return (return_lse)"
         return None
 

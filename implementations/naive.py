@@ -75,7 +75,7 @@ class ScoreChanges:
             far = distance(positions(problem.seq_len, problem.kv_len), torch.arange(problem.kv_len))  # [Nq, Nk]
             bias = (-alibi_slopes(problem.heads).view(per_head) * far).to(device, torch.float32)
         sink = None
-        if problem.sinks != "none":
+        if problem.learned_sinks:
             sink = sink_logits(problem.heads, problem.seed).view(1, *per_head).to(device, torch.float32)
         return cls(problem.softcap, bias, sink)
 
@@ -142,6 +142,7 @@ class Naive(Implementation):
             "sinks",
             "documents",
             "v_head_dim",
+            "first_tokens",
         }
     )
     growth = Growth(2.0, 2.0)

@@ -64,7 +64,7 @@ def pattern_arguments(problem: Problem, device: str | torch.device) -> tuple[Mas
         return alibi_mask(problem, device), False
     if pattern.is_full:
         return None, False
-    if pattern.window == 0 and pattern.layout is None and not pattern.documents:  # causal only
+    if pattern.window == 0 and pattern.layout is None and not pattern.documents and not pattern.first:  # causal
         if nq == nk:
             return None, True
         if nq < nk:  # every query sees at least one key: no empty rows
@@ -142,7 +142,19 @@ class _SDPA(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     dtypes = ALL_DTYPES
     features = frozenset(
-        {"causal", "window", "layout", "gqa", "cross", "backward", "decode", "alibi", "documents", "v_head_dim"}
+        {
+            "causal",
+            "window",
+            "layout",
+            "gqa",
+            "cross",
+            "backward",
+            "decode",
+            "alibi",
+            "documents",
+            "v_head_dim",
+            "first_tokens",
+        }
     )
     growth = Growth(2.0, 1.0)
 

@@ -136,7 +136,7 @@ class SlidingWindow(Implementation):
         work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
-        sink = sink_logits(problem.heads, problem.seed).float() if problem.sinks != "none" else None  # [H]
+        sink = sink_logits(problem.heads, problem.seed).float() if problem.learned_sinks else None  # [H]
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             dtype = _dispatch.under_autograd(work, asked, q, k, v)

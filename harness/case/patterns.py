@@ -15,6 +15,11 @@ Positions are aligned bottom-right: query ``i`` of ``nq`` sits at key position
   key position, so the diagonal block of every row holds its own key;
 * packed documents (:mod:`attnbench.case.documents`): ``j`` is in the same document as ``p``.
 
+and, besides them, StreamingLLM's sinks (``first = K``): ``j < K``, within the causal limit. The
+first tokens are a second range beside ``row_ranges``' one: :meth:`Pattern.mask` and
+:meth:`Pattern.pairs` count them, and an implementation that reads the ranges alone does not
+declare ``first_tokens``.
+
 All conditions hold together. A query that may attend no key outputs zeros (SDPA's convention).
 
 Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
@@ -130,14 +135,16 @@ class Pattern:
     window: int = 0
     layout: BlockLayout | None = None
     documents: tuple[int, ...] = ()  # where each packed document after the first starts
+    first: int = 0  # keys [0, first) visible beside the window (StreamingLLM's sinks)
 
     @classmethod
     def make(
-        cls, causal: bool, window: int, layout: str | BlockLayout | None, documents: tuple[int, ...] = ()
-    ) -> Pattern:
+        cls, causal: bool, window: int, layout: str | BlockLayout | None, documents: tuple[int, ...] = (),
+        first: int = 0,
+    ) -> Pattern:  # fmt: skip
         if isinstance(layout, str):
             layout = None if layout in ("", "dense") else BlockLayout.parse(layout)
-        return cls(bool(causal), int(window), layout, tuple(documents))
+        return cls(bool(causal), int(window), layout, tuple(documents), int(first))
 
     @property
     def layout_name(self) -> str:
@@ -187,14 +194,26 @@ class Pattern:
         if self.layout is not None:
             table = _block_table(self.layout, nq, nk)  # [rows, nkb]
             allowed &= table[self.layout.row_blocks(nq, nk, i)][:, j // self.layout.block]
+        if self.first:  # the first keys, within the causal limit
+            allowed |= (j[None, :] < self.first) & (j[None, :] <= (i + nk - nq)[:, None] if self.causal else True)
         return allowed.to(device)
+
+    def _first_pairs(self, nq: int, nk: int, lo: torch.Tensor, hi: torch.Tensor) -> int:
+        """The pairs the first keys add beyond each row's range ``[lo, hi)`` (no layout)."""
+        if not self.first:
+            return 0
+        p = torch.arange(nq) + (nk - nq)
+        reach = torch.clamp(torch.minimum(p + 1, torch.tensor(nk)) if self.causal else torch.full_like(p, nk), min=0)
+        sinks = torch.clamp(reach, max=self.first)  # [Nq]: the first keys each row may see
+        overlap = (torch.minimum(sinks, hi) - lo).clamp(min=0)
+        return int((sinks - overlap).sum())
 
     def pairs(self, nq: int, nk: int) -> int:
         """The number of (query, key) pairs computed — the work of one head, without
         materializing the mask."""
         lo, hi = self.row_ranges(nq, nk)  # [Nq]
         if self.layout is None:
-            return int((hi - lo).sum())
+            return int((hi - lo).sum()) + self._first_pairs(nq, nk, lo, hi)
         block = self.layout.block
         table = _block_table(self.layout, nq, nk)  # [rows, nkb]
         starts = torch.arange(table.shape[1]) * block  # [nkb]

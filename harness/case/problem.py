@@ -24,7 +24,7 @@ from attnbench.case.kvcache import parse_cache, parse_lengths
 from attnbench.case.modes import DECODE, FORWARD, MODES, Mode, mode
 from attnbench.case.patterns import Pattern
 from attnbench.case.probes import Targets, parse_probe, probe_inputs, targets
-from attnbench.case.variants import BIASES, SINKS, SOFTCAP_SPREAD, check_variants, softcap_ok
+from attnbench.case.variants import BIASES, SOFTCAP_SPREAD, check_variants, parse_sinks, softcap_ok
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -47,7 +47,7 @@ def torch_dtype(name: str) -> torch.dtype:
 #: KV cache itself; without it a decode case runs through the dense-cache adapter.
 FEATURES: tuple[str, ...] = (
     "causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents",
-    "v_head_dim",
+    "v_head_dim", "first_tokens",
 )  # fmt: skip
 #: Features a case may use although an implementation lacks them (the adapter covers decode).
 OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
@@ -203,7 +203,8 @@ class Problem:
     sinks: str = case_field(
         "none",
         CaseField(
-            str, ["none"], f"{list(SINKS)} (learned: a seeded per-head sink logit in every softmax)", one_of(SINKS),
+            str, ["none"], "'none', 'learned' (a seeded sink logit per head joins every softmax) or 'first:K'"
+            " (StreamingLLM: the first K tokens always visible)", _parses(parse_sinks),
             lambda v, c: None if v == "none" else f"sinks:{v}", 45,
         ),
     )  # fmt: skip
@@ -251,14 +252,19 @@ class Problem:
         check_variants(self)
         torch_dtype(self.dtype)
         cuts = document_cuts(self.documents, self.kv_len, self.seed) if self.documents != "1" else ()
-        pattern = Pattern.make(self.causal, self.window, self.layout, cuts)
+        pattern = Pattern.make(self.causal, self.window, self.layout, cuts, parse_sinks(self.sinks))
         object.__setattr__(self, "layout", pattern.layout_name)
         object.__setattr__(self, "pattern", pattern)
 
     @property
     def varies_scores(self) -> bool:
         """Whether the case changes the scores (soft-capping, a bias) or the softmax (sinks)."""
-        return bool(self.softcap) or self.bias != "none" or self.sinks != "none"
+        return bool(self.softcap) or self.bias != "none" or self.learned_sinks
+
+    @property
+    def learned_sinks(self) -> bool:
+        """Whether each head has a sink logit in its softmax (``sinks = "learned"``)."""
+        return self.sinks == "learned"
 
     @property
     def dv(self) -> int:
@@ -298,7 +304,8 @@ class Problem:
             "decode": self.kind.reads_cache,
             "softcap": self.softcap > 0,
             "alibi": self.bias == "alibi",
-            "sinks": self.sinks != "none",
+            "sinks": self.learned_sinks,
+            "first_tokens": self.pattern.first > 0,
             "documents": self.documents != "1",
             "v_head_dim": self.v_head_dim != 0,
         }

@@ -101,7 +101,7 @@ class RowSet:
             allowed=problem.pattern.mask(problem.seq_len, problem.kv_len, rows=rows),
             slope=per_row(alibi_slopes(problem.heads)) if problem.bias == "alibi" else None,
             q_pos=positions(problem.seq_len, problem.kv_len, rows).repeat(g, 1),
-            sink=per_row(sink_logits(problem.heads, problem.seed)) if problem.sinks != "none" else None,
+            sink=per_row(sink_logits(problem.heads, problem.seed)) if problem.learned_sinks else None,
         )
 
 

@@ -18,6 +18,9 @@ implementations that take it:
   BLOOM's slopes (:func:`alibi_slopes`): ``2^(−8(h+1)/H)`` for a power-of-two ``H``. Under causal
   masking ``|p − j| = p − j``, which FlashAttention's ``alibi_slopes`` and the key-position form
   ``+slope_h · j`` of BLOOM's code agree with up to a per-row constant, which the softmax ignores.
+* ``sinks = "first:K"`` (StreamingLLM): the first ``K`` tokens stay visible to every query beside
+  a window (a pattern: :mod:`attnbench.case.patterns`, no score changes), what keeps windowed
+  models stable at long context.
 * ``sinks = "learned"`` (gpt-oss): head ``h`` has a sink logit ``σ_h`` that joins every row's
   softmax denominator and carries no value, ``o = Σ_j e^{s_j} v_j / (e^{σ_h} + Σ_j e^{s_j})``.
   The logits are seeded from the case's seed (:func:`sink_logits`), uniform in [1, 8): at the
@@ -40,7 +43,7 @@ Tensor = torch.Tensor
 
 #: The score biases a case can ask for.
 BIASES = ("none", "alibi")
-#: The attention sinks a case can ask for.
+#: The attention sinks a case can ask for (and ``first:K``: StreamingLLM's first ``K`` tokens).
 SINKS = ("none", "learned")
 #: With a soft-cap ``c`` the queries are scaled by ``c / SOFTCAP_SPREAD``: scores of spread c/4.
 SOFTCAP_SPREAD = 4.0
@@ -87,6 +90,17 @@ def positions(nq: int, nk: int, rows: Tensor | None = None, device: torch.device
     return (index + (nk - nq)).to(torch.float64)[:, None]
 
 
+def parse_sinks(spec: str) -> int:
+    """How many first tokens ``spec`` keeps visible: ``K`` for ``"first:K"``, 0 for ``"none"`` and
+    ``"learned"``; a ValueError for anything else."""
+    if spec in SINKS:
+        return 0
+    kind, _, count = spec.partition(":")
+    if kind != "first" or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"sinks {spec!r}: expected 'none', 'learned' or 'first:K' with K >= 1 (e.g. 'first:4')")
+    return int(count)
+
+
 def softcap_ok(value: Any) -> bool:
     """Whether a soft-cap is 0 (none) or a positive finite number."""
     return bool(value >= 0 and math.isfinite(value))
@@ -100,8 +114,8 @@ def check_variants(p: Any) -> None:
         raise ValueError(f"softcap must be 0 (none) or a positive number, got {p.softcap}")
     if p.bias not in BIASES:
         raise ValueError(f"unknown bias {p.bias!r}; expected one of {list(BIASES)}")
-    if p.sinks not in SINKS:
-        raise ValueError(f"unknown sinks {p.sinks!r}; expected one of {list(SINKS)}")
+    if parse_sinks(p.sinks) and (p.documents != "1" or p.layout != "dense"):
+        raise ValueError(f"sinks {p.sinks!r} keeps the sequence's first tokens: not with documents or a block layout")
     parse_documents(p.documents)
     if p.documents != "1" and (p.cross or p.kind.reads_cache or p.probe != "random"):
         raise ValueError(
@@ -112,7 +126,7 @@ def check_variants(p: Any) -> None:
         raise ValueError(
             "v_head_dim: values of their own head dimension are not modelled in decode mode or with probes yet"
         )
-    if p.varies_scores and p.kind.reads_cache:
+    if (p.varies_scores or p.sinks != "none") and p.kind.reads_cache:
         raise ValueError(
             "softcap, bias and sinks are not modelled against a KV cache yet: use them with modes forward,"
             " backward and forward_backward"

@@ -312,7 +312,7 @@ class FunctionImplementation(Implementation):
             slopes = alibi_slopes(problem.heads) if problem.bias == "alibi" else None
             options["alibi_slopes"] = None if slopes is None else slopes.to(problem.device, torch.float32)
         if "sinks" in self.features:
-            sinks = sink_logits(problem.heads, problem.seed) if problem.sinks != "none" else None
+            sinks = sink_logits(problem.heads, problem.seed) if problem.learned_sinks else None
             options["sinks"] = None if sinks is None else sinks.to(problem.device, torch.float32)
         if _takes_problem(fn):
             options["problem"] = problem

@@ -79,7 +79,7 @@ class ModelShapes:
         words = [f"soft-capping at {self.softcap:g}"] if self.softcap else []
         words += ["ALiBi"] if self.bias == "alibi" else []
         words += [f"values of {self.v_head_dim} dimensions"] if self.v_head_dim else []
-        return ", ".join(words + (["learned sinks"] if self.sinks != "none" else []))
+        return ", ".join(words + ([f"sinks ({self.sinks})"] if self.sinks != "none" else []))
 
     @property
     def variants(self) -> dict[str, Any]:
