@@ -245,8 +245,13 @@ def test_resume_with_another_suite_exits_2_and_leaves_the_folder_untouched(tmp_p
     other.write_text(first.replace("[64]", "[64, 256]"))
     proc = attnbench("run", str(other), "--plugin", str(PLUGIN), "--out", str(out), "--resume", "--no-report")
     assert proc.returncode == 2
-    assert "was started with suite" in proc.stderr and "Traceback" not in proc.stderr
+    assert "was started with suite 'suite', not 'other'" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    edited = tmp_path / "suite.toml"  # the same suite, its file edited since the run started
+    edited.write_text(first.replace("[64]", "[64, 256]"))
+    proc = attnbench("run", str(edited), "--plugin", str(PLUGIN), "--out", str(out), "--resume", "--no-report")
+    assert proc.returncode == 2 and "its file has changed since" in proc.stderr, proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -150,10 +150,15 @@ class Runner:
             info = self._folder_info()
             given = info["suite"].get("text")
             if given is not None and suite_hash(given) != suite_hash(self.suite.text):
+                started = info["suite"].get("name")
+                what = (
+                    f"suite {started!r} as it was then: its file has changed since"
+                    if started == self.suite.name
+                    else f"suite {started!r}, not {self.suite.name!r} as given"
+                )
                 raise RunError(
-                    f"--resume: {self.out_dir} was started with suite {info['suite'].get('name')!r}"
-                    f" ({info['suite'].get('path')}), not {self.suite.name!r} as given; resume it without"
-                    " naming a suite, or choose another --out"
+                    f"--resume: {self.out_dir} was started with {what} ({info['suite'].get('path')}); resume it"
+                    " without naming a suite (the run keeps the suite it started with), or choose another --out"
                 )
             if shards.Shard.from_dict(info.get("shard")) != self.shard:
                 held = shards.Shard.from_dict(info.get("shard"))
