@@ -55,6 +55,7 @@ from attnbench.case.kvcache import KVCache
 from attnbench.case.patterns import Pattern
 from attnbench.case.variants import alibi_slopes, sink_logits
 from attnbench.measure.devices import device
+from attnbench.plugins.contract import ALL_FEATURES
 
 Tensor = torch.Tensor
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -233,23 +234,7 @@ class FlexAttention(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset(
-        {
-            "causal",
-            "window",
-            "layout",
-            "gqa",
-            "cross",
-            "backward",
-            "decode",
-            "softcap",
-            "alibi",
-            "sinks",
-            "documents",
-            "v_head_dim",
-            "first_tokens",
-        }
-    )
+    features = ALL_FEATURES  # every pattern and variant a case can ask for
     growth = Growth(2.0, 1.0)  # time N² dense; less where the block mask skips tiles
 
     def __init__(self) -> None:

@@ -50,7 +50,7 @@ import torch
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 from attnbench.case.variants import alibi_slopes, distance, positions, sink_logits
-from attnbench.plugins.contract import AttentionFn
+from attnbench.plugins.contract import ALL_FEATURES, AttentionFn
 
 Tensor = torch.Tensor
 
@@ -128,23 +128,7 @@ class Naive(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset(
-        {
-            "causal",
-            "window",
-            "layout",
-            "gqa",
-            "cross",
-            "backward",
-            "decode",
-            "softcap",
-            "alibi",
-            "sinks",
-            "documents",
-            "v_head_dim",
-            "first_tokens",
-        }
-    )
+    features = ALL_FEATURES  # every pattern and variant a case can ask for
     growth = Growth(2.0, 2.0)
 
     def prepare(self, problem: Problem) -> AttentionFn:

@@ -47,7 +47,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 from attnbench.case.variants import alibi_slopes, distance, positions
-from attnbench.plugins.contract import AttentionFn
+from attnbench.plugins.contract import ALL_FEATURES, AttentionFn
 
 Tensor = torch.Tensor
 if TYPE_CHECKING:  # torch.nn.attention.bias imports torch._dynamo: 2 s at every worker's start
@@ -141,21 +141,7 @@ class _SDPA(Implementation):
     library = "PyTorch"
     computes = ("full", "causal", "window", "block-sparse")
     dtypes = ALL_DTYPES
-    features = frozenset(
-        {
-            "causal",
-            "window",
-            "layout",
-            "gqa",
-            "cross",
-            "backward",
-            "decode",
-            "alibi",
-            "documents",
-            "v_head_dim",
-            "first_tokens",
-        }
-    )
+    features = ALL_FEATURES - {"softcap", "sinks"}  # no score hook, no log-sum-exp returned
     growth = Growth(2.0, 1.0)
 
     def _probe_dtype(self, device: str) -> str:
