@@ -96,7 +96,7 @@ from __future__ import annotations
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
-from attnbench.case.variants import sink_logits
+from attnbench.case.variants import case_sinks
 from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tiles
 from attnbench.plugins.contract import AttentionFn
 
@@ -132,7 +132,7 @@ class Chunked(Implementation):
         work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
-        sink = sink_logits(problem.heads, problem.seed).float() if problem.learned_sinks else None  # [H]
+        sink = case_sinks(problem)  # [H], or None
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             dtype = _dispatch.under_autograd(work, asked, q, k, v)

@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # imported where used: torch._dynamo costs 2 s at every worke
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 from attnbench.case.patterns import Pattern
-from attnbench.case.variants import alibi_slopes, sink_logits
+from attnbench.case.variants import alibi_slopes, case_sinks
 from attnbench.measure.devices import device
 from attnbench.plugins.contract import ALL_FEATURES
 
@@ -199,9 +199,8 @@ def _build(problem: Problem) -> CompiledFlex:
         from torch.nn.attention.flex_attention import create_block_mask
 
         block_mask = create_block_mask(mask_mod, None, None, nq, nk, device=problem.device, _compile=compiled_mask)
-    sink = None
-    if problem.learned_sinks:
-        sink = sink_logits(problem.heads, problem.seed).to(problem.device, torch.float32)[None, :, None]  # [1, H, 1]
+    sink = case_sinks(problem)  # [H], or None
+    sink = None if sink is None else sink[None, :, None]  # [1, H, 1]: beside the log-sum-exp [B, H, Nq]
     call = CompiledFlex(_compile_fresh(), block_mask, problem.scale, problem.gqa, 0.0, score_mod_for(problem), sink)
     q, k, v = (torch.zeros_like(t) for t in problem.make_inputs())  # [B, H, Nq, D], [B, Hkv, Nk, D] x2
     if problem.needs_grad:

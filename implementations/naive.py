@@ -49,7 +49,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
-from attnbench.case.variants import alibi_slopes, distance, positions, sink_logits
+from attnbench.case.variants import alibi_bias, case_sinks
 from attnbench.plugins.contract import ALL_FEATURES, AttentionFn
 
 Tensor = torch.Tensor
@@ -72,12 +72,10 @@ class ScoreChanges:
         per_head = (problem.kv_heads, g, 1, 1)
         bias = None
         if problem.bias == "alibi":
-            far = distance(positions(problem.seq_len, problem.kv_len), torch.arange(problem.kv_len))  # [Nq, Nk]
-            bias = (-alibi_slopes(problem.heads).view(per_head) * far).to(device, torch.float32)
-        sink = None
-        if problem.learned_sinks:
-            sink = sink_logits(problem.heads, problem.seed).view(1, *per_head).to(device, torch.float32)
-        return cls(problem.softcap, bias, sink)
+            nq, nk = problem.seq_len, problem.kv_len
+            bias = alibi_bias(problem.heads, nq, nk).view(problem.kv_heads, g, nq, nk).to(device, torch.float32)
+        sink = case_sinks(problem)
+        return cls(problem.softcap, bias, None if sink is None else sink.view(1, *per_head))
 
 
 def naive_attention(

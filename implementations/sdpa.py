@@ -46,7 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
-from attnbench.case.variants import alibi_slopes, distance, positions
+from attnbench.case.variants import alibi_bias
 from attnbench.plugins.contract import ALL_FEATURES, AttentionFn
 
 Tensor = torch.Tensor
@@ -80,8 +80,7 @@ def alibi_mask(problem: Problem, device: str | torch.device) -> Tensor:
     low-precision mask would round a bias of thousands to tens), or the query dtype where the
     kernel takes no other."""
     nq, nk = problem.seq_len, problem.kv_len
-    far = distance(positions(nq, nk), torch.arange(nk))  # [Nq, Nk]
-    bias = -alibi_slopes(problem.heads)[:, None, None] * far  # [H, Nq, Nk]
+    bias = alibi_bias(problem.heads, nq, nk)  # [H, Nq, Nk]
     if not problem.pattern.is_full:
         bias = bias.masked_fill(~problem.pattern.mask(nq, nk), float("-inf"))
     dtype = torch.float32 if torch.device(device).type == "cpu" else problem.torch_dtype

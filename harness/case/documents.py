@@ -21,6 +21,8 @@ Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 #: The length distributions a packed batch can be drawn from.
@@ -75,9 +77,4 @@ def _apportion(weights: torch.Tensor, n: int) -> list[int]:
 
 def document_cuts(spec: str, n: int, seed: int) -> tuple[int, ...]:
     """Where each document after the first starts (sorted token positions in ``(0, n)``)."""
-    lengths = document_lengths(spec, n, seed)
-    starts, total = [], 0
-    for length in lengths[:-1]:
-        total += length
-        starts.append(total)
-    return tuple(starts)
+    return tuple(itertools.accumulate(document_lengths(spec, n, seed)[:-1]))

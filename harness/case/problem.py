@@ -345,8 +345,8 @@ class Problem:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Seeded random ``q, k, v`` (standard normal; the case's seed unless ``seed`` is given),
         generated in float32 on the CPU so that every device and dtype sees the same values, then
-        moved and cast. With a soft-cap ``c`` the queries are scaled by ``c / 4``
-        (:data:`~attnbench.case.variants.SOFTCAP_SPREAD`)."""
+        moved and cast. With a soft-cap ``c`` random queries are scaled by ``c / 4``
+        (:data:`~attnbench.case.variants.SOFTCAP_SPREAD`); a probe's planted mass is left as planted."""
         gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
         if self.probe != "random":  # planted structure (attnbench.case.probes)
             kind, mass = parse_probe(self.probe)
@@ -358,8 +358,8 @@ class Problem:
             q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
             k = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
             v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.dv, generator=gen)  # [B, Hkv, Nk, Dv]
-        if self.softcap:  # scores spread to a quarter of the cap, where the tanh bends (attnbench.case.variants)
-            q = q * (self.softcap / SOFTCAP_SPREAD)
+            if self.softcap:  # scores spread to a quarter of the cap, where the tanh bends (attnbench.case.variants)
+                q = q * (self.softcap / SOFTCAP_SPREAD)
         target_dtype = dtype or self.torch_dtype
         target_device = device or self.device
         return tuple(t.to(device=target_device, dtype=target_dtype) for t in (q, k, v))  # type: ignore[return-value]

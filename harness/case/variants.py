@@ -68,6 +68,18 @@ def sink_logits(heads: int, seed: int) -> Tensor:
     return low + (high - low) * torch.rand(heads, generator=gen, dtype=torch.float64)
 
 
+def case_sinks(p: Any) -> Tensor | None:
+    """``[H]`` float32 on a case's device: its heads' sink logits, or None without learned sinks
+    (``p`` a :class:`~attnbench.case.problem.Problem`)."""
+    return sink_logits(p.heads, p.seed).to(p.device, torch.float32) if p.learned_sinks else None
+
+
+def alibi_bias(heads: int, nq: int, nk: int) -> Tensor:
+    """``[H, Nq, Nk]`` float64: ALiBi's ``−slope_h·|p − j|`` for every pair, queries aligned
+    bottom-right (for the implementations that add it as a dense bias)."""
+    return -alibi_slopes(heads)[:, None, None] * distance(positions(nq, nk), torch.arange(nk))
+
+
 def soft_cap(s: Tensor, cap: float) -> Tensor:
     """``cap · tanh(s / cap)`` (``s`` unchanged when ``cap`` is 0)."""
     return s if not cap else torch.tanh(s / cap) * cap

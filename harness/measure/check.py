@@ -38,8 +38,12 @@ REPRESENTATIVE: tuple[dict[str, Any], ...] = (
     {"seq_len": 256, "window": 32},
     {"seq_len": 256, "layout": "bigbird:block=32"},
 )
-#: The case fields that change the scores or the softmax, shown in a check's case names.
-VARIANT_KEYS = ("softcap", "bias", "sinks")
+#: The case fields a check's case name spells itself (or leaves out: the device, the threads);
+#: every other field is shown in its own short form where it is not at its default.
+SPELLED = frozenset(
+    {"mode", "dtype", "device", "batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim", "causal", "window",
+     "layout", "threads"}
+)  # fmt: skip
 BASE: dict[str, Any] = {"batch": 2, "heads": 4, "head_dim": 64}
 PROBLEM_FIELDS = {f.name: f.type for f in fields(Problem) if f.init and f.name != "threads"}
 
@@ -64,7 +68,11 @@ class Outcome:
         bits += [f"W{p.window}"] if p.window else []
         bits += [p.layout.split(":")[0]] if p.layout != "dense" else []
         row = p.as_dict()
-        bits += [part for key in VARIANT_KEYS if (short := SPEC[key].short) and (part := short(row[key], row))]
+        bits += [
+            part
+            for key, meta in SPEC.items()
+            if key not in SPELLED and meta.short and (part := meta.short(row[key], row))
+        ]
         return " ".join(bits)
 
 

@@ -35,7 +35,7 @@ from attnbench.case.devices import device_kind
 from attnbench.case.kvcache import KVCache
 from attnbench.case.modes import FORWARD, sequence_problem
 from attnbench.case.problem import FEATURES, OPTIONAL_FEATURES, Problem
-from attnbench.case.variants import alibi_slopes, sink_logits
+from attnbench.case.variants import alibi_slopes, case_sinks
 from attnbench.case.work import Work, io_bytes, softmax_work
 
 Tensor = torch.Tensor
@@ -312,8 +312,7 @@ class FunctionImplementation(Implementation):
             slopes = alibi_slopes(problem.heads) if problem.bias == "alibi" else None
             options["alibi_slopes"] = None if slopes is None else slopes.to(problem.device, torch.float32)
         if "sinks" in self.features:
-            sinks = sink_logits(problem.heads, problem.seed) if problem.learned_sinks else None
-            options["sinks"] = None if sinks is None else sinks.to(problem.device, torch.float32)
+            options["sinks"] = case_sinks(problem)
         if _takes_problem(fn):
             options["problem"] = problem
         return options
