@@ -16,10 +16,9 @@ For each sequence ``b`` of the batch, with ``L_b`` attended tokens:
    ``[G·S, D]`` matrix per KV head, so each cached key and value is read once for all of them:
    ``q_b`` is ``[Hkv, G·S, D]``.
 2. **Split.** The attended keys are cut into ``n`` chunks of ``C`` tokens, ``K_b`` viewed as
-   ``[Hkv, n, C, D]`` (a view of a contiguous cache; a paged cache's pages are gathered, a
-   chunk being a whole number of pages). One batched product computes every chunk's scores,
-   ``[Hkv, n, G·S, C]``, so the batch of the product — ``Hkv · n`` independent tasks — keeps every
-   core busy whatever the batch size.
+   ``[Hkv, n, C, D]`` (a view of the cache; for a paged one, see below). One batched product
+   computes every chunk's scores, ``[Hkv, n, G·S, C]``, so the batch of the product — ``Hkv · n``
+   independent tasks — keeps every core busy whatever the batch size.
 3. **Partial softmax per chunk.** Each chunk ``c`` gives its output normalised on its own keys,
    ``o_c``, and its log-sum-exp ``lse_c = log Σ exp(s)``. On the CPU one call of PyTorch's fused
    flash kernel does every chunk (the chunks are its batch; it returns the log-sum-exp), so no
@@ -29,15 +28,22 @@ For each sequence ``b`` of the batch, with ``L_b`` attended tokens:
 
 A window or the causal order among several new tokens masks pairs only near the end of the
 keys: the scores are masked where a row's range ``[lo, hi)`` excludes them (a mask built once
-per step's shape, outside the timing). Low-precision caches are multiplied in their own dtype
+per step's shape, outside the timing).
+
+A paged cache is read where its pages lie. Softmax does not depend on the order of the keys,
+only on which keys a row may see: each run of consecutive pool pages the sequence owns (at least
+:data:`MIN_RUN` tokens; at batch 1 the whole pool) is read in storage order as if contiguous, its
+masks built from each slot's position in the sequence (from the block table). Pages scattered
+among other sequences' are gathered, :data:`GATHER_TOKENS` at a time, into a buffer small enough
+to stay in the last-level cache. Low-precision caches are multiplied in their own dtype
 where the machine has matrix units for it, else (and for the softmax) in float32.
 
 Cost
 ----
-Time ``≈ bytes(K_b, V_b) / bandwidth``: every valid key and value is read once per step (twice
-for a paged cache: gathered, then multiplied), plus ``O(Hkv · G · S · L_b · D)`` arithmetic.
-Extra memory: the scores of one sequence, ``Hkv · G · S · L_b`` floats, and for a paged cache a
-copy of its pages.
+Time ``≈ bytes(K_b, V_b) / bandwidth``: every valid key and value is read once per step, plus
+``O(Hkv · G · S · L_b · D)`` arithmetic; gathered pages are copied once more (PyTorch's
+``index_select`` runs at about a third of the triad on a two-core CPU). Extra memory: the
+partials of each chunk, and for gathered pages a buffer of :data:`GATHER_TOKENS` keys and values.
 
 Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
 ``attnbench.measure`` only.
@@ -53,8 +59,14 @@ from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 
 Tensor = torch.Tensor
-#: Keys per chunk (a multiple of the page size for a paged cache).
+#: Keys per chunk of keys read where they lie.
 CHUNK = 2048
+#: Keys per chunk of gathered pages.
+GATHER_CHUNK = 512
+#: Tokens gathered at once: their keys and values stay in the last-level cache.
+GATHER_TOKENS = 512
+#: A run of consecutive pool pages this many tokens long is read where it lies.
+MIN_RUN = 512
 
 
 def low_precision_matmul_is_fast() -> bool:
@@ -109,48 +121,104 @@ def combine(parts: list[Partial]) -> Tensor:
     return (o.nan_to_num_(0.0) * w[..., None]).sum(dim=1)  # [Hkv, R, D]
 
 
+Parts = list[tuple[slice, Tensor | None, Tensor | None]]  # (tokens, hidden [n, R, C], dead [n, R]) per block of chunks
+
+
+class Segment:
+    """Keys a sequence reads as one stretch: a range of a token axis read where it lies (``start``,
+    ``length``; the positions of its slots in ``positions``), or pool slots gathered in small
+    groups (``index``). Cut into whole chunks and a tail, with the masks of those that need one."""
+
+    def __init__(self, positions: Tensor, lo: Tensor, hi: Tensor, chunk: int, groups: int,
+                 start: int = 0, index: Tensor | None = None) -> None:  # fmt: skip
+        self.start, self.index, self.length, self.chunk = start, index, int(positions.shape[0]), chunk
+        keep = (positions[None, :] >= lo[:, None]) & (positions[None, :] < hi[:, None])  # [S, L]
+        hidden = ~keep.repeat(groups, 1)  # [G·S, L]: row g·S + s
+        whole = self.length // chunk
+        split = whole * chunk
+        self.parts: Parts = []
+        if whole:
+            self.parts.append((slice(0, split), *_masks(hidden[:, :split].reshape(-1, whole, chunk).transpose(0, 1))))
+        if split < self.length:  # the tail: one shorter chunk
+            self.parts.append((slice(split, self.length), *_masks(hidden[None, :, split:])))
+
+
 class SequencePlan:
-    """One sequence's keys — only the range its rows may see (a window's band), cut into whole
-    chunks and a tail — and the masks of the chunks that need one (built once)."""
+    """One sequence's keys — only the range its rows may see (a window's band) — as segments, with
+    the masks of the chunks that need one (built once).
+
+    A contiguous cache is one segment. A paged cache is read where its pages lie: softmax does not
+    depend on the order of the keys, so each run of consecutive pool pages the sequence owns (at
+    least :data:`MIN_RUN` tokens) is a segment in storage order, its masks built from each slot's
+    position (from the block table); the pages of shorter runs are gathered, a few chunks at a
+    time, into a buffer small enough to stay in the last-level cache."""
 
     def __init__(self, cache: KVCache, b: int, lo: Tensor, hi: Tensor, chunk: int, groups: int) -> None:
         self.b = b
         self.first, self.last = int(lo.min()), int(hi.max())  # keys any new token may see
-        self.length = self.last - self.first
-        self.chunk = chunk
-        self.whole = self.length // chunk  # full chunks
-        self.index = cache.token_index(b)[self.first : self.last] if cache.paged else None  # [L] pool slots
-        keys = torch.arange(self.first, self.last, device=lo.device)  # [L]
-        keep = (keys[None, :] >= lo[:, None]) & (keys[None, :] < hi[:, None])  # [S, L]
-        hidden = ~keep.repeat(groups, 1)  # [G·S, L]: row g·S + s
-        split = self.whole * chunk
-        self.parts: list[tuple[slice, Tensor | None, Tensor | None]] = []  # (keys, hidden [n, R, C], dead [n, R])
-        if self.whole:
-            self.parts.append(
-                (slice(0, split), *_masks(hidden[:, :split].reshape(-1, self.whole, chunk).transpose(0, 1)))
-            )
-        if split < self.length:  # the tail: one shorter chunk
-            self.parts.append((slice(split, self.length), *_masks(hidden[None, :, split:])))
+        self.group = max(1, GATHER_TOKENS // GATHER_CHUNK)  # chunks gathered at once
+        self.buffers: list[Tensor] | None = None
+        positions = torch.arange(self.first, self.last, device=lo.device)  # [L]
+        if not cache.paged:
+            self.segments = [Segment(positions, lo, hi, chunk, groups, start=self.first)]
+            return
+        self.segments = []
+        index = cache.token_index(b)[self.first : self.last]  # [L] pool slots, in position order
+        page = cache.page
+        where = torch.full((cache.k.shape[2],), -1, dtype=torch.int64, device=lo.device)  # [slots]: position
+        where[index] = positions
+        pages = torch.unique(index // page)  # [P] pool pages read, ascending
+        breaks = torch.nonzero(pages[1:] != pages[:-1] + 1).flatten() + 1
+        gathered = torch.zeros_like(index, dtype=torch.bool)  # [L]
+        for run in torch.tensor_split(pages, breaks.tolist()):
+            first, count = int(run[0]) * page, int(run.shape[0]) * page
+            if count < MIN_RUN:
+                gathered |= (index >= first) & (index < first + count)
+                continue
+            self.segments.append(Segment(where[first : first + count], lo, hi, chunk, groups, start=first))
+        if bool(gathered.any()):
+            self.segments.append(Segment(positions[gathered], lo, hi, GATHER_CHUNK, groups, index=index[gathered]))
 
-    def keys(self, cache: KVCache) -> tuple[Tensor, Tensor]:
-        """``[Hkv, L, D]`` keys and values in range: views of a contiguous cache, gathered pages otherwise."""
-        if self.index is None:
-            return cache.k[self.b, :, self.first : self.last], cache.v[self.b, :, self.first : self.last]
-        return cache.k[0][:, self.index], cache.v[0][:, self.index]
+    def chunks(self, cache: KVCache, segment: Segment, start: int, n: int, size: int) -> tuple[Tensor, Tensor]:
+        """``[Hkv, n, C, D]`` keys and values of ``n`` chunks of ``size`` tokens from ``start`` in
+        ``segment``: views where the keys lie; gathered pages copied into this plan's buffer, small
+        enough to stay in the last-level cache."""
+        end = start + n * size
+        if segment.index is None:
+            at = segment.start
+            row = 0 if cache.paged else self.b
+            k = cache.k[row, :, at + start : at + end]  # [Hkv, n·C, D] (a view)
+            v = cache.v[row, :, at + start : at + end]
+        else:
+            k, v = (
+                torch.index_select(pool[0], 1, segment.index[start:end], out=self._buffer(pool, i, n * size))
+                for i, pool in enumerate((cache.k, cache.v))
+            )  # [Hkv, n·C, D] each
+        hkv, d = k.shape[0], k.shape[-1]
+        return k.view(hkv, n, size, d), v.view(hkv, n, size, d)
+
+    def _buffer(self, pool: Tensor, which: int, tokens: int) -> Tensor:
+        hkv, d = pool.shape[1], pool.shape[-1]
+        if self.buffers is None:  # once per plan: room for one gather of keys and of values
+            most = self.group * GATHER_CHUNK
+            self.buffers = [torch.empty(hkv * most * d, dtype=pool.dtype, device=pool.device) for _ in range(2)]
+        return self.buffers[which][: hkv * tokens * d].view(hkv, tokens, d)
 
     def attend(self, qg: Tensor, cache: KVCache, scale: float, upcast: bool) -> Tensor:
-        k, v = self.keys(cache)  # [Hkv, L, D]
-        hkv, _, d = k.shape
         partials = []
-        for keys, hidden, dead in self.parts:
-            n = hidden.shape[0] if hidden is not None else (keys.stop - keys.start) // self.chunk or 1
-            size = (keys.stop - keys.start) // n
-            kc = k[:, keys].reshape(hkv, n, size, d)  # [Hkv, n, C, D] (a view when contiguous)
-            vc = v[:, keys].reshape(hkv, n, size, d)
-            o, lse = attend_chunks(qg, kc, vc, scale, hidden, upcast)
-            if dead is not None:  # rows that see nothing in a chunk weigh nothing
-                lse = lse.masked_fill(dead.transpose(0, 1)[None], float("-inf"))
-            partials.append((o, lse))
+        for segment in self.segments:
+            for keys, hidden, dead in segment.parts:
+                n = hidden.shape[0] if hidden is not None else (keys.stop - keys.start) // segment.chunk or 1
+                size = (keys.stop - keys.start) // n
+                step = n if segment.index is None else self.group  # chunks per product
+                for lo in range(0, n, step):
+                    m = min(step, n - lo)
+                    kc, vc = self.chunks(cache, segment, keys.start + lo * size, m, size)  # [Hkv, m, C, D]
+                    mask = hidden[lo : lo + m] if hidden is not None else None
+                    o, lse = attend_chunks(qg, kc, vc, scale, mask, upcast)
+                    if dead is not None:  # rows that see nothing in a chunk weigh nothing
+                        lse = lse.masked_fill(dead[lo : lo + m][None], float("-inf"))  # [Hkv, m, R]
+                    partials.append((o, lse))
         return combine(partials)  # [Hkv, G·S, D]
 
 
@@ -175,10 +243,9 @@ class SplitKV(Implementation):
 
     def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """Each sequence's chunks and masks, once, outside the timing."""
-        chunk = CHUNK if not cache.paged else max(cache.page, CHUNK // cache.page * cache.page)
         g = problem.heads // problem.kv_heads
         lo, hi = cache.ranges(problem.pattern)  # [B, S] each
-        plans = [SequencePlan(cache, b, lo[b], hi[b], chunk, g) for b in range(cache.batch)]
+        plans = [SequencePlan(cache, b, lo[b], hi[b], CHUNK, g) for b in range(cache.batch)]
         scale, hkv, s, d = problem.scale, problem.kv_heads, problem.seq_len, problem.head_dim
         low = problem.torch_dtype in (torch.bfloat16, torch.float16)
         upcast = low and torch.device(problem.device).type == "cpu" and not low_precision_matmul_is_fast()

@@ -14,6 +14,7 @@ from cli_helpers import attnbench
 
 from attnbench import Implementation, Problem
 from attnbench.case.kvcache import KVCache, make_cache, parse_cache, parse_lengths, valid_lengths
+from attnbench.case.modes import DECODE
 from attnbench.measure.records import read_records
 from attnbench.measure.verify import check
 from attnbench.plugins.registry import load_registry
@@ -104,6 +105,31 @@ def test_native_decoders_are_exact(name: str, cache: str, lengths: str, seq_len:
     impl = load_registry().get(name)
     assert "decode" in impl.features
     problem = decode(cache=cache, kv_lengths=lengths, seq_len=seq_len, window=window)
+    result = judged(impl, problem)
+    assert result.ok, result.failures()
+
+
+@pytest.mark.parametrize(
+    ("min_run", "kinds"),
+    [(16, {"in place"}), (32, {"in place", "gathered"}), (10**9, {"gathered"})],
+    ids=["every-page-in-place", "runs-in-place-single-pages-gathered", "every-page-gathered"],
+)
+@pytest.mark.parametrize(("seq_len", "window"), [(1, 0), (3, 300)])
+def test_split_kv_reads_page_runs_where_they_lie_and_gathers_the_rest(
+    min_run: int, kinds: set[str], seq_len: int, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paged cache is read in storage order, its masks from each slot's position: the window and
+    the causal order among the new tokens must still hide exactly the right keys, with runs of
+    pages read in place, single pages gathered, and both in one sequence."""
+    impl = load_registry().get("split_kv")
+    module = __import__(type(impl).__module__, fromlist=["MIN_RUN"])
+    monkeypatch.setattr(module, "MIN_RUN", min_run)
+    problem = decode(cache="paged:16", kv_lengths="ragged", seq_len=seq_len, window=window, kv_len=1000)
+    cache = DECODE.make_inputs(problem).cache
+    lo, hi = cache.ranges(problem.pattern)  # [B, S]
+    plans = [module.SequencePlan(cache, b, lo[b], hi[b], module.CHUNK, 2) for b in range(problem.batch)]
+    seen = {"gathered" if seg.index is not None else "in place" for plan in plans for seg in plan.segments}
+    assert seen == kinds
     result = judged(impl, problem)
     assert result.ok, result.failures()
 

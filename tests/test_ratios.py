@@ -60,7 +60,10 @@ def outcomes(tmp_path: Path, text: str, records: list[Record]) -> list[Any]:
         ('impl = "ours"\npeer = "peer"\nlenght = 3\n', "unknown key 'lenght'"),
         ('peer = "peer"\n', r"ratio\[0\]\.impl is required"),
         ('impl = "ours"\npeer = "nobody"\n', r"ratio\[0\]\.peer = 'nobody'"),
-        ('impl = "ours"\npeer = "peer"\nmetric = "joy"\n', r"metric = 'joy': expected one of speed, memory, slope"),
+        (
+            'impl = "ours"\npeer = "peer"\nmetric = "joy"\n',
+            r"metric = 'joy': expected one of speed, memory, slope, band",
+        ),
         ('impl = "ours"\npeer = "peer"\nwhere = { sequence = 4 }\n', r"where\.sequence: not a case field"),
         ('impl = "ours"\npeer = "peer"\nwhere = { seq_len = "long" }\n', r"where\.seq_len has 'long'"),
         ('impl = "ours"\npeer = "peer"\nwhere = { causal = 1 }\n', r"where\.causal has 1"),
@@ -126,6 +129,31 @@ def test_memory_of_one_fifteenth_breaks_one_sixteenth(tmp_path: Path) -> None:
         (o,) = outcomes(tmp_path / verdict.replace(" ", "_"), ratio(body), records)
         assert o.verdict == verdict and o.figures[0].value == pytest.approx(share, rel=1e-6)
         assert "MiB ÷ 16384 MiB" in o.figures[0].note
+
+
+def test_a_decoder_5_percent_under_its_bandwidth_bound_is_not_met(tmp_path: Path) -> None:
+    """The bandwidth metric reads each record's fraction of the machine's triad (no peer): 0.63
+    meets 0.6, 0.57 (5% under) does not, and a length that never ran leaves it unmet."""
+    body = 'impl = "ours"\nmetric = "bandwidth"\nat_least = 0.6\nwhere = { causal = false }\n'
+
+    def decoder(n: int, fraction: float) -> Record:
+        """A decode record whose bytes over its median time (10 ms) are ``fraction`` of the triad
+        timed beside it (20 GB/s): the figures are derived from these when the run is read."""
+        case = {"mode": "decode", "seq_len": 1, "kv_len": n, "heads": 8, "head_dim": 64, "causal": False}
+        samples = [10.0 * f for f in (0.98, 0.99, 1.0, 1.01, 1.02)]
+        triad = {"machine_probe_ms": [5.0, 5.0, 5.0], "machine_probe_work": 20e9 * 5e-3}
+        return Record("ours", "ok", case=case, exact=True, checks=["output"], time_ms=10.0, samples_ms=samples,
+                      bytes=fraction * 20e9 * 1e-2, **triad)  # fmt: skip
+
+    (met,) = outcomes(tmp_path / "a", ratio(body), [decoder(1024, 0.63), decoder(2048, 0.65)])
+    assert met.verdict == "met" and [f.value for f in met.figures] == pytest.approx([0.63, 0.65])
+    assert all(f.low < f.value < f.high for f in met.figures)  # the time's quartiles
+    assert met.figures[0].note == "12.6 GB/s of 20"
+    (missed,) = outcomes(tmp_path / "b", ratio(body), [decoder(1024, 0.63), decoder(2048, 0.57)])
+    assert missed.verdict == "not met" and [f.holds for f in missed.figures] == [True, False]
+    wanted = body.replace("causal = false", "causal = false, kv_len = [1024, 4096]")
+    (absent,) = outcomes(tmp_path / "c", ratio(wanted), [decoder(1024, 0.63)])
+    assert absent.verdict == "not met" and absent.missing == ["4096 cached tokens: no ours record"]
 
 
 def test_a_peer_that_failed_or_a_length_that_never_ran_is_not_met(tmp_path: Path) -> None:

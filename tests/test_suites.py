@@ -123,5 +123,5 @@ def test_the_readme_suite_format_and_ratio_parse_as_shown() -> None:
     example = next(b for b in blocks if "[[ratio]]" in b)
     suite = parse_suite(reference + "\n" + example, "README.md", load_registry().names())
     (declared,) = suite.ratios
-    assert (declared.impl, declared.peer, declared.at_least) == ("sliding_window", "sdpa", 20.0)
+    assert (declared.impl, declared.peer, declared.at_least) == ("sliding_window", "sdpa", 17.0)
     assert declared.peer_case == {"window": 0} and declared.where["seq_len"] == [16384]

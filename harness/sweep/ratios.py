@@ -7,7 +7,7 @@ each on the run's records and prints the figure, its spread and whether the boun
     name = "sliding_window beats flex"        # what the reader sees
     impl = "sliding_window"
     peer = "flex"                             # default: impl itself (with peer_case changed)
-    metric = "speed"                          # speed | memory | slope
+    metric = "speed"                          # speed | memory | slope | bandwidth
     where = { window = 256, seq_len = [4096, 8192, 16384] }   # the impl's cases (any case field)
     peer_case = { window = 0 }                # the peer's case: the impl's with these fields changed
     at_least = 1.0                            # or at_most; neither: the figure is only printed
@@ -23,6 +23,9 @@ Metrics, each measured on one run (the records of one machine):
   against log N), with its 95% interval, per group of the other case fields; ``peer`` is unused.
   A bounded slope is fitted to the lengths' times chained through paired timings of neighbouring
   lengths where the run has them (:mod:`attnbench.sweep.pairs`).
+* ``bandwidth`` — the implementation's bytes per second ÷ the machine's measured memory bandwidth
+  (the record's ``bandwidth_fraction``: the bytes the case must move over its median time, against
+  the STREAM triad), per case; its spread from the time's quartiles; ``peer`` is unused.
 
 This module parses and validates the tables; :mod:`attnbench.results.report.ratios` evaluates them on
 a run's records.
@@ -42,7 +45,10 @@ METRICS = {
     "speed": "the peer's time ÷ the implementation's (× faster)",
     "memory": "the implementation's peak memory ÷ the peer's",
     "slope": "the implementation's fitted time exponent in N",
+    "bandwidth": "the implementation's bytes per second ÷ the machine's measured memory bandwidth",
 }
+#: Metrics of the implementation alone (no peer).
+OWN_METRICS = ("slope", "bandwidth")
 RATIO_KEYS = {"name", "impl", "peer", "metric", "where", "peer_case", "at_least", "at_most"}
 
 
@@ -107,7 +113,7 @@ def _one(table: dict[str, Any], at: str, known: set[str] | None) -> Ratio:
     for key, value in changed.items():
         if isinstance(value, list):
             raise RatioError(f"{at}.peer_case.{key} = {value!r}: expected one value")
-    if metric != "slope" and peer == impl and not changed:
+    if metric not in OWN_METRICS and peer == impl and not changed:
         raise RatioError(f"{at}: peer and peer_case are both missing: the implementation against itself is 1")
     bounds = {}
     for key in ("at_least", "at_most"):

@@ -83,6 +83,8 @@ def evaluate(ratios: list[Ratio], records: pd.DataFrame, paired: list[dict[str, 
         for ratio in ratios:
             if ratio.metric == "slope":
                 out.append(_slopes(ratio, str(machine), mine, steps))
+            elif ratio.metric == "bandwidth":
+                out.append(_bandwidths(ratio, str(machine), mine))
             else:
                 out.append(_pairs(ratio, str(machine), mine, found))
     return out
@@ -165,6 +167,32 @@ def _speed(
     if not all(math.isfinite(x) and x > 0 for x in (i1, i2, i3, p1, p2, p3)):
         return None
     return p2 / i2, p1 / i3, p3 / i1, note
+
+
+def _bandwidths(ratio: Ratio, machine: str, frame: pd.DataFrame) -> Outcome:
+    """Each matched record's fraction of the machine's memory bandwidth, its spread from the time's
+    quartiles (bytes over Q3 to bytes over Q1)."""
+    mine = frame[(frame["impl"] == ratio.impl) & _matches(frame, ratio.where)]
+    shown = _varying(mine)
+    figures, missing = [], []
+    for length in sorted(set(ratio.where.get("kv_len", [])) - set(mine["kv_len"])):
+        missing.append(f"{length} cached tokens: no {ratio.impl} record")
+    for row in _records(mine):
+        words = varying_label(row, shown)
+        fraction = row.get("bandwidth_fraction")
+        if row["status"] != Status.OK:
+            missing.append(f"{words}: {ratio.impl} {row['status']}")
+            continue
+        if not isinstance(fraction, int | float) or not math.isfinite(float(fraction)) or fraction <= 0:
+            missing.append(f"{words}: no bandwidth measured")
+            continue
+        q1, q2, q3 = _quartiles(row.get("samples_ms"), row.get("time_ms"))
+        median = float(row["time_ms"])
+        value = float(fraction)
+        low, high = (value * median / q3, value * median / q1) if q1 > 0 and q3 > 0 else (value, value)
+        note = f"{float(row['gbps']):.3g} GB/s of {float(row['peak_gbps']):.3g}" if row.get("peak_gbps") else ""
+        figures.append(Figure(words, value, low, high, ratio.holds(value), note))
+    return Outcome(ratio, machine, figures, missing)
 
 
 def _memory(row: dict[str, Any], peer: dict[str, Any]) -> tuple[float, float, float, str] | None:
