@@ -49,7 +49,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
-from attnbench.case.variants import alibi_bias, case_sinks
+from attnbench.case.variants import alibi_bias, alibi_decode, case_sinks
 from attnbench.plugins.contract import ALL_FEATURES, AttentionFn
 
 Tensor = torch.Tensor
@@ -61,19 +61,25 @@ class ScoreChanges:
     for the grouped scores ``[B, Hkv, G, Nq, Nk]``."""
 
     softcap: float = 0.0
-    bias: Tensor | None = None  # [Hkv, G, Nq, Nk] ALiBi's −slope·|p − j|
+    bias: Tensor | None = None  # [Hkv, G, Nq, Nk] ALiBi's −slope·|p − j| ([B, Hkv, G, S, Lmax] decoding)
     sink: Tensor | None = None  # [1, Hkv, G, 1, 1] sink logits
 
     @classmethod
-    def of(cls, problem: Problem) -> ScoreChanges | None:
+    def of(cls, problem: Problem, cache: KVCache | None = None) -> ScoreChanges | None:
+        """The changes of ``problem``; decoding against ``cache``, ALiBi's positions are each
+        sequence's own (its new tokens at the end of its attended ones)."""
         if not problem.varies_scores:
             return None
-        g, device = problem.heads // problem.kv_heads, problem.device
-        per_head = (problem.kv_heads, g, 1, 1)
+        hkv, g, device = problem.kv_heads, problem.heads // problem.kv_heads, problem.device
+        per_head = (hkv, g, 1, 1)
         bias = None
-        if problem.bias == "alibi":
+        if problem.bias == "alibi" and cache is not None:
+            s, longest = problem.seq_len, int(cache.attended.max())
+            bias = alibi_decode(problem.heads, cache.attended.cpu(), s, longest)  # [B, H, S, Lmax]
+            bias = bias.view(-1, hkv, g, s, longest).to(device, torch.float32)
+        elif problem.bias == "alibi":
             nq, nk = problem.seq_len, problem.kv_len
-            bias = alibi_bias(problem.heads, nq, nk).view(problem.kv_heads, g, nq, nk).to(device, torch.float32)
+            bias = alibi_bias(problem.heads, nq, nk).view(hkv, g, nq, nk).to(device, torch.float32)
         sink = case_sinks(problem)
         return cls(problem.softcap, bias, None if sink is None else sink.view(1, *per_head))
 
@@ -151,10 +157,11 @@ class Naive(Implementation):
         keys, mask = decode_keys(problem, cache)  # mask [B, 1, S, Lmax] -> per batch [B, 1, 1, S, Lmax]
         scale = problem.scale
         per_batch = None if mask is None else mask[:, :, None]
+        changes = ScoreChanges.of(problem, cache)
 
         def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
             cache.append(k_new, v_new)
             k, v = keys()  # [B, Hkv, Lmax, D]
-            return naive_attention(q, k, v, scale, per_batch)  # [B, H, S, D]
+            return naive_attention(q, k, v, scale, per_batch, changes)  # [B, H, S, D]
 
         return step

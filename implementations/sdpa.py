@@ -46,7 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
-from attnbench.case.variants import alibi_bias
+from attnbench.case.variants import alibi_bias, alibi_decode
 from attnbench.plugins.contract import ALL_FEATURES, AttentionFn
 
 Tensor = torch.Tensor
@@ -194,6 +194,8 @@ class _SDPA(Implementation):
         tokens (and causal among the new ones); a paged cache is first gathered into that dense
         form, inside the step — SDPA cannot read pages, so that copy is part of its cost."""
         keys, mask = decode_keys(problem, cache)
+        if problem.bias == "alibi":  # ALiBi from each sequence's own positions, as a float mask
+            mask = decode_alibi_mask(problem, cache, mask)
         scale, gqa, backend = problem.scale, problem.gqa, self.backend
 
         def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
@@ -203,6 +205,18 @@ class _SDPA(Implementation):
                 return _call(q, k, v, mask, False, scale, gqa)  # [B, H, S, D]
 
         return step
+
+
+def decode_alibi_mask(problem: Problem, cache: KVCache, keep: Tensor | None) -> Tensor:
+    """``[B, H, S, Lmax]`` float32: ALiBi's ``−slope_h·|p − j|`` for each sequence's new tokens at
+    the end of its own attended tokens, ``−inf`` where ``keep`` ``[B, 1, S, Lmax]`` hides a pair
+    (float32 for the reason :func:`alibi_mask` gives; the query dtype off the CPU)."""
+    longest = int(cache.attended.max())
+    bias = alibi_decode(problem.heads, cache.attended.cpu(), problem.seq_len, longest)  # [B, H, S, Lmax]
+    if keep is not None:
+        bias = bias.masked_fill(~keep.cpu(), float("-inf"))
+    dtype = torch.float32 if torch.device(problem.device).type == "cpu" else problem.torch_dtype
+    return bias.to(problem.device, dtype)
 
 
 def decode_keys(problem: Problem, cache: KVCache) -> tuple[Callable[[], tuple[Tensor, Tensor]], Tensor | None]:

@@ -30,6 +30,13 @@ A window or the causal order among several new tokens masks pairs only near the 
 keys: the scores are masked where a row's range ``[lo, hi)`` excludes them (a mask built once
 per step's shape, outside the timing).
 
+ALiBi (``bias = "alibi"``) is an additive float32 bias per chunk, ``−slope·|p − j|`` with ``p``
+each new token's position at the end of its own sequence and ``j`` each key's, built once with
+the masks. Learned sinks join the combination as one more partial whose log-sum-exp is the sink
+logit and whose output is zero: the sink takes its share of each row's denominator and carries
+no value. A soft-cap needs a hook on the scores inside the fused kernel, which it has not: such
+a case is ``unsupported``.
+
 A paged cache is read where its pages lie. Softmax does not depend on the order of the keys,
 only on which keys a row may see: each run of consecutive pool pages the sequence owns (at least
 :data:`MIN_RUN` tokens; at batch 1 the whole pool) is read in storage order as if contiguous, its
@@ -52,11 +59,13 @@ Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
+from attnbench.case.variants import alibi_slopes, case_sinks
 
 Tensor = torch.Tensor
 #: Keys per chunk of keys read where they lie.
@@ -83,16 +92,19 @@ Partial = tuple[Tensor, Tensor]  # (normalised output [Hkv, n, R, D], log-sum-ex
 def attend_chunks(qg: Tensor, k: Tensor, v: Tensor, scale: float, hidden: Tensor | None, upcast: bool) -> Partial:
     """Partial attention of ``qg`` ``[Hkv, R, D]`` over ``n`` chunks ``k``, ``v`` ``[Hkv, n, C, D]``,
     each chunk normalised on its own, with its log-sum-exp. ``hidden`` ``[n, R, C]`` is True where
-    a pair is masked; ``upcast`` multiplies a low-precision cache in float32 (where that is
-    faster than its own dtype). On the CPU, PyTorch's fused flash kernel does each chunk (it
+    a pair is masked, or is an additive float bias ``[n, Hkv, R, C]`` (``−inf`` where masked);
+    ``upcast`` multiplies a low-precision cache in float32 (where that is faster than its own
+    dtype). On the CPU, PyTorch's fused flash kernel does each chunk (it
     returns the log-sum-exp); elsewhere, plain products."""
     if qg.device.type == "cpu":
         return _fused_cpu(qg, k, v, scale, hidden)
     if upcast:
         qg, k, v = qg.float(), k.float(), v.float()
     s = torch.matmul(qg[:, None], k.transpose(-1, -2)).float().mul_(scale)  # [Hkv, n, R, C]
-    if hidden is not None:
+    if hidden is not None and hidden.dtype == torch.bool:
         s.masked_fill_(hidden[None], float("-inf"))
+    elif hidden is not None:  # an additive bias [n, Hkv, R, C], −inf where hidden
+        s.add_(hidden.transpose(0, 1))
     lse = torch.logsumexp(s, dim=-1)  # [Hkv, n, R]
     p = s.sub_(torch.nan_to_num(lse, neginf=0.0)[..., None]).exp_()  # normalised per chunk
     return torch.matmul(p.to(v.dtype), v).float(), lse  # [Hkv, n, R, D]
@@ -104,8 +116,8 @@ def _fused_cpu(qg: Tensor, k: Tensor, v: Tensor, scale: float, hidden: Tensor | 
     n = k.shape[1]
     qc = qg[None].expand(n, *qg.shape)  # [n, Hkv, R, D] (no copy)
     kc, vc = k.transpose(0, 1), v.transpose(0, 1)  # [n, Hkv, C, D] (views)
-    mask = None  # additive, in the query's dtype (what the kernel takes): [n, 1, R, C]
-    if hidden is not None:
+    mask = hidden  # additive: [n, Hkv, R, C] float32 as given, or [n, 1, R, C] from a boolean mask
+    if hidden is not None and hidden.dtype == torch.bool:
         mask = torch.zeros(hidden.shape, dtype=qg.dtype, device=qg.device).masked_fill_(hidden, float("-inf"))[:, None]
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         qc, kc, vc, 0.0, False, attn_mask=mask, scale=scale
@@ -121,7 +133,18 @@ def combine(parts: list[Partial]) -> Tensor:
     return (o.nan_to_num_(0.0) * w[..., None]).sum(dim=1)  # [Hkv, R, D]
 
 
-Parts = list[tuple[slice, Tensor | None, Tensor | None]]  # (tokens, hidden [n, R, C], dead [n, R]) per block of chunks
+#: (tokens, hidden [n, R, C] or an additive bias [n, Hkv, R, C], dead [n, R]) per block of chunks
+Parts = list[tuple[slice, Tensor | None, Tensor | None]]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The grouped query rows of one sequence (row ``g·S + s`` of KV head ``hkv`` is query head
+    ``hkv·G + g``, new token ``s``): their key positions and, with ALiBi, their heads' slopes."""
+
+    groups: int
+    positions: Tensor  # [R] float64: where each row's token sits among the keys
+    slopes: Tensor | None = None  # [Hkv, R] float64
 
 
 class Segment:
@@ -129,18 +152,29 @@ class Segment:
     ``length``; the positions of its slots in ``positions``), or pool slots gathered in small
     groups (``index``). Cut into whole chunks and a tail, with the masks of those that need one."""
 
-    def __init__(self, positions: Tensor, lo: Tensor, hi: Tensor, chunk: int, groups: int,
+    def __init__(self, positions: Tensor, lo: Tensor, hi: Tensor, chunk: int, rows: Rows,
                  start: int = 0, index: Tensor | None = None) -> None:  # fmt: skip
         self.start, self.index, self.length, self.chunk = start, index, int(positions.shape[0]), chunk
         keep = (positions[None, :] >= lo[:, None]) & (positions[None, :] < hi[:, None])  # [S, L]
-        hidden = ~keep.repeat(groups, 1)  # [G·S, L]: row g·S + s
+        hidden = ~keep.repeat(rows.groups, 1)  # [G·S, L]: row g·S + s
+        bias = None  # [Hkv, R, L] float32: ALiBi's −slope·|p − j|, −inf where hidden
+        if rows.slopes is not None:
+            gap = (rows.positions[:, None] - positions.to(torch.float64)[None, :]).abs()  # [R, L]
+            bias = (-rows.slopes[:, :, None] * gap[None]).float().masked_fill_(hidden[None], float("-inf"))
         whole = self.length // chunk
         split = whole * chunk
         self.parts: Parts = []
         if whole:
-            self.parts.append((slice(0, split), *_masks(hidden[:, :split].reshape(-1, whole, chunk).transpose(0, 1))))
+            mask, dead = _masks(hidden[:, :split].reshape(-1, whole, chunk).transpose(0, 1))  # [n, R, C]
+            if bias is not None:
+                hkv, r = bias.shape[:2]
+                mask = bias[:, :, :split].reshape(hkv, r, whole, chunk).permute(2, 0, 1, 3).contiguous()
+            self.parts.append((slice(0, split), mask, dead))
         if split < self.length:  # the tail: one shorter chunk
-            self.parts.append((slice(split, self.length), *_masks(hidden[None, :, split:])))
+            mask, dead = _masks(hidden[None, :, split:])
+            if bias is not None:
+                mask = bias[None, :, :, split:].contiguous()  # [1, Hkv, R, c]
+            self.parts.append((slice(split, self.length), mask, dead))
 
 
 class SequencePlan:
@@ -153,14 +187,14 @@ class SequencePlan:
     position (from the block table); the pages of shorter runs are gathered, a few chunks at a
     time, into a buffer small enough to stay in the last-level cache."""
 
-    def __init__(self, cache: KVCache, b: int, lo: Tensor, hi: Tensor, chunk: int, groups: int) -> None:
+    def __init__(self, cache: KVCache, b: int, lo: Tensor, hi: Tensor, chunk: int, rows: Rows) -> None:
         self.b = b
         self.first, self.last = int(lo.min()), int(hi.max())  # keys any new token may see
         self.group = max(1, GATHER_TOKENS // GATHER_CHUNK)  # chunks gathered at once
         self.buffers: list[Tensor] | None = None
         positions = torch.arange(self.first, self.last, device=lo.device)  # [L]
         if not cache.paged:
-            self.segments = [Segment(positions, lo, hi, chunk, groups, start=self.first)]
+            self.segments = [Segment(positions, lo, hi, chunk, rows, start=self.first)]
             return
         self.segments = []
         index = cache.token_index(b)[self.first : self.last]  # [L] pool slots, in position order
@@ -175,9 +209,9 @@ class SequencePlan:
             if count < MIN_RUN:
                 gathered |= (index >= first) & (index < first + count)
                 continue
-            self.segments.append(Segment(where[first : first + count], lo, hi, chunk, groups, start=first))
+            self.segments.append(Segment(where[first : first + count], lo, hi, chunk, rows, start=first))
         if bool(gathered.any()):
-            self.segments.append(Segment(positions[gathered], lo, hi, GATHER_CHUNK, groups, index=index[gathered]))
+            self.segments.append(Segment(positions[gathered], lo, hi, GATHER_CHUNK, rows, index=index[gathered]))
 
     def chunks(self, cache: KVCache, segment: Segment, start: int, n: int, size: int) -> tuple[Tensor, Tensor]:
         """``[Hkv, n, C, D]`` keys and values of ``n`` chunks of ``size`` tokens from ``start`` in
@@ -204,7 +238,9 @@ class SequencePlan:
             self.buffers = [torch.empty(hkv * most * d, dtype=pool.dtype, device=pool.device) for _ in range(2)]
         return self.buffers[which][: hkv * tokens * d].view(hkv, tokens, d)
 
-    def attend(self, qg: Tensor, cache: KVCache, scale: float, upcast: bool) -> Tensor:
+    def attend(self, qg: Tensor, cache: KVCache, scale: float, upcast: bool, sink: Tensor | None = None) -> Tensor:
+        """``[Hkv, R, D]``: the rows ``qg`` ``[Hkv, R, D]`` against every segment; ``sink`` ``[Hkv, R]``
+        (learned sink logits) joins the combination as a partial with no value."""
         partials = []
         for segment in self.segments:
             for keys, hidden, dead in segment.parts:
@@ -219,7 +255,22 @@ class SequencePlan:
                     if dead is not None:  # rows that see nothing in a chunk weigh nothing
                         lse = lse.masked_fill(dead[lo : lo + m][None], float("-inf"))  # [Hkv, m, R]
                     partials.append((o, lse))
+        if sink is not None:  # the sink's share of each row's denominator, carrying nothing
+            hkv, r, d = qg.shape
+            partials.append((torch.zeros(hkv, 1, r, d, device=qg.device), sink[:, None]))
         return combine(partials)  # [Hkv, G·S, D]
+
+
+def rows_of(problem: Problem, cache: KVCache, b: int) -> Rows:
+    """Sequence ``b``'s grouped rows: its new tokens at the end of its attended ones, and with
+    ALiBi each row's head's slope."""
+    g, s = problem.heads // problem.kv_heads, problem.seq_len
+    at = float(cache.attended[b]) - s + torch.arange(s, dtype=torch.float64)  # [S]
+    slopes = None
+    if problem.bias == "alibi":
+        slopes = alibi_slopes(problem.heads).view(problem.kv_heads, g).repeat_interleave(s, 1)  # [Hkv, G·S]
+    where = cache.lengths.device
+    return Rows(g, at.repeat(g).to(where), None if slopes is None else slopes.to(where))
 
 
 def _masks(hidden: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -237,7 +288,7 @@ class SplitKV(Implementation):
     computes = ("full", "causal", "window")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "gqa", "cross", "decode"})
+    features = frozenset({"causal", "window", "gqa", "cross", "decode", "alibi", "sinks"})
     requires = frozenset({"decode"})  # a decoder: decode steps against a KV cache only
     growth = Growth(1.0, 1.0)  # per step: linear in the cached tokens
 
@@ -245,7 +296,9 @@ class SplitKV(Implementation):
         """Each sequence's chunks and masks, once, outside the timing."""
         g = problem.heads // problem.kv_heads
         lo, hi = cache.ranges(problem.pattern)  # [B, S] each
-        plans = [SequencePlan(cache, b, lo[b], hi[b], CHUNK, g) for b in range(cache.batch)]
+        plans = [SequencePlan(cache, b, lo[b], hi[b], CHUNK, rows_of(problem, cache, b)) for b in range(cache.batch)]
+        sink = case_sinks(problem)  # [H] or None
+        sink = None if sink is None else sink.view(problem.kv_heads, g).repeat_interleave(problem.seq_len, 1)
         scale, hkv, s, d = problem.scale, problem.kv_heads, problem.seq_len, problem.head_dim
         low = problem.torch_dtype in (torch.bfloat16, torch.float16)
         upcast = low and torch.device(problem.device).type == "cpu" and not low_precision_matmul_is_fast()
@@ -255,7 +308,7 @@ class SplitKV(Implementation):
             out = torch.empty_like(q)  # [B, H, S, D]
             for plan in plans:
                 qg = q[plan.b].reshape(hkv, g * s, d)  # [Hkv, G·S, D]: head hkv·G + g, row g·S + s
-                out[plan.b] = plan.attend(qg, cache, scale, upcast).to(q.dtype).view(q.shape[1], s, d)
+                out[plan.b] = plan.attend(qg, cache, scale, upcast, sink).to(q.dtype).view(q.shape[1], s, d)
             return out
 
         return step

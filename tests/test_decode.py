@@ -127,7 +127,8 @@ def test_split_kv_reads_page_runs_where_they_lie_and_gathers_the_rest(
     problem = decode(cache="paged:16", kv_lengths="ragged", seq_len=seq_len, window=window, kv_len=1000)
     cache = DECODE.make_inputs(problem).cache
     lo, hi = cache.ranges(problem.pattern)  # [B, S]
-    plans = [module.SequencePlan(cache, b, lo[b], hi[b], module.CHUNK, 2) for b in range(problem.batch)]
+    rows = [module.rows_of(problem, cache, b) for b in range(problem.batch)]
+    plans = [module.SequencePlan(cache, b, lo[b], hi[b], module.CHUNK, rows[b]) for b in range(problem.batch)]
     seen = {"gathered" if seg.index is not None else "in place" for plan in plans for seg in plan.segments}
     assert seen == kinds
     result = judged(impl, problem)

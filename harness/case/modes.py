@@ -21,6 +21,7 @@ import torch
 
 from attnbench.case.kvcache import KVCache, make_cache, parse_cache, valid_lengths
 from attnbench.case.patterns import Pattern
+from attnbench.case.variants import SOFTCAP_SPREAD
 
 Tensor = torch.Tensor
 
@@ -37,6 +38,9 @@ class Problem(Protocol):
 
     @property
     def kv_heads(self) -> int: ...
+
+    @property
+    def softcap(self) -> float: ...
 
     @property
     def seq_len(self) -> int: ...
@@ -196,10 +200,11 @@ class Decode(Mode):
     def make_inputs(self, problem: Problem) -> DecodeInputs:
         gen = torch.Generator().manual_seed(problem.seed)
         b, s, d = problem.batch, problem.seq_len, problem.head_dim
+        spread = problem.softcap / SOFTCAP_SPREAD if problem.softcap else 1.0  # as Problem.make_inputs
         q, k_new, v_new = (
-            torch.randn(b, h, s, d, generator=gen).to(problem.device, problem.torch_dtype)
-            for h in (problem.heads, problem.kv_heads, problem.kv_heads)
-        )  # [B, H, S, D], [B, Hkv, S, D] x2: the new tokens
+            (torch.randn(b, h, s, d, generator=gen) * factor).to(problem.device, problem.torch_dtype)
+            for h, factor in ((problem.heads, spread), (problem.kv_heads, 1.0), (problem.kv_heads, 1.0))
+        )  # [B, H, S, D], [B, Hkv, S, D] x2: the new tokens (queries spread for a soft-cap)
         cache = make_cache(
             problem.batch, problem.kv_heads, problem.head_dim, problem.kv_len, problem.seq_len,
             page=parse_cache(problem.cache), lengths=problem.kv_lengths, seed=problem.seed,

@@ -80,6 +80,15 @@ def alibi_bias(heads: int, nq: int, nk: int) -> Tensor:
     return -alibi_slopes(heads)[:, None, None] * distance(positions(nq, nk), torch.arange(nk))
 
 
+def alibi_decode(heads: int, attended: Tensor, new: int, length: int) -> Tensor:
+    """``[B, H, S, L]`` float64: ALiBi's ``−slope_h·|p − j|`` for a decode step, each sequence's
+    ``new`` tokens at the last of its ``attended`` ``[B]`` positions, against key positions
+    ``0..length−1`` (a cache read up to its longest sequence)."""
+    rows = attended.to(torch.float64)[:, None] - new + torch.arange(new, dtype=torch.float64)  # [B, S]
+    gap = distance(rows[:, :, None], torch.arange(length, dtype=torch.float64))  # [B, S, L]
+    return -alibi_slopes(heads)[None, :, None, None] * gap[:, None]
+
+
 def soft_cap(s: Tensor, cap: float) -> Tensor:
     """``cap · tanh(s / cap)`` (``s`` unchanged when ``cap`` is 0)."""
     return s if not cap else torch.tanh(s / cap) * cap
@@ -138,8 +147,8 @@ def check_variants(p: Any) -> None:
         raise ValueError(
             "v_head_dim: values of their own head dimension are not modelled in decode mode or with probes yet"
         )
-    if (p.varies_scores or p.sinks != "none") and p.kind.reads_cache:
+    if parse_sinks(p.sinks) and p.kind.reads_cache:
         raise ValueError(
-            "softcap, bias and sinks are not modelled against a KV cache yet: use them with modes forward,"
-            " backward and forward_backward"
+            f"sinks {p.sinks!r} (the first tokens beside a window) is not modelled against a KV cache yet:"
+            " use sinks = 'learned' in decode mode, or 'first:K' with modes forward, backward and forward_backward"
         )

@@ -22,10 +22,10 @@ Encoder families (BERT, RoBERTa, ViT, …) attend both ways and do not decode. T
 grid each for prefill at lengths doubling up to the context, decode against caches of lengths
 doubling up to the context (batch 1 and 8, uniform and ragged) and training (forward+backward;
 a decoder's on packed batches of 8 long-tailed documents), each with the model's window where it
-has one — both with and without it for models that
-alternate windowed and global layers (``"_attnbench": {"alternating_window": true}``).
-A model whose scores are soft-capped, biased or sunk has no decode grid yet (those are not
-modelled against a KV cache). Multi-head latent attention (``qk_nope_head_dim``,
+has one — both with and without it for models that alternate windowed and global layers
+(``"_attnbench": {"alternating_window": true}``). A model's soft-cap, ALiBi and learned sinks
+reach its decode grid too; one whose values have their own head dimension has no decode grid yet
+(not modelled against a KV cache). Multi-head latent attention (``qk_nope_head_dim``,
 ``qk_rope_head_dim``, ``v_head_dim``) is read in its prefill form: keys of the two first summed,
 values of the third, a key/value head per query head; a config with only part of those keys is
 refused, naming the missing one.
@@ -253,9 +253,10 @@ def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
         f"seq_len = {prefill}",
         common,
     ]
-    if shapes.decodes and shapes.variants:
+    if shapes.decodes and shapes.v_head_dim:
         lines += [
-            f"# Decode: not written. The model's {shapes.variant_words()} (not modelled against a KV cache yet):",
+            f"# Decode: not written. The model's values of {shapes.v_head_dim} dimensions (multi-head latent"
+            " attention's absorbed decode form is not modelled against a KV cache yet):",
             "# a decode grid without them would time a function the model does not compute.",
             "",
         ]

@@ -1,0 +1,135 @@
+"""Decoding with the variants models compute: a soft-cap, ALiBi and learned sinks against a real
+KV cache (contiguous and paged, uniform and ragged, one new token or several under a window). The
+reference judges each sequence on its own keys with its own positions; each planted bug (a dropped
+sink, ALiBi slopes in reversed head order, ALiBi positions taken from the capacity rather than
+each sequence's own length, a cap ignored) is caught."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from attnbench import Problem
+from attnbench.case.modes import DECODE
+from attnbench.measure.verify import check
+from attnbench.plugins.registry import load_registry
+
+CASES = [  # (cache, kv_lengths, seq_len, window)
+    ("contiguous", "uniform", 1, 0),
+    ("paged:16", "ragged", 1, 0),
+    ("contiguous", "ragged", 3, 200),
+    ("paged:16", "uniform", 2, 300),
+]
+VARIANTS = {"alibi": {"bias": "alibi"}, "sinks": {"sinks": "learned"}, "softcap": {"softcap": 30.0}}
+TAKES = {"naive": ("alibi", "sinks", "softcap"), "sdpa": ("alibi",), "split_kv": ("alibi", "sinks")}
+
+
+def decode(**fields: Any) -> Problem:
+    base = {"batch": 3, "heads": 8, "kv_heads": 2, "seq_len": 1, "kv_len": 700, "head_dim": 16, "causal": True}
+    return Problem(**{**base, **fields, "mode": "decode"})
+
+
+def judged(name: str, problem: Problem) -> Any:
+    impl = load_registry().get(name)
+    assert impl.supports(problem) is None, impl.supports(problem)
+    return check(impl, problem, max_rows=problem.seq_len)
+
+
+@pytest.mark.parametrize(("cache", "lengths", "seq_len", "window"), CASES)
+@pytest.mark.parametrize(("name", "variant"), [(n, v) for n, vs in TAKES.items() for v in vs])
+def test_decoders_compute_each_variant_they_take(
+    name: str, variant: str, cache: str, lengths: str, seq_len: int, window: int
+) -> None:
+    problem = decode(cache=cache, kv_lengths=lengths, seq_len=seq_len, window=window, **VARIANTS[variant])
+    result = judged(name, problem)
+    assert result.ok, result.failures()
+
+
+@pytest.mark.parametrize(("dtype", "tokens"), [("bfloat16", 32768), ("float32", 4096)])
+def test_split_kv_decodes_alibi_and_sinks_together_at_a_long_grouped_cache(dtype: str, tokens: int) -> None:
+    problem = decode(
+        batch=2, heads=32, kv_heads=8, kv_len=tokens, head_dim=128, cache="paged:16", kv_lengths="ragged",
+        dtype=dtype, bias="alibi", sinks="learned",
+    )  # fmt: skip
+    result = judged("split_kv", problem)
+    assert result.ok, result.failures()
+
+
+def _split_kv_module() -> Any:
+    return sys.modules[type(load_registry().get("split_kv")).__module__]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_dropped_sink_in_decode_is_caught(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = decode(sinks="learned", kv_lengths="ragged", dtype=dtype)
+    assert judged("split_kv", problem).ok
+    monkeypatch.setattr(_split_kv_module(), "case_sinks", lambda p: None)
+    assert not judged("split_kv", problem).ok
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_alibi_slopes_in_reversed_head_order_in_decode_are_caught(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = decode(bias="alibi", kv_lengths="ragged", dtype=dtype)
+    assert judged("split_kv", problem).ok
+    module = _split_kv_module()
+    true_slopes = module.alibi_slopes
+    monkeypatch.setattr(module, "alibi_slopes", lambda heads: true_slopes(heads).flip(0))
+    assert not judged("split_kv", problem).ok
+
+
+def test_alibi_positions_from_the_capacity_instead_of_each_sequences_length_are_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each sequence's new tokens sit at the end of its own keys, and ALiBi's distances are measured
+    from there. Measured from the wrong place (planted: every row's position halved), the bias is
+    no longer the true one plus a per-row constant (which the softmax would ignore): caught."""
+    problem = decode(bias="alibi", kv_lengths="ragged", batch=3)
+    module = _split_kv_module()
+    true_rows = module.rows_of
+
+    def misplaced(p: Problem, cache: Any, b: int) -> Any:
+        rows = true_rows(p, cache, b)
+        return module.Rows(rows.groups, rows.positions / 2, rows.slopes)
+
+    assert judged("split_kv", problem).ok
+    monkeypatch.setattr(module, "rows_of", misplaced)
+    assert not judged("split_kv", problem).ok
+
+
+def test_a_decode_soft_cap_acts_on_the_scores_and_an_ignored_cap_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode inputs spread the queries to a quarter of the cap, as the forward's do, so the
+    cap bends the scores: the naive decoder with its cap dropped is inaccurate."""
+    problem = decode(softcap=30.0, kv_lengths="ragged")
+    q = DECODE.make_inputs(problem).q
+    assert 6.0 < float(q.float().std()) < 9.0  # 30 / 4 = 7.5
+    assert float(DECODE.make_inputs(decode(kv_lengths="ragged")).q.float().std()) < 1.5
+    assert judged("naive", problem).ok
+    naive = sys.modules[type(load_registry().get("naive")).__module__]
+    true_of = naive.ScoreChanges.of
+
+    def uncapped(p: Problem, cache: Any = None) -> Any:
+        changes = true_of(p, cache)
+        return None if changes is None else naive.ScoreChanges(0.0, changes.bias, changes.sink)
+
+    monkeypatch.setattr(naive.ScoreChanges, "of", staticmethod(uncapped))
+    assert not judged("naive", problem).ok
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "why"),
+    [
+        ("split_kv", {"softcap": 30.0}, "softcap"),
+        ("sdpa", {"sinks": "learned"}, "sinks"),
+        ("flex", {"bias": "alibi"}, "takes no score_mod"),
+    ],
+)
+def test_a_decoder_that_cannot_compute_a_variant_says_so(name: str, fields: dict[str, Any], why: str) -> None:
+    reason = load_registry().get(name).supports(decode(**fields))
+    assert reason is not None and why in reason
+
+
+def test_first_token_sinks_against_a_cache_are_refused_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"sinks 'first:4'.*KV cache"):
+        decode(sinks="first:4", window=64)
