@@ -348,6 +348,26 @@ class TileAttention(torch.autograd.Function):
         )
 
 
+def score_variant_reason(problem: Any) -> str | None:
+    """Why the tiles cannot compute a case's soft-cap or ALiBi (``problem`` a
+    :class:`~attnbench.case.problem.Problem`), with the figure that decides it, or None. The fused
+    kernel that computes each tile (PyTorch's CPU flash kernel) takes the scale, a causal flag and
+    an additive mask, nothing else: a soft-cap has no hook inside it, and ALiBi, a bias on every
+    pair, only fits as a materialised ``[B·H, Nq, Nk]`` float32 mask."""
+    if problem.softcap:
+        return (
+            "softcap: the fused tile kernel (PyTorch's CPU flash kernel) has no hook on the scores; a soft-cap"
+            " would need each tile's scores materialised and the fused kernel given up"
+        )
+    if problem.bias == "alibi":
+        mask = 4 * problem.batch * problem.heads * problem.seq_len * problem.kv_len
+        return (
+            f"alibi: the fused tile kernel takes a bias only as a materialised [B·H, Nq, Nk] float32 mask,"
+            f" {mask / 2**20:.0f} MiB for this case, which gives up the O(N) memory the tiles are for"
+        )
+    return None
+
+
 def with_sink(out: Tensor, lse: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
     """Join a sink logit ``[BH, 1]`` to every row's softmax: ``lse' = log(e^lse + e^σ)`` and
     ``out' = out · e^(lse − lse')`` (the sink takes its share and carries no value). The backward

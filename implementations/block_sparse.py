@@ -215,7 +215,7 @@ class BlockSparse(Implementation):
     def supports(self, problem: Problem) -> str | None:
         if problem.pattern.layout is None:
             return "needs a block layout (e.g. layout='bigbird'); a dense problem has no blocks to skip"
-        return super().supports(problem)
+        return _tiles.score_variant_reason(problem) or super().supports(problem)
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the calls (runs, gathers, masks) once, outside the timed call."""

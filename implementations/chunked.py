@@ -122,6 +122,9 @@ class Chunked(Implementation):
     #: Query rows per kernel call at most (None: outputs under ``_plan.CALL_BYTES``).
     call_rows: int | None = None
 
+    def supports(self, problem: Problem) -> str | None:
+        return _tiles.score_variant_reason(problem) or super().supports(problem)
+
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles (skips, joins, batches and boundary masks) once, outside the timed call."""
         rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)

@@ -124,7 +124,7 @@ class SlidingWindow(Implementation):
     def supports(self, problem: Problem) -> str | None:
         if problem.window <= 0:
             return "needs a sliding window (window > 0); without one the band is the whole matrix"
-        return super().supports(problem)
+        return _tiles.score_variant_reason(problem) or super().supports(problem)
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles and build the band mask once, outside the timed call."""

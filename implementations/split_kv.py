@@ -292,6 +292,11 @@ class SplitKV(Implementation):
     requires = frozenset({"decode"})  # a decoder: decode steps against a KV cache only
     growth = Growth(1.0, 1.0)  # per step: linear in the cached tokens
 
+    def supports(self, problem: Problem) -> str | None:
+        if problem.softcap:
+            return "softcap: the fused flash kernel that computes each chunk has no hook on the scores"
+        return super().supports(problem)
+
     def prepare_decode(self, problem: Problem, cache: KVCache) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """Each sequence's chunks and masks, once, outside the timing."""
         g = problem.heads // problem.kv_heads

@@ -219,6 +219,18 @@ def _dispatched_lines(names: Sequence[str]) -> list[str]:
     ]
 
 
+def _baseline_lines(shapes: ModelShapes) -> list[str]:
+    """SDPA is the baseline, unless the model soft-caps its scores or has learned sinks, which SDPA
+    cannot compute: then naive, the implementation that computes every variant."""
+    if not shapes.softcap and shapes.sinks == "none":
+        return ['baseline = "sdpa"']
+    return [
+        f"# The baseline must compute the model's {shapes.variant_words()}, which SDPA cannot (it has no",
+        "# score hook for a soft-cap, no log-sum-exp for sinks): naive, which computes every variant.",
+        'baseline = "naive"',
+    ]
+
+
 def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
     """A suite TOML for the model: prefill, decode and training grids (see the module), run by
     every implementation, the ``dispatched`` ones named (transformers' functions for the model's
@@ -244,7 +256,7 @@ def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
         + (f", {shapes.variant_words()}" if shapes.variants else "")
         + '"',
         'implementations = "all"',
-        'baseline = "sdpa"',
+        *_baseline_lines(shapes),
         *_dispatched_lines(dispatched),
         "",
         "# Prefill: the whole prompt at once.",
