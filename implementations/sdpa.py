@@ -11,7 +11,8 @@ priority order). Each other variant pins one backend with ``torch.nn.attention.s
 * ``sdpa_cudnn`` — cuDNN's fused attention on CUDA.
 
 Patterns: full attention passes no mask; causal with ``Nq == Nk`` passes ``is_causal=True``;
-bottom-right causal with ``Nq < Nk`` passes ``causal_lower_right`` (no dense mask); every other
+bottom-right causal with ``Nq < Nk`` passes ``causal_lower_right`` off the CPU (no dense mask;
+on the CPU no kernel takes it, and it would build the dense mask inside every call); every other
 pattern (``Nq > Nk`` causal, where some queries see no key, window, block layout, packed
 documents) passes the pattern's dense boolean mask, built once in :meth:`prepare`, never inside the timed call.
 Grouped-query attention uses ``enable_gqa=True``. ALiBi (``bias = "alibi"``) has no SDPA
@@ -67,7 +68,10 @@ def pattern_arguments(problem: Problem, device: str | torch.device) -> tuple[Mas
     if pattern.window == 0 and pattern.layout is None and not pattern.documents and not pattern.first:  # causal
         if nq == nk:
             return None, True
-        if nq < nk:  # every query sees at least one key: no empty rows
+        if nq < nk and torch.device(device).type != "cpu":  # every query sees a key: no empty rows
+            # On the CPU no kernel takes the lower-right variant: CausalBias builds the dense mask
+            # inside every call (5% of a 1K x 4K call), and importing it costs 2 s (torch._dynamo);
+            # the mask built once below is the same function.
             from torch.nn.attention.bias import causal_lower_right
 
             return causal_lower_right(nq, nk), False
