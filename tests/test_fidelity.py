@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnbench import Problem
-from attnbench.case.probes import KINDS, TOY, TOY_QUERY, TOY_TARGET, parse_probe
+from attnbench.case.probes import DOCUMENT_PROBES, KINDS, TOY, TOY_QUERY, TOY_TARGET, parse_probe
 from attnbench.measure import fidelity as fid
 from attnbench.measure.verify import check_rows
 from attnbench.plugins.registry import load_registry
@@ -114,3 +114,39 @@ def test_in_the_toy_sentence_it_finds_cat_under_softmax_and_not_through_a_short_
     fn = load_registry().get("sliding_window").prepare(window)
     row = fid.effective_map(fn, q, k, v)[TOY_QUERY]
     assert int(row.argmax()) != TOY_TARGET and float(row[TOY_TARGET]) == 0.0
+
+
+@pytest.mark.parametrize("probe", DOCUMENT_PROBES)
+def test_probes_inside_packed_documents_keep_every_target_in_its_rows_document(probe: str) -> None:
+    """Packed documents (8, long-tailed, in 2048 tokens): each target lies at or before its row,
+    never before its document's first token; softmax under the document mask puts the planted
+    share on them; an exact kernel recovers all of it, and one that lets rows see the documents
+    before theirs (planted: plain causal attention over the packed inputs) does not."""
+    problem = Problem(batch=1, heads=2, seq_len=2048, head_dim=64, causal=True, documents="longtail:8", probe=probe)
+    plan, starts = problem.targets(), problem.document_starts()
+    assert starts is not None
+    rows = torch.arange(2048)[:, None]
+    have = plan.index >= 0  # [N, T]
+    inside = (plan.index >= starts[:, None]) & (plan.index <= rows)
+    assert bool((inside | ~have).all())
+    assert not bool(have[torch.unique(starts)].any())  # a document's first token has nothing before it
+    assert int(have.any(dim=1).sum()) == 2048 - 8
+    q, k, v = problem.make_inputs()
+    s = (q[0, 0].double() @ k[0, 0].double().T) * problem.scale  # [N, N]
+    p = torch.softmax(s.masked_fill(~problem.pattern.mask(2048, 2048), float("-inf")), dim=-1)
+    picked = plan.rows()
+    keys = plan.index[picked]
+    share = (p[picked][torch.arange(len(picked))[:, None], keys.clamp(min=0)] * (keys >= 0)).sum(dim=1)
+    assert abs(float(share.mean()) - 0.9) < 0.02
+    assert measured("chunked", problem).recovered == pytest.approx(1.0, abs=1e-4)
+    sampled = check_rows(problem, 512)
+    with torch.no_grad():  # causal over the whole packed sequence: every earlier document leaks in
+        leaky = load_registry().get("sdpa").prepare(problem.with_(documents="1"))(q, k, v)[:, :, sampled]
+    found = fid.measure(leaky, q, k, v, problem, sampled)
+    assert found is not None and found.recovered < 0.97
+
+
+def test_a_probe_that_would_cross_documents_is_refused_naming_both_keys() -> None:
+    for probe in ("global", "induction", "toy"):
+        with pytest.raises(ValueError, match=f"documents 'uniform:2' with probe '{probe}'"):
+            Problem(seq_len=512, documents="uniform:2", probe=probe)

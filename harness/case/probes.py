@@ -77,30 +77,41 @@ class Targets:
         return (self.index >= 0).any(dim=1).nonzero().flatten()
 
 
-def targets(kind: str, nq: int, nk: int, seed: int, causal: bool = True) -> Targets:
+#: The probes whose targets stay inside a packed document (each row's distances counted from its
+#: document's first token); the others plant targets at fixed or token-given places.
+DOCUMENT_PROBES = ("retrieval", "previous_token", "first_token", "recency")
+
+
+def targets(kind: str, nq: int, nk: int, seed: int, causal: bool = True, starts: Tensor | None = None) -> Targets:
     """The planted targets of a probe for ``nq`` queries at positions ``nk - nq …`` over ``nk``
-    keys (``causal``: only keys at or before a query's position can be targets of ``induction``)."""
+    keys (``causal``: only keys at or before a query's position can be targets of ``induction``).
+    ``starts`` ``[Nq]``: where each query's packed document begins (None: one sequence, 0); the
+    :data:`DOCUMENT_PROBES` keep every target inside it, and ``first_token`` is its first token."""
     p = torch.arange(nq) + (nk - nq)  # [Nq] key position of each query
+    start = torch.zeros(nq, dtype=torch.int64) if starts is None else starts.to(torch.int64)  # [Nq]
+    if starts is not None and kind not in DOCUMENT_PROBES:
+        raise ValueError(f"probe {kind!r} plants targets across documents; with documents use {DOCUMENT_PROBES}")
+    span = p - start  # [Nq] keys before each query within its document
     gen = torch.Generator().manual_seed(seed * 31 + 17)
     none = torch.full((nq, 1), -1, dtype=torch.int64)
     if kind == "retrieval":
         u = torch.rand(nq, generator=gen, dtype=torch.float64)
-        d = torch.floor(torch.exp(u * torch.log(p.clamp(min=1).double()))).long().clamp(min=1)  # log-uniform 1…p
-        d = torch.minimum(d, p)
-        index = torch.where(p >= 1, p - d, -1)[:, None]
-        return Targets(index, torch.ones(nq, 1), torch.where(p >= 1, d, -1))
+        d = torch.floor(torch.exp(u * torch.log(span.clamp(min=1).double()))).long().clamp(min=1)  # log-uniform 1…span
+        d = torch.minimum(d, span)
+        index = torch.where(span >= 1, p - d, -1)[:, None]
+        return Targets(index, torch.ones(nq, 1), torch.where(span >= 1, d, -1))
     if kind == "previous_token":
-        index = torch.where(p >= 1, p - 1, -1)[:, None]
-        return Targets(index, torch.ones(nq, 1), torch.where(p >= 1, 1, -1))
+        index = torch.where(span >= 1, p - 1, -1)[:, None]
+        return Targets(index, torch.ones(nq, 1), torch.where(span >= 1, 1, -1))
     if kind == "first_token":
-        index = torch.where(p >= 1, 0, -1)[:, None]
-        return Targets(index, torch.ones(nq, 1), torch.where(p >= 1, p, -1))
+        index = torch.where(span >= 1, start, -1)[:, None]
+        return Targets(index, torch.ones(nq, 1), torch.where(span >= 1, span, -1))
     if kind == "recency":
         d = torch.arange(1, RECENT + 1)[None, :]  # [1, r]
         index = p[:, None] - d  # [Nq, r]
-        index = torch.where(index >= 0, index, -1)
+        index = torch.where(index >= start[:, None], index, -1)
         weight = torch.exp(-(d - 1).double() / RECENCY_SCALE).float().expand(nq, -1)
-        return Targets(index, weight, torch.where(p >= 1, 1, -1))
+        return Targets(index, weight, torch.where(span >= 1, 1, -1))
     if kind == "global":
         fixed = torch.tensor(sorted({0, nk // 4, nk // 2, 3 * nk // 4}))[None, :]  # [1, g]
         index = torch.where(fixed <= p[:, None], fixed, -1)  # only keys a causal row could see
@@ -163,12 +174,13 @@ def gains(share: Tensor, present: Tensor, visible: Tensor, mass: float, head_dim
 
 def probe_inputs(
     kind: str, mass: float, batch: int, heads: int, kv_heads: int, nq: int, nk: int, head_dim: int,
-    visible: Tensor, seed: int, causal: bool = True,
+    visible: Tensor, seed: int, causal: bool = True, starts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Targets]:  # fmt: skip
     """``q [B, H, Nq, D]``, ``k, v [B, Hkv, Nk, D]`` (float32, CPU) and the targets of a probe;
-    ``visible`` ``[Nq]`` is how many keys each row may see under the case's pattern."""
+    ``visible`` ``[Nq]`` is how many keys each row may see under the case's pattern, ``starts``
+    where each row's packed document begins (:func:`targets`)."""
     gen = torch.Generator().manual_seed(seed)
-    plan = targets(kind, nq, nk, seed, causal)
+    plan = targets(kind, nq, nk, seed, causal, starts)
     codes = torch.randn(batch, kv_heads, nk, head_dim, generator=gen)  # [B, Hkv, Nk, D]
     codes = codes / codes.norm(dim=-1, keepdim=True) * math.sqrt(head_dim)
     if kind == "induction":

@@ -352,7 +352,7 @@ class Problem:
             kind, mass = parse_probe(self.probe)
             q, k, v, _ = probe_inputs(
                 kind, mass, self.batch, self.heads, self.kv_heads, self.seq_len, self.kv_len, self.head_dim,
-                self.full_visible(), self.seed if seed is None else seed, self.causal,
+                self.full_visible(), self.seed if seed is None else seed, self.causal, self.document_starts(),
             )  # fmt: skip
         else:
             q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
@@ -376,7 +376,16 @@ class Problem:
 
     def targets(self) -> Targets:
         """The planted targets of this case's probe (none for ``random``)."""
-        return targets(parse_probe(self.probe)[0], self.seq_len, self.kv_len, self.seed, self.causal)
+        kind = parse_probe(self.probe)[0]
+        return targets(kind, self.seq_len, self.kv_len, self.seed, self.causal, self.document_starts())
+
+    def document_starts(self) -> torch.Tensor | None:
+        """``[Nq]``: where each query's packed document begins, or None for one sequence."""
+        if self.documents == "1":
+            return None
+        cuts = torch.tensor((0, *document_cuts(self.documents, self.kv_len, self.seed)))  # [K] document starts
+        rows = torch.arange(self.seq_len) + (self.kv_len - self.seq_len)  # [Nq] key positions
+        return cuts[torch.searchsorted(cuts, rows, right=True) - 1]
 
     def input_bytes(self) -> int:
         """Bytes held by ``q, k, v`` (and, with gradients, their gradients and the output's)."""

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from attnbench.case.documents import parse_documents
+from attnbench.case.probes import DOCUMENT_PROBES
 
 Tensor = torch.Tensor
 
@@ -138,10 +139,15 @@ def check_variants(p: Any) -> None:
     if parse_sinks(p.sinks) and (p.documents != "1" or p.layout != "dense"):
         raise ValueError(f"sinks {p.sinks!r} keeps the sequence's first tokens: not with documents or a block layout")
     parse_documents(p.documents)
-    if p.documents != "1" and (p.cross or p.kind.reads_cache or p.probe != "random"):
+    if p.documents != "1" and (p.cross or p.kind.reads_cache):
         raise ValueError(
             f"documents {p.documents!r} packs one sequence of seq_len == kv_len tokens: not with kv_len"
-            f" {p.kv_len} != seq_len {p.seq_len}, mode decode or a probe"
+            f" {p.kv_len} != seq_len {p.seq_len} or mode decode"
+        )
+    if p.documents != "1" and p.probe.partition(":")[0] not in ("random", *DOCUMENT_PROBES):
+        raise ValueError(
+            f"documents {p.documents!r} with probe {p.probe!r}: its targets would cross documents; with"
+            f" documents use probe {', '.join(DOCUMENT_PROBES)} (targets inside each row's document)"
         )
     if p.v_head_dim and (p.kind.reads_cache or p.probe != "random"):
         raise ValueError(
