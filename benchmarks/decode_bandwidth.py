@@ -16,29 +16,14 @@ declared ratios ask of ``split_kv``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from interleaved import Call, medians_ms, prepared
 
 from attnbench import Problem
 from attnbench.case.modes import DECODE
-from attnbench.plugins.registry import load_registry
 
-Call = Callable[[], object]
 TRIAD_ELEMENTS = 64 * 2**20  # float32: 256 MiB an array
-
-
-def prepared(name: str, problem: Problem) -> Call:
-    """A no-argument decode step of ``name`` on ``problem``'s cache, prepared outside the timing."""
-    impl = load_registry().get(name)
-    why = impl.supports(problem)
-    if why:
-        raise SystemExit(f"{name}: {why}")
-    inputs = DECODE.make_inputs(problem)
-    step = impl.prepare_decode(problem, inputs.cache)
-    return lambda: step(inputs.q, inputs.k_new, inputs.v_new)
 
 
 def triad() -> Call:
@@ -74,14 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                     label = f"{name} {cache} {dtype}"
                     problems[(name, cache, dtype)] = problem
                     calls[label] = prepared(name, problem)
-                    calls[label]()  # warm
-        times: dict[str, list[float]] = {label: [] for label in calls}
-        for _ in range(args.rounds):
-            for label, call in calls.items():
-                start = time.perf_counter()
-                call()
-                times[label].append(time.perf_counter() - start)
-    ms = {label: statistics.median(t) * 1e3 for label, t in times.items()}
+        ms = medians_ms({label: [call] for label, call in calls.items()}, args.rounds)
     triad_gbps = 3 * 4 * TRIAD_ELEMENTS / ms["triad"] / 1e6
     head = f"triad {ms['triad']:.1f} ms, {triad_gbps:.1f} GB/s"
     print(f"{head}; batch {args.batch}, {args.kv_lengths}, {args.tokens} tokens")

@@ -17,28 +17,12 @@ It prints each time and the ratios packed ÷ one by one and dense mask ÷ packed
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from interleaved import Call, medians_ms, prepared
 
 from attnbench import Problem
 from attnbench.case.documents import document_lengths
-from attnbench.plugins.registry import load_registry
-
-Call = Callable[[], object]
-
-
-def prepared(name: str, problem: Problem) -> Call:
-    """A no-argument call of ``name`` on ``problem``'s inputs, prepared outside the timing."""
-    impl = load_registry().get(name)
-    why = impl.supports(problem)
-    if why:
-        raise SystemExit(f"{name}: {why}")
-    fn = impl.prepare(problem)
-    q, k, v = problem.make_inputs()
-    return lambda: fn(q, k, v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,17 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             calls[f"{name} packed"] = [prepared(name, packed)]
             calls[f"{name} one by one"] = [prepared(name, Problem(seq_len=n, **shape)) for n in lengths]  # type: ignore[arg-type]
         calls["sdpa dense mask"] = [prepared("sdpa", packed)]
-        for group in calls.values():  # first calls (compiling flex) outside the rounds
-            for call in group:
-                call()
-        times: dict[str, list[float]] = {key: [] for key in calls}
-        for _ in range(args.rounds):
-            for key, group in calls.items():
-                start = time.perf_counter()
-                for call in group:
-                    call()
-                times[key].append(time.perf_counter() - start)
-    median = {key: statistics.median(ts) * 1e3 for key, ts in times.items()}
+        median = medians_ms(calls, args.rounds)  # first calls (compiling flex) outside the rounds
     for key, ms in median.items():
         print(f"{key:<24} {ms:9.1f} ms")
     for name in args.impls:

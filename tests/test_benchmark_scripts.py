@@ -1,0 +1,34 @@
+"""The benchmark scripts the README quotes run as shown, on small sizes, and print every figure
+they are quoted for (a script that rots is a figure nobody can reproduce)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_decode_bandwidth_prints_each_layouts_fraction_of_the_triad_and_paged_over_contiguous() -> None:
+    out = run("decode_bandwidth.py", "--tokens", "2048", "--heads", "8", "--kv-heads", "2", "--rounds", "2")
+    assert re.search(r"^triad [\d.]+ ms, [\d.]+ GB/s; batch 1, uniform, 2048 tokens$", out, re.M)
+    for dtype in ("float32", "bfloat16"):
+        for impl in ("split_kv", "sdpa"):
+            assert re.search(rf"^{impl} contiguous {dtype} +[\d.]+ ms +[\d.]+ GB/s +[\d.]+ of the triad$", out, re.M)
+            assert re.search(rf"^{impl} paged:16 {dtype} .* of the triad +[\d.]+x contiguous$", out, re.M)
+
+
+def test_packed_documents_prints_packed_against_one_by_one_and_the_dense_mask() -> None:
+    out = run("packed_documents.py", "--tokens", "1024", "--impls", "chunked", "--rounds", "2")
+    assert "longtail:8 in 1024 tokens: lengths [" in out
+    assert re.search(r"^chunked: packed / one by one = [\d.]+; sdpa's dense mask / packed = [\d.]+$", out, re.M)
