@@ -253,7 +253,7 @@ class FlexAttention(Implementation):
             return "FlexAttention does not support backward on CPU (PyTorch raises NotImplementedError)"
         if problem.learned_sinks and not device(problem.device).is_gpu:
             return "sinks need FlexAttention's log-sum-exp, which torch.compile on CPU does not return (return_lse)"
-        if problem.kind.reads_cache and (problem.varies_scores or problem.learned_sinks):
+        if problem.kind.reads_cache and problem.varies_scores:  # a soft-cap, ALiBi or learned sinks
             return (
                 "decoding with a soft-cap, ALiBi or sinks: this decode path addresses the cache through its"
                 " block table and takes no score_mod yet"

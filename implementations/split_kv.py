@@ -65,7 +65,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
-from attnbench.case.variants import alibi_slopes, case_sinks
+from attnbench.case.variants import alibi_slopes, case_sinks, distance
 
 Tensor = torch.Tensor
 #: Keys per chunk of keys read where they lie.
@@ -89,38 +89,33 @@ def low_precision_matmul_is_fast() -> bool:
 Partial = tuple[Tensor, Tensor]  # (normalised output [Hkv, n, R, D], log-sum-exp [Hkv, n, R]), float32
 
 
-def attend_chunks(qg: Tensor, k: Tensor, v: Tensor, scale: float, hidden: Tensor | None, upcast: bool) -> Partial:
+def attend_chunks(qg: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None, upcast: bool) -> Partial:
     """Partial attention of ``qg`` ``[Hkv, R, D]`` over ``n`` chunks ``k``, ``v`` ``[Hkv, n, C, D]``,
-    each chunk normalised on its own, with its log-sum-exp. ``hidden`` ``[n, R, C]`` is True where
-    a pair is masked, or is an additive float bias ``[n, Hkv, R, C]`` (``−inf`` where masked);
-    ``upcast`` multiplies a low-precision cache in float32 (where that is faster than its own
-    dtype). On the CPU, PyTorch's fused flash kernel does each chunk (it
-    returns the log-sum-exp); elsewhere, plain products."""
+    each chunk normalised on its own, with its log-sum-exp. ``bias`` ``[n, 1 or Hkv, R, C]`` float32
+    is added to the scores (``−inf`` where a pair is masked; ALiBi's bias); ``upcast`` multiplies a
+    low-precision cache in float32 (where that is faster than its own dtype). On the CPU,
+    PyTorch's fused flash kernel does each chunk (it returns the log-sum-exp); elsewhere, plain
+    products."""
     if qg.device.type == "cpu":
-        return _fused_cpu(qg, k, v, scale, hidden)
+        return _fused_cpu(qg, k, v, scale, bias)
     if upcast:
         qg, k, v = qg.float(), k.float(), v.float()
     s = torch.matmul(qg[:, None], k.transpose(-1, -2)).float().mul_(scale)  # [Hkv, n, R, C]
-    if hidden is not None and hidden.dtype == torch.bool:
-        s.masked_fill_(hidden[None], float("-inf"))
-    elif hidden is not None:  # an additive bias [n, Hkv, R, C], −inf where hidden
-        s.add_(hidden.transpose(0, 1))
+    if bias is not None:
+        s.add_(bias.transpose(0, 1))  # [1 or Hkv, n, R, C]
     lse = torch.logsumexp(s, dim=-1)  # [Hkv, n, R]
     p = s.sub_(torch.nan_to_num(lse, neginf=0.0)[..., None]).exp_()  # normalised per chunk
     return torch.matmul(p.to(v.dtype), v).float(), lse  # [Hkv, n, R, D]
 
 
-def _fused_cpu(qg: Tensor, k: Tensor, v: Tensor, scale: float, hidden: Tensor | None) -> Partial:
+def _fused_cpu(qg: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -> Partial:
     """The chunks as the batch of one call of PyTorch's CPU flash kernel: ``Hkv · n`` tasks,
     each reading its chunk of keys once for all ``R`` grouped query rows."""
     n = k.shape[1]
     qc = qg[None].expand(n, *qg.shape)  # [n, Hkv, R, D] (no copy)
     kc, vc = k.transpose(0, 1), v.transpose(0, 1)  # [n, Hkv, C, D] (views)
-    mask = hidden  # additive: [n, Hkv, R, C] float32 as given, or [n, 1, R, C] from a boolean mask
-    if hidden is not None and hidden.dtype == torch.bool:
-        mask = torch.zeros(hidden.shape, dtype=qg.dtype, device=qg.device).masked_fill_(hidden, float("-inf"))[:, None]
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        qc, kc, vc, 0.0, False, attn_mask=mask, scale=scale
+        qc, kc, vc, 0.0, False, attn_mask=bias, scale=scale
     )  # [n, Hkv, R, D], [n, Hkv, R]
     return out.transpose(0, 1).float().nan_to_num_(0.0), lse.transpose(0, 1).float()
 
@@ -133,7 +128,7 @@ def combine(parts: list[Partial]) -> Tensor:
     return (o.nan_to_num_(0.0) * w[..., None]).sum(dim=1)  # [Hkv, R, D]
 
 
-#: (tokens, hidden [n, R, C] or an additive bias [n, Hkv, R, C], dead [n, R]) per block of chunks
+#: (tokens, additive bias [n, 1 or Hkv, R, C] float32, dead [n, R]) per block of chunks
 Parts = list[tuple[slice, Tensor | None, Tensor | None]]
 
 
@@ -157,24 +152,16 @@ class Segment:
         self.start, self.index, self.length, self.chunk = start, index, int(positions.shape[0]), chunk
         keep = (positions[None, :] >= lo[:, None]) & (positions[None, :] < hi[:, None])  # [S, L]
         hidden = ~keep.repeat(rows.groups, 1)  # [G·S, L]: row g·S + s
-        bias = None  # [Hkv, R, L] float32: ALiBi's −slope·|p − j|, −inf where hidden
+        alibi = None  # [Hkv, R, L] float32: ALiBi's −slope·|p − j|
         if rows.slopes is not None:
-            gap = (rows.positions[:, None] - positions.to(torch.float64)[None, :]).abs()  # [R, L]
-            bias = (-rows.slopes[:, :, None] * gap[None]).float().masked_fill_(hidden[None], float("-inf"))
+            alibi = (-rows.slopes[:, :, None] * distance(rows.positions[:, None], positions.double())[None]).float()
         whole = self.length // chunk
         split = whole * chunk
         self.parts: Parts = []
-        if whole:
-            mask, dead = _masks(hidden[:, :split].reshape(-1, whole, chunk).transpose(0, 1))  # [n, R, C]
-            if bias is not None:
-                hkv, r = bias.shape[:2]
-                mask = bias[:, :, :split].reshape(hkv, r, whole, chunk).permute(2, 0, 1, 3).contiguous()
-            self.parts.append((slice(0, split), mask, dead))
-        if split < self.length:  # the tail: one shorter chunk
-            mask, dead = _masks(hidden[None, :, split:])
-            if bias is not None:
-                mask = bias[None, :, :, split:].contiguous()  # [1, Hkv, R, c]
-            self.parts.append((slice(split, self.length), mask, dead))
+        for begin, end, n in ((0, split, whole), (split, self.length, 1)):  # whole chunks, then the tail
+            if end > begin:
+                band = None if alibi is None else alibi[..., begin:end]
+                self.parts.append((slice(begin, end), *_bias(hidden[:, begin:end], band, n)))
 
 
 class SequencePlan:
@@ -243,15 +230,15 @@ class SequencePlan:
         (learned sink logits) joins the combination as a partial with no value."""
         partials = []
         for segment in self.segments:
-            for keys, hidden, dead in segment.parts:
-                n = hidden.shape[0] if hidden is not None else (keys.stop - keys.start) // segment.chunk or 1
+            for keys, bias, dead in segment.parts:
+                n = bias.shape[0] if bias is not None else (keys.stop - keys.start) // segment.chunk or 1
                 size = (keys.stop - keys.start) // n
                 step = n if segment.index is None else self.group  # chunks per product
                 for lo in range(0, n, step):
                     m = min(step, n - lo)
                     kc, vc = self.chunks(cache, segment, keys.start + lo * size, m, size)  # [Hkv, m, C, D]
-                    mask = hidden[lo : lo + m] if hidden is not None else None
-                    o, lse = attend_chunks(qg, kc, vc, scale, mask, upcast)
+                    part = bias[lo : lo + m] if bias is not None else None
+                    o, lse = attend_chunks(qg, kc, vc, scale, part, upcast)
                     if dead is not None:  # rows that see nothing in a chunk weigh nothing
                         lse = lse.masked_fill(dead[lo : lo + m][None], float("-inf"))  # [Hkv, m, R]
                     partials.append((o, lse))
@@ -273,12 +260,21 @@ def rows_of(problem: Problem, cache: KVCache, b: int) -> Rows:
     return Rows(g, at.repeat(g).to(where), None if slopes is None else slopes.to(where))
 
 
-def _masks(hidden: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """``hidden`` ``[n, R, C]`` (None when nothing is hidden) and the rows it hides entirely ``[n, R]``."""
-    if not bool(hidden.any()):
-        return None, None
+def _bias(hidden: Tensor, alibi: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None]:
+    """For ``n`` chunks of ``hidden`` ``[R, n·C]`` (True where a pair is masked) and ``alibi``
+    ``[Hkv, R, n·C]``: the additive bias the kernel takes, ``[n, 1 or Hkv, R, C]`` float32 (None when
+    it would add nothing), and the rows a chunk hides entirely ``[n, R]`` (None when none)."""
+    r = hidden.shape[0]
+    hidden = hidden.reshape(r, n, -1).transpose(0, 1)  # [n, R, C]
+    bias = None
+    if alibi is not None:
+        bias = alibi.reshape(alibi.shape[0], r, n, -1).permute(2, 0, 1, 3)  # [n, Hkv, R, C]
+    elif bool(hidden.any()):
+        bias = torch.zeros(hidden[:, None].shape, device=hidden.device)  # [n, 1, R, C]
+    if bias is not None:
+        bias = bias.masked_fill(hidden[:, None], float("-inf")).contiguous()
     dead = hidden.all(dim=-1)
-    return hidden.contiguous(), (dead if bool(dead.any()) else None)
+    return bias, (dead if bool(dead.any()) else None)
 
 
 @register("split_kv")
