@@ -35,9 +35,10 @@ def plan_pattern(
     block_k: int,
     device: torch.device | str = "cpu",
     max_rows: int | None = None,
+    stairs: bool = True,
 ) -> Plan:
     """See :func:`pattern_pieces`; the plan of all query rows."""
-    return make_plan(nq, nk, pattern_pieces(pattern, nq, nk, block_q, block_k, device), max_rows)
+    return make_plan(nq, nk, pattern_pieces(pattern, nq, nk, block_q, block_k, device, stairs=stairs), max_rows)
 
 
 def pattern_pieces(
@@ -48,6 +49,7 @@ def pattern_pieces(
     block_k: int,
     device: torch.device | str = "cpu",
     rows: tuple[int, int] | None = None,
+    stairs: bool = True,
 ) -> list[Piece]:
     """Tiles for any pattern, aligned to each query block's diagonal.
 
@@ -58,7 +60,10 @@ def pattern_pieces(
     tiles of a block are joined. Consecutive blocks that see a common run of keys and then their
     causal diagonal form a staircase, computed as one causal tile (:func:`_staircases`); the
     other tiles of all blocks are batched by :func:`group_tiles` (same relative position, same
-    mask: one piece). ``rows``: plan only the query rows ``[r0, r1)`` (blocks start at ``r0``)."""
+    mask: one piece). ``rows``: plan only the query rows ``[r0, r1)`` (blocks start at ``r0``).
+    Without ``stairs`` every causal diagonal stays its own ``block_q × block_q`` tile (ALiBi's
+    bias on a tile the diagonal crosses is a mask of the tile's size,
+    :mod:`~attnbench.implementations._tile_bias`)."""
     lo, hi = pattern.row_ranges(nq, nk)  # [Nq] each
     layout = pattern.layout
     table = layout.table(nq, nk) if layout is not None else None  # [rows, nkb]
@@ -88,8 +93,10 @@ def pattern_pieces(
                 else:
                     tiles.append(Tile(q0, q1 - q0, k0 + a, b - a))
         blocks.append(tiles)
-    stairs, rest = _staircases(blocks, nk - nq)
-    return stairs + join_tall(group_tiles(rest, device))
+    if not stairs:
+        return join_tall(group_tiles([t for tiles in blocks for t in tiles], device))
+    joined, rest = _staircases(blocks, nk - nq)
+    return joined + join_tall(group_tiles(rest, device))
 
 
 def _column_runs(seen: Tensor) -> list[tuple[int, int]]:

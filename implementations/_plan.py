@@ -136,6 +136,13 @@ class Plan:
         return sum(p.pairs() for p in self.pieces)
 
 
+def tiles_as_heads(p: Piece, by_head: bool) -> bool:
+    """Tiles as the kernel's heads (``by_head``: queries and keys have the same heads) unless the
+    piece has a mask per tile: then tiles are the kernel's batch, so that the heads of one tile,
+    computed one after the other, read its mask from cache."""
+    return by_head and (p.keep is None or p.keep.shape[0] == 1)
+
+
 def _slice(x: Tensor | None, i: int, j: int) -> Tensor | None:
     """Tiles ``i:j`` of a per-tile tensor (``[n, ...]``), or the shared one (``[1, ...]``)."""
     if x is None or x.shape[0] == 1:

@@ -34,6 +34,9 @@ Two back ends compute a piece:
   recomputing backward; used on other devices, and selectable for tests.
 
 The dtype and back end a call computes in are :mod:`~attnbench.implementations._dispatch`'s.
+ALiBi reaches each piece as an additive mask and a shift of its log-sum-exp
+(:mod:`~attnbench.implementations._tile_bias`); its masks carry the query heads, so the plan then
+runs once per batch element.
 
 Layer ``implementations``: imports ``attnbench.case``, ``attnbench.plugins`` and
 ``attnbench.measure`` only.
@@ -46,7 +49,8 @@ from typing import Any
 import torch
 
 from attnbench.implementations._buffers import fresh
-from attnbench.implementations._plan import Piece, Plan, top_left_causal
+from attnbench.implementations._plan import Piece, Plan, tiles_as_heads, top_left_causal
+from attnbench.implementations._tile_bias import PieceBias, TileBias
 
 Tensor = torch.Tensor
 NEG_INF = float("-inf")
@@ -83,13 +87,6 @@ def _keys_view(x: Tensor, p: Piece, by_head: bool, role: str = "k") -> Tensor:
     return x.as_strided((p.n, bh, p.lk, d), (p.k_step * d, length * d, d, 1), x.storage_offset() + p.k0 * d)
 
 
-def _layout(p: Piece, by_head: bool) -> bool:
-    """Tiles as the kernel's heads (``by_head``: queries and keys have the same heads) unless the
-    piece has a mask per tile: then tiles are the kernel's batch, so that the heads of one tile,
-    computed one after the other, read its mask from cache."""
-    return by_head and (p.keep is None or p.keep.shape[0] == 1)
-
-
 def _per_tile(x: Tensor | None, by_head: bool) -> Tensor | None:
     """``[n or 1, ...]`` → broadcastable against ``[BH, n, ...]`` or ``[n, BH, ...]``."""
     if x is None:
@@ -113,8 +110,11 @@ def _group(q: Tensor, heads_kv: int) -> Tensor:
     return q.reshape(x, heads_kv, (y // heads_kv) * lq, d)
 
 
-def _matmul_scores(q: Tensor, k: Tensor, keep: Tensor | None, causal: bool, scale: float) -> Tensor:
-    """float32 scores ``[X, Ykv, G, lq, lk]``, -inf where hidden."""
+def _matmul_scores(
+    q: Tensor, k: Tensor, keep: Tensor | None, causal: bool, scale: float, add: Tensor | None = None
+) -> Tensor:
+    """float32 scores ``[X, Ykv, G, lq, lk]``, -inf where hidden; ``add``: an additive mask in
+    the kernel's layout ``[X|1, Y, lq|1, lk]`` (ALiBi's, :mod:`~attnbench.implementations._tile_bias`)."""
     x, y, lq, _ = q.shape
     ykv, lk = k.shape[1], k.shape[2]
     s = torch.matmul(_group(q, ykv), k.transpose(-1, -2))  # [X, Ykv, G·lq, lk], products in q's dtype
@@ -124,6 +124,9 @@ def _matmul_scores(q: Tensor, k: Tensor, keep: Tensor | None, causal: bool, scal
         s.masked_fill_(~top_left_causal(lq, lk).to(s.device), NEG_INF)
     if keep is not None:
         s.masked_fill_(~keep, NEG_INF)  # keep: broadcastable [.., 1, lq, lk]
+    if add is not None:
+        full = add.shape[1] == y  # else [X, 1, lq|1, lk] by head (G = 1)
+        s.add_(add.view(add.shape[0], ykv, y // ykv, *add.shape[2:]) if full else add.unsqueeze(2))
     return s
 
 
@@ -135,11 +138,11 @@ def _mask_for_matmul(keep: Tensor | None, by_head: bool) -> Tensor | None:
 
 
 def _matmul_piece(
-    q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, causal: bool, scale: float
+    q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, causal: bool, scale: float, add: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Reference tile computation in PyTorch: ``(out [X, Y, lq, D] in q's dtype, lse [X, Y, lq])``."""
     x, y, lq, d = q.shape
-    s = _matmul_scores(q, k, keep, causal, scale)  # [X, Ykv, G, lq, lk] float32
+    s = _matmul_scores(q, k, keep, causal, scale, add)  # [X, Ykv, G, lq, lk] float32
     m = s.amax(dim=-1, keepdim=True)  # [.., lq, 1]
     m_safe = torch.nan_to_num(m, neginf=0.0)
     p = s.sub_(m_safe).exp_()
@@ -161,12 +164,13 @@ def _matmul_piece_backward(
     keep: Tensor | None,
     causal: bool,
     scale: float,
+    add: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The piece's share of ``dq, dk, dv`` (float32) from the global ``out`` and ``lse``."""
     x, y, lq, d = q.shape
     ykv = k.shape[1]
     g = y // ykv
-    s = _matmul_scores(q, k, keep, causal, scale)  # [X, Ykv, G, lq, lk]
+    s = _matmul_scores(q, k, keep, causal, scale, add)  # [X, Ykv, G, lq, lk]
     p = s.sub_(lse.view(x, ykv, g, lq, 1)).exp_()  # global probabilities (0 where hidden)
     p3 = p.view(x, ykv, g * lq, -1)  # [X, Ykv, G·lq, lk]
     do3 = _group(dout, ykv)  # [X, Ykv, G·lq, D]
@@ -200,6 +204,7 @@ def forward_plan(
     backend: str,
     by_head: bool,
     need_lse: bool = True,
+    alibi: TileBias | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``q3`` ``[BH, Nq, D]``, ``k3``/``v3`` ``[BHkv, Nk, D]`` (contiguous, computing dtype) →
     ``(out [BH, Nq, D], lse [BH, Nq] float32)``; ``out`` is float32 unless a single piece made it.
@@ -215,13 +220,19 @@ def forward_plan(
     elif plan.modes[0] != "base":
         out_acc = fresh((bh, nq, d), torch.float32, q3.device)
         lse_acc = q3.new_empty(bh, nq, dtype=torch.float32) if keep_lse else None
-    for p, mode in zip(plan.pieces, plan.modes, strict=True):
-        lay = _layout(p, by_head)
+    for index, (p, mode) in enumerate(zip(plan.pieces, plan.modes, strict=True)):
+        lay = tiles_as_heads(p, by_head)
         qv, kv, vv = _rows_view(q3, p, lay), _keys_view(k3, p, lay), _keys_view(v3, p, lay, "v")
+        bias = None if alibi is None else alibi.pieces[index]
         if backend == "fused":
-            out, lse = _fused_piece(qv, kv, vv, _per_tile(p.bias(q3.dtype), lay), p.causal, scale)
-        else:
+            add = _per_tile(p.bias(q3.dtype), lay) if bias is None else bias.mask
+            out, lse = _fused_piece(qv, kv, vv, add, p.causal, scale)
+        elif bias is None:
             out, lse = _matmul_piece(qv, kv, vv, _mask_for_matmul(p.keep, lay), p.causal, scale)
+        else:
+            out, lse = _matmul_piece(qv, kv, vv, None, p.causal, scale, bias.mask)
+        if bias is not None and bias.shift is not None and keep_lse:
+            lse = lse - bias.shift  # the kernel's log-sum-exp had each row's ALiBi constant taken out
         if p.empty is not None and keep_lse:
             lse = lse.masked_fill(_per_tile(p.empty, lay), NEG_INF)  # type: ignore[arg-type]
         if mode == "base":
@@ -258,22 +269,28 @@ def backward_plan(
     scale: float,
     backend: str,
     by_head: bool,
+    alibi: TileBias | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``dq, dk, dv`` (float32, ``[BH, Nq, D]``, ``[BHkv, Nk, D]`` ×2) of :func:`forward_plan`;
     ``out3`` and ``dout3`` in the computing dtype, ``lse3`` with 0 for rows that see nothing."""
     dq = torch.zeros(q3.shape, dtype=torch.float32, device=q3.device)
     dk = torch.zeros(k3.shape, dtype=torch.float32, device=k3.device)
     dv = torch.zeros(v3.shape, dtype=torch.float32, device=v3.device)
-    for p in plan.pieces:
-        lay = _layout(p, by_head)
+    for index, p in enumerate(plan.pieces):
+        lay = tiles_as_heads(p, by_head)
         qv, kv, vv = _rows_view(q3, p, lay), _keys_view(k3, p, lay), _keys_view(v3, p, lay, "v")
         ov, lv, dov = _rows_view(out3, p, lay), _rows_view(lse3, p, lay), _rows_view(dout3, p, lay)
+        bias: PieceBias | None = None if alibi is None else alibi.pieces[index]
+        if bias is not None and bias.shift is not None:
+            lv = lv + bias.shift  # the log-sum-exp as the kernel knew it (ALiBi's row constants out)
         if backend == "fused":
-            bias = _per_tile(p.bias(q3.dtype), lay)
-            gq, gk, gv = _fused_backward(dov, qv, kv, vv, ov, lv, 0.0, p.causal, attn_mask=bias, scale=scale)
-        else:
+            add = _per_tile(p.bias(q3.dtype), lay) if bias is None else bias.mask
+            gq, gk, gv = _fused_backward(dov, qv, kv, vv, ov, lv, 0.0, p.causal, attn_mask=add, scale=scale)
+        elif bias is None:
             keep = _mask_for_matmul(p.keep, lay)
             gq, gk, gv = _matmul_piece_backward(dov, qv, kv, vv, ov, lv, keep, p.causal, scale)
+        else:
+            gq, gk, gv = _matmul_piece_backward(dov, qv, kv, vv, ov, lv, None, p.causal, scale, bias.mask)
         _rows_view(dq, p, lay).add_(gq)
         _add_keys(dk, gk, p, lay)
         _add_keys(dv, gv, p, lay)
@@ -311,6 +328,7 @@ class TileAttention(torch.autograd.Function):
         backend: str,
         work: torch.dtype,
         sink: Tensor | None = None,
+        alibi: TileBias | None = None,
     ) -> Tensor:
         b, h, nq, d = q.shape
         hkv, nk = k.shape[1], k.shape[2]
@@ -319,7 +337,16 @@ class TileAttention(torch.autograd.Function):
         k3 = k.to(work).reshape(b * hkv, nk, d).contiguous()  # [BHkv, Nk, D]
         v3 = v.to(work).reshape(b * hkv, nk, d).contiguous()
         grad = any(ctx.needs_input_grad[:3])
-        out3, lse3 = forward_plan(q3, k3, v3, plan, scale, backend, by_head, grad or sink is not None)
+        if alibi is None or b == 1:
+            out3, lse3 = forward_plan(q3, k3, v3, plan, scale, backend, by_head, grad or sink is not None, alibi)
+        else:  # ALiBi's masks have the query heads: one batch element per pass
+            parts = [
+                forward_plan(q3[i * h : (i + 1) * h], k3[i * hkv : (i + 1) * hkv], v3[i * hkv : (i + 1) * hkv],
+                             plan, scale, backend, by_head, grad or sink is not None, alibi)
+                for i in range(b)
+            ]  # fmt: skip
+            out3 = torch.cat([o for o, _ in parts])  # [BH, Nq, D]
+            lse3 = None if parts[0][1] is None else torch.cat([lse for _, lse in parts])  # type: ignore[misc]
         if sink is not None:  # [BH, Nq, D], [BH, Nq] with each head's sink joined to its rows' sums
             assert lse3 is not None
             out3, lse3 = with_sink(out3, lse3, sink.to(lse3.device).repeat(b)[:, None])
@@ -327,45 +354,25 @@ class TileAttention(torch.autograd.Function):
         if grad:
             assert lse3 is not None
             ctx.save_for_backward(q3, k3, v3, out3.to(work), lse3.masked_fill(lse3 == NEG_INF, 0.0))
-            ctx.meta = (plan, scale, backend, by_head, q.shape, k.shape, q.dtype, k.dtype, v.dtype)
+            ctx.meta = (plan, scale, backend, by_head, q.shape, k.shape, q.dtype, k.dtype, v.dtype, alibi)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         q3, k3, v3, out3, lse3 = ctx.saved_tensors
-        plan, scale, backend, by_head, q_shape, k_shape, q_dtype, k_dtype, v_dtype = ctx.meta
+        plan, scale, backend, by_head, q_shape, k_shape, q_dtype, k_dtype, v_dtype, alibi = ctx.meta
         dout3 = grad.to(q3.dtype).reshape(q3.shape).contiguous()  # [BH, Nq, D]
-        dq, dk, dv = backward_plan(dout3, q3, k3, v3, out3, lse3, plan, scale, backend, by_head)
-        return (
-            dq.to(q_dtype).view(q_shape),
-            dk.to(k_dtype).view(k_shape),
-            dv.to(v_dtype).view(k_shape),
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
-
-
-def score_variant_reason(problem: Any) -> str | None:
-    """Why the tiles cannot compute a case's soft-cap or ALiBi (``problem`` a
-    :class:`~attnbench.case.problem.Problem`), with the figure that decides it, or None. The fused
-    kernel that computes each tile (PyTorch's CPU flash kernel) takes the scale, a causal flag and
-    an additive mask, nothing else: a soft-cap has no hook inside it, and ALiBi, a bias on every
-    pair, only fits as a materialised ``[B·H, Nq, Nk]`` float32 mask."""
-    if problem.softcap:
-        return (
-            "softcap: the fused tile kernel (PyTorch's CPU flash kernel) has no hook on the scores; a soft-cap"
-            " would need each tile's scores materialised and the fused kernel given up"
-        )
-    if problem.bias == "alibi":
-        mask = 4 * problem.batch * problem.heads * problem.seq_len * problem.kv_len
-        return (
-            f"alibi: the fused tile kernel takes a bias only as a materialised [B·H, Nq, Nk] float32 mask,"
-            f" {mask / 2**20:.0f} MiB for this case, which gives up the O(N) memory the tiles are for"
-        )
-    return None
+        b = q_shape[0]
+        if alibi is None or b == 1:
+            dq, dk, dv = backward_plan(dout3, q3, k3, v3, out3, lse3, plan, scale, backend, by_head, alibi)
+        else:  # one batch element per pass, as forward
+            h, hkv = q_shape[1], k_shape[1]
+            parts = [
+                backward_plan(dout3[r], q3[r], k3[c], v3[c], out3[r], lse3[r], plan, scale, backend, by_head, alibi)
+                for r, c in ((slice(i * h, (i + 1) * h), slice(i * hkv, (i + 1) * hkv)) for i in range(b))
+            ]
+            dq, dk, dv = (torch.cat([part[i] for part in parts]) for i in range(3))
+        return (dq.to(q_dtype).view(q_shape), dk.to(k_dtype).view(k_shape), dv.to(v_dtype).view(k_shape)) + (None,) * 6
 
 
 def with_sink(out: Tensor, lse: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
@@ -379,9 +386,10 @@ def with_sink(out: Tensor, lse: Tensor, sink: Tensor) -> tuple[Tensor, Tensor]:
 
 def attention(
     q: Tensor, k: Tensor, v: Tensor, plan: Plan, scale: float, backend: str, work: torch.dtype,
-    sink: Tensor | None = None,
+    sink: Tensor | None = None, alibi: TileBias | None = None,
 ) -> Tensor:  # fmt: skip
     """``q`` ``[B, H, Nq, D]``, ``k``/``v`` ``[B, Hkv, Nk, D]`` → ``[B, H, Nq, D]`` over ``plan``,
-    differentiable through :class:`TileAttention`; ``sink`` ``[H]``: each head's sink logit."""
-    out = TileAttention.apply(q, k, v, plan, scale, backend, work, sink)
+    differentiable through :class:`TileAttention`; ``sink`` ``[H]``: each head's sink logit;
+    ``alibi``: the plan's ALiBi masks (:class:`~attnbench.implementations._tile_bias.TileBias`)."""
+    out = TileAttention.apply(q, k, v, plan, scale, backend, work, sink, alibi)
     return out  # type: ignore[no-any-return]

@@ -60,7 +60,7 @@ import torch
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.patterns import BlockLayout, Pattern
 from attnbench.case.variants import case_sinks
-from attnbench.implementations import _dispatch, _plan, _tiles
+from attnbench.implementations import _dispatch, _plan, _tile_bias, _tiles
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -215,7 +215,7 @@ class BlockSparse(Implementation):
     def supports(self, problem: Problem) -> str | None:
         if problem.pattern.layout is None:
             return "needs a block layout (e.g. layout='bigbird'); a dense problem has no blocks to skip"
-        return _tiles.score_variant_reason(problem) or super().supports(problem)
+        return _tile_bias.score_variant_reason(problem, gathers=True) or super().supports(problem)
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the calls (runs, gathers, masks) once, outside the timed call."""

@@ -45,6 +45,13 @@ Sinks (``sinks = "learned"``) join at the end, through the log-sum-exp the tiles
 by: ``lse' = log(e^lse + e^σ)``, ``out' = out · e^(lse − lse')``; the backward recomputes each
 tile's probabilities from ``lse'``, which are those with the sink, so it needs no change.
 
+ALiBi (``bias = "alibi"``) reaches the tiles as small additive masks
+(:mod:`~attnbench.implementations._tile_bias`): the keys before a block's diagonal take a bias on
+the keys alone, the row's constant moved into the log-sum-exp, and each diagonal tile (kept as its
+own ``block_q × block_q`` tile rather than joined into one causal call) its ``[H, block_q,
+block_q]`` bias: linear memory, and at 2K–4K causal tokens 1.17× the time without ALiBi and
+0.57–0.63× SDPA's with the whole float mask (interleaved, 8 heads, D64, float32).
+
 A packed batch (``documents``) is a pattern like the others: each row sees its own document
 only, so every tile outside all documents is skipped and the batch costs its documents' pairs
 plus the boundary tiles' waste.
@@ -97,7 +104,7 @@ import torch
 
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.variants import case_sinks
-from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tiles
+from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tile_bias, _tiles
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -110,7 +117,7 @@ class Chunked(Implementation):
     computes = ("full", "causal", "window", "block-sparse")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "documents", "sinks"})
+    features = frozenset({"causal", "window", "layout", "gqa", "cross", "backward", "documents", "sinks", "alibi"})
     growth = Growth(2.0, 1.0)
     #: Query rows per block (the diagonal tile is ``block_q × block_q``) and keys per other tile.
     block_q: int = 256
@@ -123,23 +130,25 @@ class Chunked(Implementation):
     call_rows: int | None = None
 
     def supports(self, problem: Problem) -> str | None:
-        return _tiles.score_variant_reason(problem) or super().supports(problem)
+        return _tile_bias.score_variant_reason(problem) or super().supports(problem)
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles (skips, joins, batches and boundary masks) once, outside the timed call."""
         rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)
         plan = _pattern_plan.plan_pattern(
-            problem.pattern, problem.seq_len, problem.kv_len, self.block_q, self.block_k, problem.device, rows
-        )
+            problem.pattern, problem.seq_len, problem.kv_len, self.block_q, self.block_k, problem.device, rows,
+            stairs=problem.bias != "alibi",
+        )  # fmt: skip
         backend = _dispatch.pick_backend(problem.device, self.backend)
         work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
         sink = case_sinks(problem)  # [H], or None
+        alibi = _tile_bias.for_case(plan, problem)
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             dtype = _dispatch.under_autograd(work, asked, q, k, v)
-            return _tiles.attention(q, k, v, plan, scale, backend, dtype, sink)  # [B, H, Nq, D]
+            return _tiles.attention(q, k, v, plan, scale, backend, dtype, sink, alibi)  # [B, H, Nq, D]
 
         return run
 

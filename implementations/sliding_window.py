@@ -43,6 +43,10 @@ and log-sum-exp (``O(N·D)``), the kernel's per-thread buffers and one ``[T, S]`
 linear in ``N``. The backward pass recomputes the tiles with the kernel's backward from the saved
 output and log-sum-exp (``O(N·D)`` memory), summing the gradients of the overlapping key spans.
 
+ALiBi (``bias = "alibi"``): within a span ``p − j`` depends on the row and column alone, so the
+band's bias is one ``[H, T, S]`` mask beside the band's
+(:mod:`~attnbench.implementations._tile_bias`).
+
 Low precision: bfloat16/float16 run in their own dtype (products with float32 accumulation)
 where the CPU has matrix units for them, and are otherwise converted to float32 once (there a
 bfloat16 product is ~100× slower than a float32 one).
@@ -58,7 +62,7 @@ import torch
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.patterns import Pattern
 from attnbench.case.variants import case_sinks
-from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tiles
+from attnbench.implementations import _dispatch, _pattern_plan, _plan, _tile_bias, _tiles
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -81,9 +85,11 @@ def plan_window(
     edge_block: int,
     device: torch.device | str = "cpu",
     max_rows: int | None = None,
+    stairs: bool = True,
 ) -> _plan.Plan:
     """One piece for the interior tiles (a shared band mask, strided views) and chunked-style
-    pieces for the rows whose window the ends of the keys cut off."""
+    pieces for the rows whose window the ends of the keys cut off (``stairs``: as
+    :func:`~attnbench.implementations._pattern_plan.pattern_pieces`)."""
     window, causal, offset = pattern.window, pattern.causal, nk - nq
     first = min(nq, max(0, window - 1 - offset))  # first row whose window starts at a key >= 0
     last = nq if causal else max(first, min(nq, nk - window - offset + 1))  # rows whose window ends inside
@@ -97,7 +103,7 @@ def plan_window(
     end = first + tiles * tile
     for rows in ((0, first), (end, nq)):
         if rows[1] > rows[0]:
-            pieces += _pattern_plan.pattern_pieces(pattern, nq, nk, edge_block, edge_block, device, rows=rows)
+            pieces += _pattern_plan.pattern_pieces(pattern, nq, nk, edge_block, edge_block, device, rows, stairs)
     return _plan.make_plan(nq, nk, pieces, max_rows)
 
 
@@ -108,7 +114,7 @@ class SlidingWindow(Implementation):
     computes = ("window",)
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "gqa", "cross", "backward", "sinks"})
+    features = frozenset({"causal", "window", "gqa", "cross", "backward", "sinks", "alibi"})
     growth = Growth(1.0, 1.0)
     #: Query rows per tile (the span of a tile is ``tile + W - 1`` keys, causal).
     tile: int = 32
@@ -124,23 +130,25 @@ class SlidingWindow(Implementation):
     def supports(self, problem: Problem) -> str | None:
         if problem.window <= 0:
             return "needs a sliding window (window > 0); without one the band is the whole matrix"
-        return _tiles.score_variant_reason(problem) or super().supports(problem)
+        return _tile_bias.score_variant_reason(problem) or super().supports(problem)
 
     def prepare(self, problem: Problem) -> AttentionFn:
         """Plan the tiles and build the band mask once, outside the timed call."""
         rows = self.call_rows or _plan.rows_per_call(problem.batch, problem.heads, problem.head_dim)
         plan = plan_window(
-            problem.pattern, problem.seq_len, problem.kv_len, self.tile, self.edge_block, problem.device, rows
-        )
+            problem.pattern, problem.seq_len, problem.kv_len, self.tile, self.edge_block, problem.device, rows,
+            stairs=problem.bias != "alibi",
+        )  # fmt: skip
         backend = _dispatch.pick_backend(problem.device, self.backend)
         work = _dispatch.compute_dtype(problem.torch_dtype, problem.device, self.low_precision)
         asked = self.low_precision
         scale = problem.scale
         sink = case_sinks(problem)  # [H], or None
+        alibi = _tile_bias.for_case(plan, problem)
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             dtype = _dispatch.under_autograd(work, asked, q, k, v)
-            return _tiles.attention(q, k, v, plan, scale, backend, dtype, sink)  # [B, H, Nq, D]
+            return _tiles.attention(q, k, v, plan, scale, backend, dtype, sink, alibi)  # [B, H, Nq, D]
 
         return run
 
