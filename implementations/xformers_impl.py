@@ -15,6 +15,16 @@ biases, never a dense tensor, so the kernel skips masked tiles
   ``q - window_left <= k + s <= q + window_right`` with ``s = Nq - Nk``", i.e.
   ``p - (W - 1) <= j <= p + (W - 1)``, which is attnbench's ``|p - j| < W``.
 
+Packed documents (``documents``) → ``BlockDiagonalCausalMask`` (or ``BlockDiagonalMask``)
+``.from_seqlens`` over the documents' lengths, repeated for each batch element (xFormers packs
+the batch into one sequence ``[1, B·N, H, D]``; a causal window → its
+``make_local_attention(W)``, the ``W`` keys ending at ``p``). ALiBi has no structured bias: it is
+an additive tensor ``[B, H, Nq, Nk]`` in the query dtype (expanded over the batch, rows padded
+to a multiple of 8 elements as xFormers' kernels require) holding ``−slope_h·|p − j|`` and
+``−inf`` where the pattern hides a pair — SDPA's mask, so its memory is part of the cost. The
+biases' masks are checked on the CPU against the patterns' (``materialize``); the kernels run
+on CUDA only.
+
 Block layouts have no xFormers bias short of a dense tensor, so they are declined.
 Grouped-query attention uses the documented 5-D form ``[B, N, Hkv, G, D]`` with keys and values
 broadcast (stride 0) over the ``G`` query heads of each group; xFormers supports it for the
@@ -36,7 +46,9 @@ from typing import Any
 import torch
 
 from attnbench import Availability, Growth, Implementation, Problem, register
+from attnbench.case.documents import document_lengths
 from attnbench.case.kvcache import KVCache
+from attnbench.case.variants import alibi_bias
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -81,10 +93,16 @@ def _availability() -> Availability:
     return Availability.no(f"xformers' kernels need CUDA and torch.cuda.is_available() is False{note}")
 
 
-def attention_bias(problem: Problem) -> Any:
+def attention_bias(problem: Problem, device: torch.device | str = "cpu") -> Any:
     """The xFormers bias for ``problem``'s pattern (None for full attention); see the docstring."""
     bias = _xformers_ops().fmha.attn_bias
     window = problem.window
+    if problem.bias == "alibi":
+        return alibi_tensor(problem, device)
+    if problem.documents != "1":
+        lengths = document_lengths(problem.documents, problem.kv_len, problem.seed) * problem.batch
+        packed = (bias.BlockDiagonalCausalMask if problem.causal else bias.BlockDiagonalMask).from_seqlens(lengths)
+        return packed.make_local_attention(window) if window else packed
     if problem.causal and window:
         return bias.LowerTriangularFromBottomRightLocalAttentionMask(window)
     if problem.causal:
@@ -92,6 +110,19 @@ def attention_bias(problem: Problem) -> Any:
     if window:
         return bias.LocalAttentionFromBottomRightMask(window_left=window - 1, window_right=window - 1)
     return None
+
+
+def alibi_tensor(problem: Problem, device: torch.device | str) -> Tensor:
+    """``[B, H, Nq, Nk]`` in the query dtype: ALiBi's bias, ``−inf`` where the pattern hides a
+    pair, expanded over the batch; each row padded to a multiple of 8 elements, the alignment
+    xFormers' kernels ask of a tensor bias."""
+    nq, nk = problem.seq_len, problem.kv_len
+    padded = torch.empty(problem.heads, nq, -(-nk // 8) * 8, dtype=problem.torch_dtype, device=device)
+    bias = alibi_bias(problem.heads, nq, nk)  # [H, Nq, Nk] float64
+    if not problem.pattern.is_full:
+        bias = bias.masked_fill(~problem.pattern.mask(nq, nk), float("-inf"))
+    padded[:, :, :nk] = bias.to(device, problem.torch_dtype)
+    return padded[None, :, :, :nk].expand(problem.batch, -1, -1, -1)  # [B, H, Nq, Nk], stride 0 over B
 
 
 def decode_bias(problem: Problem, cache: KVCache) -> Any:
@@ -155,7 +186,7 @@ class XFormers(Implementation):
     computes = ("full", "causal", "window")
     devices = ("cuda",)
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "gqa", "cross", "backward", "decode"})
+    features = frozenset({"causal", "window", "gqa", "cross", "backward", "decode", "alibi", "documents"})
     growth = Growth(2.0, 1.0)
 
     def available(self) -> Availability:
@@ -169,6 +200,13 @@ class XFormers(Implementation):
             return reason
         if problem.gqa and problem.needs_grad:
             return "xformers supports grouped-query attention (5-D inputs) for the forward pass only"
+        if problem.bias == "alibi" and (problem.gqa or problem.kind.reads_cache):
+            return (
+                "alibi: xformers takes it as a [B, H, Nq, Nk] tensor bias, mapped here for equal query and KV"
+                " heads outside decode"
+            )
+        if problem.documents != "1" and problem.window and not problem.causal:
+            return "documents: xformers' block-diagonal local attention is causal"
         if problem.kind.reads_cache and problem.cache != "contiguous" and (problem.window or not problem.causal):
             return "xformers' paged padded-keys bias is causal and has no window"
         if problem.kind.reads_cache and problem.window and not problem.causal:
@@ -177,13 +215,18 @@ class XFormers(Implementation):
 
     def prepare(self, problem: Problem) -> AttentionFn:
         xops = _xformers_ops()
-        bias = attention_bias(problem)
+        bias = attention_bias(problem, problem.device)
         groups, scale = problem.heads // problem.kv_heads, problem.scale
+        packed = problem.documents != "1"
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            b = q.shape[0]
+            if packed:  # the batch as one sequence of B·N tokens (a copy for B > 1)
+                q, k, v = (t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[3]) for t in (q, k, v))
             xq, xk, xv = _to_xformers(q, k, v, groups)  # [B, N, H, D] or [B, N, Hkv, G, D]
             out = xops.memory_efficient_attention(xq, xk, xv, attn_bias=bias, scale=scale)  # shaped like xq
-            return _from_xformers(out, q.shape)  # [B, H, Nq, D]
+            out = _from_xformers(out, q.shape)  # [B, H, Nq, D] ([1, H, B·N, D] packed)
+            return out.reshape(out.shape[1], b, -1, out.shape[3]).transpose(0, 1) if packed else out
 
         return run
 

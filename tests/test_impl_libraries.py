@@ -9,6 +9,7 @@ the CUDA-only SDPA backends run on CUDA only (``@pytest.mark.cuda``).
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from attnbench import Problem
 from attnbench.measure.verify import check
 from attnbench.plugins.contract import Implementation
 from attnbench.plugins.registry import load_registry
+
+Tensor = torch.Tensor
 
 SDPA_VARIANTS = ("sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
 BIGBIRD = "bigbird:block=16,local=1,global=1,random=2,seed=0"
@@ -261,6 +264,63 @@ def test_xformers_biases_and_layout_on_cpu(problem: Problem) -> None:
     assert torch.allclose(_from_xformers(out, q.shape), softmax_attention(q, k, v, problem))
 
 
+class _PlainXFormers:
+    """xFormers' ``memory_efficient_attention`` written out in float64 PyTorch, with its real
+    bias classes: what the implementation hands the kernel, computed without CUDA."""
+
+    def __init__(self) -> None:
+        from attnbench.implementations import xformers_impl
+
+        self.fmha = xformers_impl._import_xformers()[0].fmha
+
+    def memory_efficient_attention(self, q: Tensor, k: Tensor, v: Tensor, attn_bias: Any, scale: float) -> Tensor:
+        five = q.dim() == 5
+        xq, xk, xv = (t.double() if five else t.double()[:, :, :, None] for t in (q, k, v))  # [B, M, Hkv, G, D]
+        nq, nk = xq.shape[1], xk.shape[1]
+        if isinstance(attn_bias, Tensor):  # [B, H, Nq, Nk]
+            assert attn_bias.stride(-2) % 8 == 0, "xFormers asks a tensor bias for rows aligned to 8 elements"
+            bias = attn_bias.double().reshape(attn_bias.shape[0], xq.shape[2], xq.shape[3], nq, nk)
+        else:
+            bias = attn_bias.materialize((nq, nk), dtype=torch.float64)  # [Nq, Nk]
+        scores = torch.einsum("bqgjd,bkgjd->bgjqk", xq, xk) * scale + bias  # [B, Hkv, G, Nq, Nk]
+        out = torch.einsum("bgjqk,bkgjd->bqgjd", scores.softmax(-1).nan_to_num(0.0), xv)  # [B, Nq, Hkv, G, D]
+        return (out if five else out[:, :, :, 0]).to(q.dtype)
+
+
+@pytest.mark.skipif(not _xformers_importable(), reason="xformers is not importable")
+@pytest.mark.parametrize(
+    "problem",
+    [
+        Problem(batch=2, heads=4, seq_len=300, head_dim=16, causal=True, documents="longtail:5", seed=3),
+        Problem(batch=2, heads=4, kv_heads=2, seq_len=300, head_dim=16, documents="bimodal:4"),
+        Problem(heads=2, seq_len=300, head_dim=16, causal=True, window=24, documents="uniform:3"),
+        Problem(batch=2, heads=4, seq_len=61, kv_len=77, head_dim=16, causal=True, bias="alibi"),
+        Problem(heads=8, seq_len=90, head_dim=16, window=10, bias="alibi"),
+    ],
+    ids=["documents-causal", "documents-gqa", "documents-window", "alibi-causal-cross", "alibi-window"],
+)
+def test_xformers_documents_and_alibi_on_cpu(monkeypatch: pytest.MonkeyPatch, problem: Problem) -> None:
+    """The packed batch (``[1, B·N, H, D]`` against the documents' block-diagonal bias, repeated
+    for each batch element) and ALiBi's aligned tensor bias, run through the implementation's own
+    ``prepare`` with the kernel written out in PyTorch: the reference output."""
+    from attnbench.case.reference import softmax_attention
+    from attnbench.implementations import xformers_impl
+
+    monkeypatch.setattr(xformers_impl, "_xformers_ops", _PlainXFormers)
+    impl = _impl("xformers")
+    assert impl.supports(problem.with_(device="cuda")) is None
+    q, k, v = (t.double() for t in problem.with_(dtype="float64").make_inputs())
+    out = impl.prepare(problem.with_(dtype="float64"))(q, k, v)  # [B, H, Nq, D]
+    assert torch.allclose(out, softmax_attention(q, k, v, problem), atol=1e-12)
+
+
+def test_xformers_declines_the_variants_it_has_no_bias_for() -> None:
+    xf = _impl("xformers")
+    assert "alibi" in (xf.supports(Problem(device="cuda", heads=4, kv_heads=2, bias="alibi")) or "")
+    assert "causal" in (xf.supports(Problem(device="cuda", window=8, documents="uniform:2")) or "")
+    assert "softcap" in (xf.supports(Problem(device="cuda", softcap=30.0)) or "")
+
+
 # -- CUDA -----------------------------------------------------------------------------------------
 
 CUDA_CASES = [
@@ -272,6 +332,10 @@ CUDA_CASES = [
     Problem(heads=4, seq_len=200, kv_len=250, head_dim=64, dtype="float32", device="cuda", window=32),
     Problem(heads=4, seq_len=256, head_dim=64, dtype="float16", device="cuda", layout=BIGBIRD),
     Problem(heads=4, seq_len=128, head_dim=64, dtype="bfloat16", device="cuda", causal=True, mode="forward_backward"),
+    Problem(
+        batch=2, heads=4, seq_len=512, head_dim=64, dtype="bfloat16", device="cuda", causal=True, documents="longtail:6"
+    ),
+    Problem(heads=8, seq_len=300, kv_len=400, head_dim=64, dtype="float16", device="cuda", causal=True, bias="alibi"),
 ]
 
 
