@@ -64,7 +64,7 @@ def cases(args: argparse.Namespace) -> Iterator[tuple[str, Implementation, Probl
     heads = dict(zip(args.lengths, args.heads, strict=True))
     for n in args.lengths:
         for dtype in args.dtypes:
-            for causal in (False, True):
+            for causal in (mask == "causal" for mask in args.masks):
                 for mode in ("forward", "forward_backward"):
                     for seed in range(args.seeds):
                         problem = Problem(
@@ -73,6 +73,8 @@ def cases(args: argparse.Namespace) -> Iterator[tuple[str, Implementation, Probl
                         )  # fmt: skip
                         for name in args.impls:
                             yield name, registry.get(name), problem
+    if not args.planted:
+        return
     for dtype in ("bfloat16", "float16"):
         for causal in (False, True):
             yield "planted: scale 5%", Scale5(), Problem(heads=8, seq_len=8192, head_dim=64, dtype=dtype, causal=causal)
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, nargs="+", default=[8, 2, 1])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
     parser.add_argument("--impls", nargs="+", default=["sdpa", "sdpa_math"])
+    parser.add_argument("--masks", nargs="+", choices=["full", "causal"], default=["full", "causal"])
+    parser.add_argument(
+        "--no-planted", dest="planted", action="store_false", help="skip the planted bugs that end the sweep"
+    )
     parser.add_argument("--summary", type=Path, help="print the counts of a file written before, and stop")
     args = parser.parse_args(argv)
     if args.summary:
