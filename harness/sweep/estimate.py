@@ -164,6 +164,10 @@ class Forecast:
     rank: dict[tuple[Any, ...], int] = field(default_factory=dict)  # a pair's size among its group's, from 0
     planned_done_s: float = 0.0
     spent_done_s: float = 0.0
+    #: Each pair's group, worked out once: :func:`group_of` copies the case's fields, and the
+    #: time left is asked of every pair left after each record (1890 pairs: 7 million copies).
+    groups: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict)
+    _expected: dict[tuple[Any, ...], float] | None = None  # every pair's expected seconds, until one finishes
 
     @classmethod
     def of(
@@ -174,32 +178,45 @@ class Forecast:
         growth: Mapping[str, float | None] | None = None,
     ) -> Forecast:
         keys = [record_key({"impl": impl, **case.fields()}) for case, impl in pairs]
+        groups = {key: group_of(case, impl) for key, (case, impl) in zip(keys, pairs, strict=True)}
         sizes: dict[tuple[Any, ...], set[tuple[int, int]]] = {}
-        for case, impl in pairs:
-            sizes.setdefault(group_of(case, impl), set()).add((case.seq_len, case.kv_len))
+        for key, (case, _) in zip(keys, pairs, strict=True):
+            sizes.setdefault(groups[key], set()).add((case.seq_len, case.kv_len))
+        ordered = {group: sorted(found, key=lambda s: s[0] * s[1]) for group, found in sizes.items()}
         rank = {
-            key: sorted(sizes[group_of(case, impl)], key=lambda s: s[0] * s[1]).index((case.seq_len, case.kv_len))
-            for key, (case, impl) in zip(keys, pairs, strict=True)
+            key: ordered[groups[key]].index((case.seq_len, case.kv_len))
+            for key, (case, _) in zip(keys, pairs, strict=True)
         }
         planned = dict(zip(keys, predicted, strict=True))
-        return cls(dict(zip(keys, pairs, strict=True)), planned, budget, growth or {}, rank=rank)
+        return cls(dict(zip(keys, pairs, strict=True)), planned, budget, growth or {}, rank=rank, groups=groups)
 
     def finish(self, key: tuple[Any, ...], elapsed_s: float | None, call_ms: float | None, ran: bool = True) -> None:
         """A pair is done: its seconds (``elapsed_s``) and its call (``call_ms``) when it ran."""
-        pair = self.pairs.pop(key, None)
+        pair = self.pairs.get(key)
         planned = self.planned.pop(key, 0.0)
-        if pair is None or not ran:
+        if pair is None:
             return
-        case, impl = pair
+        self._expected = None
+        if not ran:
+            self.pairs.pop(key)
+            return
+        case, _ = pair
         if call_ms:
-            self.measured.setdefault(group_of(case, impl), []).append((case.seq_len, case.kv_len, call_ms / 1e3))
-        elif not self._informed(case, impl) and elapsed_s:
+            self.measured.setdefault(self._group(key), []).append((case.seq_len, case.kv_len, call_ms / 1e3))
+        elif not self._informed(key) and elapsed_s:
             self.planned_done_s += planned
             self.spent_done_s += elapsed_s
+        self.pairs.pop(key)
 
-    def _informed(self, case: Problem, impl: str) -> float | None:
+    def _group(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        if key not in self.groups:
+            self.groups[key] = group_of(*self.pairs[key])
+        return self.groups[key]
+
+    def _informed(self, key: tuple[Any, ...]) -> float | None:
         """The pair's seconds predicted from a smaller size of its group measured in this run."""
-        measured = self.measured.get(group_of(case, impl), [])
+        case, impl = self.pairs[key]
+        measured = self.measured.get(self._group(key), [])
         found = grown_call(measured, case.seq_len, case.kv_len, self.growth.get(impl))
         return None if found is None else pair_seconds(case, self.budget, found[1])
 
@@ -208,12 +225,19 @@ class Forecast:
         return self.spent_done_s / self.planned_done_s if self.planned_done_s > 0 else 1.0
 
     def expected(self, key: tuple[Any, ...]) -> float:
-        case, impl = self.pairs[key]
-        informed = self._informed(case, impl)
-        return informed if informed is not None else self.planned[key] * self.pace()
+        return self._all_expected()[key]
+
+    def _all_expected(self) -> dict[tuple[Any, ...], float]:
+        """Every pair's expected seconds, kept until a pair finishes (a measurement or the pace
+        may then change them)."""
+        if self._expected is None:
+            pace = self.pace()
+            informed = {k: self._informed(k) for k in self.pairs}
+            self._expected = {k: self.planned[k] * pace if s is None else s for k, s in informed.items()}
+        return self._expected
 
     def seconds_left(self) -> float:
-        return sum(self.expected(k) for k in self.pairs)
+        return sum(self._all_expected().values())
 
     def over(self, key: tuple[Any, ...], seconds_left: float) -> float | None:
         """The pair's expected seconds when it is among those left out so that the rest fits
@@ -222,11 +246,13 @@ class Forecast:
         sizes are predicted from a measurement rather than from the plan alone."""
         if key not in self.pairs:
             return None
-        keys = list(self.pairs)
-        expected = [self.expected(k) for k in keys]
-        mine = expected[keys.index(key)]
-        case, impl = self.pairs[key]
-        if group_of(case, impl) not in self.measured and mine <= seconds_left:
+        everything = self._all_expected()
+        mine = everything[key]
+        if self._group(key) not in self.measured and mine <= seconds_left:
             return None
+        if seconds_left <= 0 and mine > 0:
+            return mine  # nothing left to fit: every pair with a cost is cut
+        keys = list(self.pairs)
         ranks = [self.rank.get(k, 0) for k in keys]
-        return mine if keys.index(key) in cut(expected, max(0.0, seconds_left), ranks) else None
+        left_out = cut([everything[k] for k in keys], max(0.0, seconds_left), ranks)
+        return mine if keys.index(key) in left_out else None
