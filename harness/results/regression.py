@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
 
 from attnbench.case.keys import group_label
 
@@ -51,6 +50,8 @@ def mann_whitney(a: list[float], b: list[float]) -> float:
     """Two-sided Mann–Whitney U p-value; 1.0 when undefined (identical constant samples)."""
     if not a or not b:
         return 1.0
+    from scipy import stats  # here, not at the top: importing it costs 1-3 s a run may not need
+
     p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
     return 1.0 if math.isnan(p) else p
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from attnbench.case.keys import GROUP_KEYS, group_label
 from attnbench.case.status import Status
@@ -65,6 +64,8 @@ def fit_slope(sizes: Sequence[float], values: Sequence[float], confidence: float
     ]
     if len({n for n, _ in pts}) < MIN_POINTS:
         return None
+    from scipy import stats  # here, not at the top: importing it costs 1-3 s a report may not need
+
     x = np.log([n for n, _ in pts])
     y = np.log([v for _, v in pts])
     res = stats.linregress(x, y)
