@@ -96,7 +96,7 @@ def attend_chunks(qg: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor |
     low-precision cache in float32 (where that is faster than its own dtype). On the CPU,
     PyTorch's fused flash kernel does each chunk (it returns the log-sum-exp); elsewhere, plain
     products."""
-    if qg.device.type == "cpu":
+    if qg.device.type == "cpu" and k.shape[-1] == v.shape[-1]:  # the fused kernel wants one head size
         return _fused_cpu(qg, k, v, scale, bias)
     if upcast:
         qg, k, v = qg.float(), k.float(), v.float()
@@ -105,7 +105,7 @@ def attend_chunks(qg: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor |
         s.add_(bias.transpose(0, 1))  # [1 or Hkv, n, R, C]
     lse = torch.logsumexp(s, dim=-1)  # [Hkv, n, R]
     p = s.sub_(torch.nan_to_num(lse, neginf=0.0)[..., None]).exp_()  # normalised per chunk
-    return torch.matmul(p.to(v.dtype), v).float(), lse  # [Hkv, n, R, D]
+    return torch.matmul(p.to(v.dtype), v).float(), lse  # [Hkv, n, R, Dv]
 
 
 def _fused_cpu(qg: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -> Partial:
@@ -178,7 +178,7 @@ class SequencePlan:
         self.b = b
         self.first, self.last = int(lo.min()), int(hi.max())  # keys any new token may see
         self.group = max(1, GATHER_TOKENS // GATHER_CHUNK)  # chunks gathered at once
-        self.buffers: list[Tensor] | None = None
+        self.buffers: list[Tensor | None] = [None, None]  # keys' and values' gather buffers
         positions = torch.arange(self.first, self.last, device=lo.device)  # [L]
         if not cache.paged:
             self.segments = [Segment(positions, lo, hi, chunk, rows, start=self.first)]
@@ -215,15 +215,17 @@ class SequencePlan:
                 torch.index_select(pool[0], 1, segment.index[start:end], out=self._buffer(pool, i, n * size))
                 for i, pool in enumerate((cache.k, cache.v))
             )  # [Hkv, n·C, D] each
-        hkv, d = k.shape[0], k.shape[-1]
-        return k.view(hkv, n, size, d), v.view(hkv, n, size, d)
+        hkv = k.shape[0]
+        return k.view(hkv, n, size, k.shape[-1]), v.view(hkv, n, size, v.shape[-1])
 
     def _buffer(self, pool: Tensor, which: int, tokens: int) -> Tensor:
         hkv, d = pool.shape[1], pool.shape[-1]
-        if self.buffers is None:  # once per plan: room for one gather of keys and of values
+        if self.buffers[which] is None:  # once per plan: room for one gather
             most = self.group * GATHER_CHUNK
-            self.buffers = [torch.empty(hkv * most * d, dtype=pool.dtype, device=pool.device) for _ in range(2)]
-        return self.buffers[which][: hkv * tokens * d].view(hkv, tokens, d)
+            self.buffers[which] = torch.empty(hkv * most * d, dtype=pool.dtype, device=pool.device)
+        buffer = self.buffers[which]
+        assert buffer is not None
+        return buffer[: hkv * tokens * d].view(hkv, tokens, d)
 
     def attend(self, qg: Tensor, cache: KVCache, scale: float, upcast: bool, sink: Tensor | None = None) -> Tensor:
         """``[Hkv, R, D]``: the rows ``qg`` ``[Hkv, R, D]`` against every segment; ``sink`` ``[Hkv, R]``
@@ -243,9 +245,9 @@ class SequencePlan:
                         lse = lse.masked_fill(dead[lo : lo + m][None], float("-inf"))  # [Hkv, m, R]
                     partials.append((o, lse))
         if sink is not None:  # the sink's share of each row's denominator, carrying nothing
-            hkv, r, d = qg.shape
-            partials.append((torch.zeros(hkv, 1, r, d, device=qg.device), sink[:, None]))
-        return combine(partials)  # [Hkv, G·S, D]
+            hkv, r, dv = *qg.shape[:2], partials[0][0].shape[-1]
+            partials.append((torch.zeros(hkv, 1, r, dv, device=qg.device), sink[:, None]))
+        return combine(partials)  # [Hkv, G·S, Dv]
 
 
 def rows_of(problem: Problem, cache: KVCache, b: int) -> Rows:
@@ -284,7 +286,7 @@ class SplitKV(Implementation):
     computes = ("full", "causal", "window")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "gqa", "cross", "decode", "alibi", "sinks"})
+    features = frozenset({"causal", "window", "gqa", "cross", "decode", "alibi", "sinks", "v_head_dim"})
     requires = frozenset({"decode"})  # a decoder: decode steps against a KV cache only
     growth = Growth(1.0, 1.0)  # per step: linear in the cached tokens
 
@@ -300,16 +302,16 @@ class SplitKV(Implementation):
         plans = [SequencePlan(cache, b, lo[b], hi[b], CHUNK, rows_of(problem, cache, b)) for b in range(cache.batch)]
         sink = case_sinks(problem)  # [H] or None
         sink = None if sink is None else sink.view(problem.kv_heads, g).repeat_interleave(problem.seq_len, 1)
-        scale, hkv, s, d = problem.scale, problem.kv_heads, problem.seq_len, problem.head_dim
+        scale, hkv, s, d, dv = problem.scale, problem.kv_heads, problem.seq_len, problem.head_dim, problem.dv
         low = problem.torch_dtype in (torch.bfloat16, torch.float16)
         upcast = low and torch.device(problem.device).type == "cpu" and not low_precision_matmul_is_fast()
 
         def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
             cache.append(k_new, v_new)
-            out = torch.empty_like(q)  # [B, H, S, D]
+            out = q.new_empty(*q.shape[:3], dv)  # [B, H, S, Dv]
             for plan in plans:
                 qg = q[plan.b].reshape(hkv, g * s, d)  # [Hkv, G·S, D]: head hkv·G + g, row g·S + s
-                out[plan.b] = plan.attend(qg, cache, scale, upcast, sink).to(q.dtype).view(q.shape[1], s, d)
+                out[plan.b] = plan.attend(qg, cache, scale, upcast, sink).to(q.dtype).view(q.shape[1], s, dv)
             return out
 
         return step

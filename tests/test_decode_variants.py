@@ -133,3 +133,55 @@ def test_a_decoder_that_cannot_compute_a_variant_says_so(name: str, fields: dict
 def test_first_token_sinks_against_a_cache_are_refused_naming_the_key() -> None:
     with pytest.raises(ValueError, match=r"sinks 'first:4'.*KV cache"):
         decode(sinks="first:4", window=64)
+
+
+# -- values of their own head dimension (multi-head latent attention) -------------------------------
+
+
+@pytest.mark.parametrize(("cache", "lengths", "seq_len", "window"), CASES)
+@pytest.mark.parametrize("name", ["naive", "sdpa", "split_kv", "flex"])
+def test_decoders_read_values_of_their_own_head_dimension(
+    name: str, cache: str, lengths: str, seq_len: int, window: int
+) -> None:
+    """Keys of 48 dimensions and values of 32 (and the reverse), against every cache layout:
+    split_kv's fused kernel wants one head size, so its chunks then run as plain products."""
+    for head_dim, v_head_dim in ((48, 32), (16, 40)):
+        problem = decode(
+            cache=cache, kv_lengths=lengths, seq_len=seq_len, window=window, head_dim=head_dim, v_head_dim=v_head_dim
+        )
+        result = judged(name, problem)
+        assert result.ok, (head_dim, v_head_dim, result.failures())
+
+
+def test_split_kv_decodes_deepseek_s_absorbed_shape_in_bfloat16() -> None:
+    """One latent KV head of 576 dimensions read by 16 query heads, values of 512, 8K tokens."""
+    problem = decode(
+        batch=2, heads=16, kv_heads=1, kv_len=8192, head_dim=576, v_head_dim=512, dtype="bfloat16",
+        cache="paged:16", kv_lengths="ragged",
+    )  # fmt: skip
+    result = judged("split_kv", problem)
+    assert result.ok, result.failures()
+
+
+def test_values_scaled_by_their_own_dimension_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder that takes the softmax scale from the values' dimension (1/√32 for 1/√48)."""
+    problem = decode(head_dim=48, v_head_dim=32, kv_len=2048)
+    assert judged("split_kv", problem).ok
+    module = _split_kv_module()
+    real = module.attend_chunks
+    factor = (48 / 32) ** 0.5  # 1/√32 where 1/√48 is asked
+
+    def planted(qg: Any, k: Any, v: Any, scale: float, bias: Any, upcast: bool) -> Any:
+        return real(qg, k, v, scale * factor, bias, upcast)
+
+    monkeypatch.setattr(module, "attend_chunks", planted)
+    caught = judged("split_kv", problem)
+    assert not caught.ok, caught.figures()
+
+
+def test_a_decode_step_counts_its_values_bytes_at_their_own_width() -> None:
+    problem = decode(batch=1, heads=16, kv_heads=1, kv_len=4096, head_dim=576, v_head_dim=512, dtype="bfloat16")
+    keys_and_values = (576 + 512) * 4096 * 2  # bf16: every cached token's key and value, one KV head
+    queries_and_output = 16 * (576 + 512) * 2
+    new = (576 + 512) * 2  # the new token's key and value, written
+    assert DECODE.io_bytes(problem) == keys_and_values + queries_and_output + new

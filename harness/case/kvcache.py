@@ -176,16 +176,19 @@ def make_cache(
     seed: int,
     dtype: torch.dtype,
     device: str | torch.device,
+    v_head_dim: int = 0,
 ) -> KVCache:
-    """A cache with seeded random valid tokens and stale values elsewhere (see the module)."""
+    """A cache with seeded random valid tokens and stale values elsewhere (see the module);
+    values of ``v_head_dim`` dimensions where it is given (0: ``head_dim``)."""
     attended = valid_lengths(batch, new, capacity, lengths, seed)  # [B]
     gen = torch.Generator().manual_seed(seed * 104729 + 7)
     stale = torch.arange(capacity)[None, :] >= (attended - new)[:, None]  # [B, capacity]: not valid yet
     pages = -(-capacity // page) if page else 0
     room = pages * page if page else capacity  # token slots per sequence
     tensors = []
-    for _ in range(2):  # k, then v
-        x = torch.randn(batch, kv_heads, capacity, head_dim, generator=gen)  # [B, Hkv, capacity, D]
+    dims = (head_dim, v_head_dim or head_dim)
+    for dim in dims:  # k, then v
+        x = torch.randn(batch, kv_heads, capacity, dim, generator=gen)  # [B, Hkv, capacity, D or Dv]
         x.masked_fill_(stale[:, None, :, None], STALE)
         x = x.to(dtype)
         if room > capacity:
@@ -196,11 +199,11 @@ def make_cache(
     if page:
         table = torch.randperm(batch * pages, generator=gen).view(batch, pages)  # [B, pages]: pool page of each
         pooled = []
-        for x in (k, v):
-            pool = torch.empty(kv_heads, batch * pages, page, head_dim, dtype=dtype)  # [Hkv, pool pages, page, D]
-            pages_of = x.view(batch, kv_heads, pages, page, head_dim).transpose(0, 1)  # [Hkv, B, pages, page, D]
-            pool[:, table.reshape(-1)] = pages_of.reshape(kv_heads, batch * pages, page, head_dim)
-            pooled.append(pool.view(1, kv_heads, batch * pages * page, head_dim))  # [1, Hkv, tokens, D]
+        for x, dim in zip((k, v), dims, strict=True):
+            pool = torch.empty(kv_heads, batch * pages, page, dim, dtype=dtype)  # [Hkv, pool pages, page, D]
+            pages_of = x.view(batch, kv_heads, pages, page, dim).transpose(0, 1)  # [Hkv, B, pages, page, D]
+            pool[:, table.reshape(-1)] = pages_of.reshape(kv_heads, batch * pages, page, dim)
+            pooled.append(pool.view(1, kv_heads, batch * pages * page, dim))  # [1, Hkv, tokens, D]
         k, v = pooled
     return KVCache(
         k.to(device),

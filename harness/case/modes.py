@@ -199,16 +199,16 @@ class Decode(Mode):
 
     def make_inputs(self, problem: Problem) -> DecodeInputs:
         gen = torch.Generator().manual_seed(problem.seed)
-        b, s, d = problem.batch, problem.seq_len, problem.head_dim
+        b, s, d, dv = problem.batch, problem.seq_len, problem.head_dim, problem.dv
         spread = problem.softcap / SOFTCAP_SPREAD if problem.softcap else 1.0  # as Problem.make_inputs
         q, k_new, v_new = (
-            (torch.randn(b, h, s, d, generator=gen) * factor).to(problem.device, problem.torch_dtype)
-            for h, factor in ((problem.heads, spread), (problem.kv_heads, 1.0), (problem.kv_heads, 1.0))
-        )  # [B, H, S, D], [B, Hkv, S, D] x2: the new tokens (queries spread for a soft-cap)
+            (torch.randn(b, h, s, dim, generator=gen) * factor).to(problem.device, problem.torch_dtype)
+            for h, dim, factor in ((problem.heads, d, spread), (problem.kv_heads, d, 1.0), (problem.kv_heads, dv, 1.0))
+        )  # [B, H, S, D], [B, Hkv, S, D], [B, Hkv, S, Dv]: the new tokens (queries spread for a soft-cap)
         cache = make_cache(
             problem.batch, problem.kv_heads, problem.head_dim, problem.kv_len, problem.seq_len,
             page=parse_cache(problem.cache), lengths=problem.kv_lengths, seed=problem.seed,
-            dtype=problem.torch_dtype, device=problem.device,
+            dtype=problem.torch_dtype, device=problem.device, v_head_dim=dv,
         )  # fmt: skip
         return DecodeInputs(q, k_new, v_new, cache)
 
@@ -217,10 +217,11 @@ class Decode(Mode):
 
     def io_bytes(self, problem: Problem) -> float:
         elem = torch.empty((), dtype=problem.torch_dtype).element_size()
-        kv_read = 2 * problem.kv_heads * problem.head_dim * int(attended(problem).sum())
-        new = 2 * problem.batch * problem.kv_heads * problem.seq_len * problem.head_dim  # written
-        q = problem.batch * problem.heads * problem.seq_len * problem.head_dim  # read, and the output written
-        return float((kv_read + new + 2 * q) * elem)
+        width = problem.head_dim + problem.dv  # a key and a value
+        kv_read = problem.kv_heads * width * int(attended(problem).sum())
+        new = problem.batch * problem.kv_heads * problem.seq_len * width  # written
+        q = problem.batch * problem.heads * problem.seq_len * width  # the queries read, the output written
+        return float((kv_read + new + q) * elem)
 
 
 FORWARD, BACKWARD, FORWARD_BACKWARD, DECODE = Forward(), Backward(), ForwardBackward(), Decode()

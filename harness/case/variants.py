@@ -149,10 +149,8 @@ def check_variants(p: Any) -> None:
             f"documents {p.documents!r} with probe {p.probe!r}: its targets would cross documents; with"
             f" documents use probe {', '.join(DOCUMENT_PROBES)} (targets inside each row's document)"
         )
-    if p.v_head_dim and (p.kind.reads_cache or p.probe != "random"):
-        raise ValueError(
-            "v_head_dim: values of their own head dimension are not modelled in decode mode or with probes yet"
-        )
+    if p.v_head_dim and p.probe != "random":
+        raise ValueError("v_head_dim: values of their own head dimension are not modelled with probes yet")
     if parse_sinks(p.sinks) and p.kind.reads_cache:
         raise ValueError(
             f"sinks {p.sinks!r} (the first tokens beside a window) is not modelled against a KV cache yet:"
