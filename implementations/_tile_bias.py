@@ -103,8 +103,8 @@ def piece_bias(
             mask = ramps[1][:, None, None, : p.lk]  # [H, 1, 1, lk]: −slope·b
         else:
             b = torch.arange(p.lk, device=slopes.device, dtype=torch.float64)
-            dist = (d[:, None, None] + a[:, None] - b[None, :]).abs()  # [n|1, lq, lk]
-            mask = (-s[:, None] * dist[None]).float()  # [H, n|1, lq, lk]
+            dist = (d[:, None, None] + a[:, None] - b[None, :]).abs().float()  # [n|1, lq, lk]
+            mask = -s.float()[:, None] * dist[None]  # [H, n|1, lq, lk]
         keep = _keep_additive(p)  # [n|1, lq, lk]
         if keep is not None:
             mask = mask + keep[None]  # [H, n|1, lq, lk]
@@ -152,16 +152,19 @@ def for_case(plan: Plan, problem: Any) -> TileBias | None:
 
 
 def too_large(heads: int, nq: int, nk: int, causal: bool, window: int) -> str | None:
-    """Why ALiBi cannot be planned for the tiles of a case, or None: without causal masking or a
-    window, full attention is one full-width tile the diagonal crosses, whose bias is the whole
-    ``[H, Nq, Nk]`` mask."""
-    if causal or window > 0 or heads * nq * nk <= CROSSING_LIMIT:
+    """Why ALiBi cannot be planned for the tiles of a case, or None. Under causal masking the
+    crossing tiles are the ``block × block`` diagonals (the window's interior band for
+    ``sliding_window``); without it each block's keys are one tile the diagonal crosses (all of
+    them without a window, ``~2W`` of them with one), whose biases add up to as much as the whole
+    ``[H, Nq, Nk]`` mask: allowed while that fits :data:`CROSSING_LIMIT`."""
+    if causal or heads * nq * nk <= CROSSING_LIMIT:
         return None
     mib = 4 * heads * nq * nk / 2**20
+    reach = "the full-width tile crosses" if not window else f"each block's keys within {window} cross"
     return (
-        f"alibi without causal masking or a window: the full-width tile crosses the diagonal, where |p − j|"
-        f" turns, so its bias is the whole [H, Nq, Nk] float32 mask ({mib:.0f} MiB), more than the"
-        f" {4 * CROSSING_LIMIT / 2**20:.0f} MiB a piece may hold"
+        f"alibi without causal masking: {reach} the diagonal, where |p − j| turns, so the crossing tiles'"
+        f" biases grow to the [H, Nq, Nk] float32 mask ({mib:.0f} MiB here), more than the"
+        f" {4 * CROSSING_LIMIT / 2**20:.0f} MiB they may hold"
     )
 
 

@@ -48,7 +48,7 @@ import torch
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.documents import document_lengths
 from attnbench.case.kvcache import KVCache
-from attnbench.case.variants import alibi_bias
+from attnbench.case.variants import alibi_slopes, distance, positions
 from attnbench.plugins.contract import AttentionFn
 
 Tensor = torch.Tensor
@@ -101,7 +101,8 @@ def attention_bias(problem: Problem, device: torch.device | str = "cpu") -> Any:
         return alibi_tensor(problem, device)
     if problem.documents != "1":
         lengths = document_lengths(problem.documents, problem.kv_len, problem.seed) * problem.batch
-        packed = (bias.BlockDiagonalCausalMask if problem.causal else bias.BlockDiagonalMask).from_seqlens(lengths)
+        kind = bias.BlockDiagonalCausalMask if problem.causal else bias.BlockDiagonalMask
+        packed = kind.from_seqlens(lengths, device=torch.device(device))
         return packed.make_local_attention(window) if window else packed
     if problem.causal and window:
         return bias.LowerTriangularFromBottomRightLocalAttentionMask(window)
@@ -118,10 +119,12 @@ def alibi_tensor(problem: Problem, device: torch.device | str) -> Tensor:
     xFormers' kernels ask of a tensor bias."""
     nq, nk = problem.seq_len, problem.kv_len
     padded = torch.empty(problem.heads, nq, -(-nk // 8) * 8, dtype=problem.torch_dtype, device=device)
-    bias = alibi_bias(problem.heads, nq, nk)  # [H, Nq, Nk] float64
-    if not problem.pattern.is_full:
-        bias = bias.masked_fill(~problem.pattern.mask(nq, nk), float("-inf"))
-    padded[:, :, :nk] = bias.to(device, problem.torch_dtype)
+    slopes = alibi_slopes(problem.heads).to(device, torch.float32)  # [H]
+    gap = distance(positions(nq, nk, device=device).float(), torch.arange(nk, device=device))  # [Nq, Nk]
+    hidden = None if problem.pattern.is_full else ~problem.pattern.mask(nq, nk, device=device)  # [Nq, Nk]
+    for h in range(problem.heads):  # one head at a time: no [H, Nq, Nk] float32 temporary
+        row = -slopes[h] * gap  # [Nq, Nk]
+        padded[h, :, :nk] = row if hidden is None else row.masked_fill_(hidden, float("-inf"))
     return padded[None, :, :, :nk].expand(problem.batch, -1, -1, -1)  # [B, H, Nq, Nk], stride 0 over B
 
 
@@ -217,7 +220,7 @@ class XFormers(Implementation):
         xops = _xformers_ops()
         bias = attention_bias(problem, problem.device)
         groups, scale = problem.heads // problem.kv_heads, problem.scale
-        packed = problem.documents != "1"
+        packed = problem.documents != "1" and problem.bias != "alibi"  # ALiBi's tensor holds the documents' mask
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             b = q.shape[0]

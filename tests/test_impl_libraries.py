@@ -296,8 +296,9 @@ class _PlainXFormers:
         Problem(heads=2, seq_len=300, head_dim=16, causal=True, window=24, documents="uniform:3"),
         Problem(batch=2, heads=4, seq_len=61, kv_len=77, head_dim=16, causal=True, bias="alibi"),
         Problem(heads=8, seq_len=90, head_dim=16, window=10, bias="alibi"),
+        Problem(batch=2, heads=4, seq_len=300, head_dim=16, causal=True, documents="longtail:5", bias="alibi"),
     ],
-    ids=["documents-causal", "documents-gqa", "documents-window", "alibi-causal-cross", "alibi-window"],
+    ids=["documents-causal", "documents-gqa", "documents-window", "alibi-causal-cross", "alibi-window", "alibi-docs"],
 )
 def test_xformers_documents_and_alibi_on_cpu(monkeypatch: pytest.MonkeyPatch, problem: Problem) -> None:
     """The packed batch (``[1, B·N, H, D]`` against the documents' block-diagonal bias, repeated

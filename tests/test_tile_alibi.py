@@ -12,7 +12,7 @@ import pytest
 from attnbench import Problem
 from attnbench.implementations import _pattern_plan, _plan, _tile_bias
 from attnbench.implementations.chunked import Chunked
-from attnbench.implementations.sliding_window import SlidingWindow
+from attnbench.implementations.sliding_window import SlidingWindow, plan_window
 from attnbench.measure.verify import check
 from attnbench.plugins.registry import load_registry
 
@@ -111,12 +111,21 @@ def test_the_masks_memory_is_linear_in_the_length() -> None:
         bias = _tile_bias.for_case(plan, problem)
         assert bias is not None
         assert bias.nbytes() <= 4 * heads * (2 * n + 256 * 256), (n, bias.nbytes())
+    windowed = Problem(heads=heads, seq_len=16384, head_dim=128, causal=True, window=4096, bias="alibi")
+    for plan in (
+        _pattern_plan.plan_pattern(windowed.pattern, 16384, 16384, 256, 512, "cpu", stairs=False),
+        plan_window(windowed.pattern, 16384, 16384, 32, 256, "cpu", stairs=False),
+    ):
+        bias = _tile_bias.for_case(plan, windowed)
+        assert bias is not None and bias.nbytes() < 64 * 2**20  # measured: 29 and 35 MiB
 
 
 def test_what_the_tiles_cannot_plan_is_unsupported_with_the_reason() -> None:
     registry = load_registry()
     wide = registry.get("chunked").supports(Problem(heads=8, seq_len=4096, bias="alibi"))  # non-causal, no window
     assert wide is not None and "alibi" in wide and "512 MiB" in wide
+    banded = registry.get("sliding_window").supports(Problem(heads=8, seq_len=8192, window=1024, bias="alibi"))
+    assert banded is not None and "alibi" in banded  # non-causal: each block's band crosses the diagonal
     gathered = registry.get("block_sparse").supports(Problem(seq_len=1024, causal=True, layout="bigbird", bias="alibi"))
     assert gathered is not None and "alibi" in gathered
     assert registry.get("chunked").supports(Problem(heads=8, seq_len=16384, causal=True, bias="alibi")) is None

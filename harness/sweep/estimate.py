@@ -21,6 +21,7 @@ Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``)
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,8 @@ class Forecast:
     #: time left is asked of every pair left after each record (1890 pairs: 7 million copies).
     groups: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict)
     _expected: dict[tuple[Any, ...], float] | None = None  # every pair's expected seconds, until one finishes
+    #: ``finish`` runs on the main thread, ``over`` on each device's (several GPUs at once).
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
     def of(
@@ -192,21 +195,20 @@ class Forecast:
 
     def finish(self, key: tuple[Any, ...], elapsed_s: float | None, call_ms: float | None, ran: bool = True) -> None:
         """A pair is done: its seconds (``elapsed_s``) and its call (``call_ms``) when it ran."""
-        pair = self.pairs.get(key)
-        planned = self.planned.pop(key, 0.0)
-        if pair is None:
-            return
-        self._expected = None
-        if not ran:
+        with self._lock:
+            pair = self.pairs.get(key)
+            planned = self.planned.pop(key, 0.0)
+            if pair is None:
+                return
+            self._expected = None
+            if ran:
+                case, _ = pair
+                if call_ms:
+                    self.measured.setdefault(self._group(key), []).append((case.seq_len, case.kv_len, call_ms / 1e3))
+                elif not self._informed(key) and elapsed_s:
+                    self.planned_done_s += planned
+                    self.spent_done_s += elapsed_s
             self.pairs.pop(key)
-            return
-        case, _ = pair
-        if call_ms:
-            self.measured.setdefault(self._group(key), []).append((case.seq_len, case.kv_len, call_ms / 1e3))
-        elif not self._informed(key) and elapsed_s:
-            self.planned_done_s += planned
-            self.spent_done_s += elapsed_s
-        self.pairs.pop(key)
 
     def _group(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         if key not in self.groups:
@@ -230,20 +232,26 @@ class Forecast:
     def _all_expected(self) -> dict[tuple[Any, ...], float]:
         """Every pair's expected seconds, kept until a pair finishes (a measurement or the pace
         may then change them)."""
-        if self._expected is None:
-            pace = self.pace()
-            informed = {k: self._informed(k) for k in self.pairs}
-            self._expected = {k: self.planned[k] * pace if s is None else s for k, s in informed.items()}
-        return self._expected
+        with self._lock:
+            if self._expected is None:
+                pace = self.pace()
+                informed = {k: self._informed(k) for k in self.pairs}
+                self._expected = {k: self.planned[k] * pace if s is None else s for k, s in informed.items()}
+            return self._expected
 
     def seconds_left(self) -> float:
-        return sum(self._all_expected().values())
+        with self._lock:
+            return sum(self._all_expected().values())
 
     def over(self, key: tuple[Any, ...], seconds_left: float) -> float | None:
         """The pair's expected seconds when it is among those left out so that the rest fits
         ``seconds_left`` (:func:`cut`: the largest sizes of every group first); None when it runs.
         The first size of a group is run while it fits the time left, so that its group's later
         sizes are predicted from a measurement rather than from the plan alone."""
+        with self._lock:
+            return self._over(key, seconds_left)
+
+    def _over(self, key: tuple[Any, ...], seconds_left: float) -> float | None:
         if key not in self.pairs:
             return None
         everything = self._all_expected()
