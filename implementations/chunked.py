@@ -49,8 +49,9 @@ ALiBi (``bias = "alibi"``) reaches the tiles as small additive masks
 (:mod:`~attnbench.implementations._tile_bias`): the keys before a block's diagonal take a bias on
 the keys alone, the row's constant moved into the log-sum-exp, and each diagonal tile (kept as its
 own ``block_q × block_q`` tile rather than joined into one causal call) its ``[H, block_q,
-block_q]`` bias: linear memory, and at 2K–4K causal tokens 1.17× the time without ALiBi and
-0.57–0.63× SDPA's with the whole float mask (interleaved, 8 heads, D64, float32).
+block_q]`` bias: linear memory, and at 2K and 4K causal tokens 1.01× and 1.15× the time
+without ALiBi, 0.58× and 0.55× SDPA's with the whole float mask (interleaved in one process on
+a quiet two-core AVX2 VM, 8 query heads over 2, D64, float32).
 
 A packed batch (``documents``) is a pattern like the others: each row sees its own document
 only, so every tile outside all documents is skipped and the batch costs its documents' pairs
