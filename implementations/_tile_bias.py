@@ -45,7 +45,6 @@ from attnbench.case.variants import alibi_slopes
 from attnbench.implementations._plan import Piece, Plan, tiles_as_heads
 
 Tensor = torch.Tensor
-NEG_INF = float("-inf")
 
 #: The most float32 elements a piece's crossing-tile bias may hold (64 MiB), and what
 #: :func:`too_large` holds a case's non-causal full-width tile to.
@@ -60,13 +59,6 @@ class PieceBias:
 
     mask: Tensor
     shift: Tensor | None
-
-
-def _keep_additive(p: Piece) -> Tensor | None:
-    """``[n|1, lq, lk]`` float32: 0 where kept, ``-inf`` where hidden (None: every pair kept)."""
-    if p.keep is None:
-        return None
-    return torch.zeros(p.keep.shape, dtype=torch.float32, device=p.keep.device).masked_fill_(~p.keep, NEG_INF)
 
 
 def piece_bias(
@@ -105,7 +97,7 @@ def piece_bias(
             b = torch.arange(p.lk, device=slopes.device, dtype=torch.float64)
             dist = (d[:, None, None] + a[:, None] - b[None, :]).abs().float()  # [n|1, lq, lk]
             mask = -s.float()[:, None] * dist[None]  # [H, n|1, lq, lk]
-        keep = _keep_additive(p)  # [n|1, lq, lk]
+        keep = p.bias(torch.float32)  # [n|1, lq, lk]: 0 kept, -inf hidden
         if keep is not None:
             mask = mask + keep[None]  # [H, n|1, lq, lk]
         made[key] = mask if by_head else mask.transpose(0, 1)  # [n|1, H, lq|1, lk] with tiles as batch
