@@ -37,6 +37,12 @@ logit and whose output is zero: the sink takes its share of each row's denominat
 no value. A soft-cap needs a hook on the scores inside the fused kernel, which it has not: such
 a case is ``unsupported``.
 
+Values of their own head dimension (``v_head_dim``) make the chunks plain products: the fused
+kernel wants one head size. A latent cache (multi-head latent attention's absorbed form, values
+the keys' first ``Dv`` columns) is passed as both keys and values: one tensor read, the fused
+kernel on it, the output's first ``Dv`` columns kept (the other ``D − Dv`` cost arithmetic, not
+reads).
+
 A paged cache is read where its pages lie. Softmax does not depend on the order of the keys,
 only on which keys a row may see: each run of consecutive pool pages the sequence owns (at least
 :data:`MIN_RUN` tokens; at batch 1 the whole pool) is read in storage order as if contiguous, its
@@ -209,12 +215,11 @@ class SequencePlan:
             at = segment.start
             row = 0 if cache.paged else self.b
             k = cache.k[row, :, at + start : at + end]  # [Hkv, n·C, D] (a view)
-            v = cache.v[row, :, at + start : at + end]
+            v = k if cache.latent else cache.v[row, :, at + start : at + end]  # latent: the keys, all D columns
         else:
-            k, v = (
-                torch.index_select(pool[0], 1, segment.index[start:end], out=self._buffer(pool, i, n * size))
-                for i, pool in enumerate((cache.k, cache.v))
-            )  # [Hkv, n·C, D] each
+            index = segment.index[start:end]
+            k = torch.index_select(cache.k[0], 1, index, out=self._buffer(cache.k, 0, n * size))  # [Hkv, n·C, D]
+            v = k if cache.latent else torch.index_select(cache.v[0], 1, index, out=self._buffer(cache.v, 1, n * size))
         hkv = k.shape[0]
         return k.view(hkv, n, size, k.shape[-1]), v.view(hkv, n, size, v.shape[-1])
 
@@ -286,7 +291,7 @@ class SplitKV(Implementation):
     computes = ("full", "causal", "window")
     devices = ("cpu", "cuda")
     dtypes = ("float32", "bfloat16", "float16")
-    features = frozenset({"causal", "window", "gqa", "cross", "decode", "alibi", "sinks", "v_head_dim"})
+    features = frozenset({"causal", "window", "gqa", "cross", "decode", "alibi", "sinks", "v_head_dim", "latent"})
     requires = frozenset({"decode"})  # a decoder: decode steps against a KV cache only
     growth = Growth(1.0, 1.0)  # per step: linear in the cached tokens
 
@@ -311,7 +316,8 @@ class SplitKV(Implementation):
             out = q.new_empty(*q.shape[:3], dv)  # [B, H, S, Dv]
             for plan in plans:
                 qg = q[plan.b].reshape(hkv, g * s, d)  # [Hkv, G·S, D]: head hkv·G + g, row g·S + s
-                out[plan.b] = plan.attend(qg, cache, scale, upcast, sink).to(q.dtype).view(q.shape[1], s, dv)
+                o = plan.attend(qg, cache, scale, upcast, sink)[..., :dv]  # [Hkv, G·S, Dv]: a latent's value columns
+                out[plan.b] = o.reshape(q.shape[1], s, dv)
             return out
 
         return step

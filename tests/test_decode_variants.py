@@ -99,11 +99,11 @@ def test_alibi_positions_from_the_capacity_instead_of_each_sequences_length_are_
 
 
 def test_a_decode_soft_cap_acts_on_the_scores_and_an_ignored_cap_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The decode inputs spread the queries to a quarter of the cap, as the forward's do, so the
+    """The decode inputs spread the queries to two thirds of the cap, as the forward's do, so the
     cap bends the scores: the naive decoder with its cap dropped is inaccurate."""
     problem = decode(softcap=30.0, kv_lengths="ragged")
     q = DECODE.make_inputs(problem).q
-    assert 6.0 < float(q.float().std()) < 9.0  # 30 / 4 = 7.5
+    assert 17.0 < float(q.float().std()) < 23.0  # 30 / 1.5 = 20
     assert float(DECODE.make_inputs(decode(kv_lengths="ragged")).q.float().std()) < 1.5
     assert judged("naive", problem).ok
     naive = sys.modules[type(load_registry().get("naive")).__module__]
@@ -151,16 +151,6 @@ def test_decoders_read_values_of_their_own_head_dimension(
         )
         result = judged(name, problem)
         assert result.ok, (head_dim, v_head_dim, result.failures())
-
-
-def test_split_kv_decodes_deepseek_s_absorbed_shape_in_bfloat16() -> None:
-    """One latent KV head of 576 dimensions read by 16 query heads, values of 512, 8K tokens."""
-    problem = decode(
-        batch=2, heads=16, kv_heads=1, kv_len=8192, head_dim=576, v_head_dim=512, dtype="bfloat16",
-        cache="paged:16", kv_lengths="ragged",
-    )  # fmt: skip
-    result = judged("split_kv", problem)
-    assert result.ok, result.failures()
 
 
 def test_values_scaled_by_their_own_dimension_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:

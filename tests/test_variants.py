@@ -143,7 +143,7 @@ class SinkDropped(_Planted):
 
 
 PLANTED = [
-    (Cap45(), dict(softcap=50.0), ("float32", "float16")),
+    (Cap45(), dict(softcap=50.0), ("float32", "bfloat16", "float16")),
     (AlibiReversed(), dict(bias="alibi"), ("float32", "bfloat16", "float16")),
     (SinkDropped(), dict(sinks="learned"), ("float32", "bfloat16", "float16")),
 ]
@@ -155,9 +155,9 @@ PLANTED = [
 def test_planted_variant_bugs_are_caught_where_the_true_variant_passes(
     impl: _Planted, fields: dict, dtypes: tuple[str, ...]
 ) -> None:
-    """At N = 2048 with grouped heads and the causal mask, every dtype the criterion can tell the
-    bug apart in (a cap of 45 for 50 is within bfloat16's own error at the cap's range: see
-    attnbench.case.variants): naive, which computes the variant, passes; the plant does not."""
+    """At N = 2048 with grouped heads and the causal mask, in every dtype: naive, which computes
+    the variant, passes; the plant does not (a cap of 45 for 50 in bfloat16 too, with the scores
+    spread to two thirds of the cap: see attnbench.case.variants)."""
     naive = load_registry().get("naive")
     for dtype in dtypes:
         problem = Problem(heads=8, kv_heads=2, seq_len=2048, head_dim=64, dtype=dtype, causal=True, **fields)
@@ -258,12 +258,12 @@ def test_model_presets_compute_their_variants(preset: str, field: str, value: ob
     # SDPA cannot soft-cap or sink: the baseline must compute the variant
     assert suite.baseline == ("naive" if field in ("softcap", "sinks") else "sdpa")
     cases = suite.cases(["cpu"])
-    assert cases and all(getattr(case, field) == value for case in cases)
     decodes = [case for case in cases if case.kind.reads_cache]
-    if field == "v_head_dim":  # MLA's absorbed decode form: not modelled against a cache
-        assert not decodes
+    assert decodes and all(getattr(case, field) == value for case in cases if case not in decodes)
+    if field == "v_head_dim":  # MLA decodes in its absorbed form: one latent KV head, values its first columns
+        assert all((c.kv_heads, c.head_dim, c.v_head_dim, c.latent) == (1, 576, 512, True) for c in decodes)
     else:  # the decode grid computes the variant too
-        assert decodes and all(getattr(case, field) == value for case in decodes)
+        assert all(getattr(case, field) == value for case in decodes)
 
 
 def test_gpt_oss_alternates_its_window_from_layer_types() -> None:
@@ -278,12 +278,24 @@ def test_a_config_with_part_of_latent_attention_is_refused_naming_the_missing_ke
         shapes_of(name, {k: v for k, v in config.items() if k != key})
 
 
-def test_deepseek_v3_is_read_in_its_prefill_form() -> None:
+def test_deepseek_v3_prefills_in_its_own_form_and_decodes_in_the_absorbed_one() -> None:
     shapes = shapes_of(*load_config("deepseek-v3"))
     assert (shapes.heads, shapes.kv_heads, shapes.head_dim, shapes.v_head_dim) == (128, 128, 192, 128)
+    assert (shapes.latent, shapes.rope) == (512, 64)
     cases = parse_suite(suite_text(shapes), "deepseek.toml").cases(["cpu"])
-    assert cases and all(c.head_dim == 192 and c.dv == 128 for c in cases)
-    assert not any(c.kind.reads_cache for c in cases)
+    prefill = [c for c in cases if not c.kind.reads_cache]
+    assert prefill and all((c.kv_heads, c.head_dim, c.dv, c.latent) == (128, 192, 128, False) for c in prefill)
+    decodes = [c for c in cases if c.kind.reads_cache]
+    assert {c.kv_len for c in decodes} >= {1024, 163840} and all(c.heads == 128 for c in decodes)
+
+
+def test_latent_attention_without_kv_lora_rank_writes_no_decode_grid() -> None:
+    """Without the latent's width the absorbed form is unknown: no decode grid, and the suite says why."""
+    name, config = load_config("deepseek-v3")
+    shapes = shapes_of(name, {k: v for k, v in config.items() if k != "kv_lora_rank"})
+    text = suite_text(shapes)
+    assert "no kv_lora_rank" in text
+    assert not any(c.kind.reads_cache for c in parse_suite(text, "d.toml").cases(["cpu"]))
 
 
 def test_a_config_s_dtype_key_is_read_as_torch_dtype_is() -> None:

@@ -61,6 +61,19 @@ def one_of(values: Any) -> Callable[[Any], bool]:
     return lambda x: x in values
 
 
+def parses(parse: Callable[[Any], object]) -> Callable[[Any], bool]:
+    """A field check: whether ``parse`` takes the value without a ValueError."""
+
+    def ok(value: Any) -> bool:
+        try:
+            parse(value)
+        except ValueError:
+            return False
+        return True
+
+    return ok
+
+
 def short_label(row: dict[str, Any], spec: dict[str, CaseField], value: Callable[[dict[str, Any], str], Any]) -> str:
     """Every field's short form, in its order: ``forward fp32 cpu B1 H32/8 N1x4096 D128 causal t0``
     (``value(row, key)`` reads a field, with its default where the row lacks it)."""

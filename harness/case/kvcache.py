@@ -12,6 +12,10 @@ and attends to everything valid. Two layouts:
   ``block_table`` ``[B, capacity / page]`` gives the pool page of each of a sequence's pages, in
   a seeded shuffled order, as pages end up after many sequences come and go.
 
+With ``latent`` (multi-head latent attention's absorbed form: DeepSeek-V2/V3, Kimi K2) the cache
+holds one tensor: each token's latent of ``D`` columns is its key, and its first ``Dv`` columns
+are its value, ``v`` a view of ``k``. A step reads each token's ``D`` columns once.
+
 Slots past a sequence's valid tokens hold stale values (large, finite), as a real cache does:
 an implementation that reads them without masking is caught by the accuracy check.
 
@@ -88,6 +92,7 @@ class KVCache:
     capacity: int
     page: int = 0  # 0: contiguous
     block_table: Tensor | None = None  # [B, capacity/page] int64: pool page of each sequence page
+    latent: bool = False  # v is k[..., :Dv], a view: one latent per token
 
     @property
     def paged(self) -> bool:
@@ -124,11 +129,13 @@ class KVCache:
         if self.paged:
             flat = where.reshape(-1)  # [B·S]
             self.k[0, :, flat] = k_new.transpose(0, 1).reshape(k_new.shape[1], -1, k_new.shape[-1])
-            self.v[0, :, flat] = v_new.transpose(0, 1).reshape(v_new.shape[1], -1, v_new.shape[-1])
+            if not self.latent:  # else the values were written with the keys
+                self.v[0, :, flat] = v_new.transpose(0, 1).reshape(v_new.shape[1], -1, v_new.shape[-1])
         else:
             rows = torch.arange(self.batch, device=where.device)[:, None]  # [B, 1]
             self.k[rows, :, where] = k_new.transpose(1, 2)  # indexed as [B, S, Hkv, D]
-            self.v[rows, :, where] = v_new.transpose(1, 2)
+            if not self.latent:
+                self.v[rows, :, where] = v_new.transpose(1, 2)
 
     def gather(self, b: int) -> tuple[Tensor, Tensor]:
         """Sequence ``b``'s attended keys and values, dense ``[1, Hkv, L_b, D]`` (a view when contiguous)."""
@@ -177,16 +184,18 @@ def make_cache(
     dtype: torch.dtype,
     device: str | torch.device,
     v_head_dim: int = 0,
+    latent: bool = False,
 ) -> KVCache:
     """A cache with seeded random valid tokens and stale values elsewhere (see the module);
-    values of ``v_head_dim`` dimensions where it is given (0: ``head_dim``)."""
+    values of ``v_head_dim`` dimensions where it is given (0: ``head_dim``), with ``latent`` the
+    keys' first ``v_head_dim`` columns."""
     attended = valid_lengths(batch, new, capacity, lengths, seed)  # [B]
     gen = torch.Generator().manual_seed(seed * 104729 + 7)
     stale = torch.arange(capacity)[None, :] >= (attended - new)[:, None]  # [B, capacity]: not valid yet
     pages = -(-capacity // page) if page else 0
     room = pages * page if page else capacity  # token slots per sequence
     tensors = []
-    dims = (head_dim, v_head_dim or head_dim)
+    dims = (head_dim,) if latent else (head_dim, v_head_dim or head_dim)
     for dim in dims:  # k, then v
         x = torch.randn(batch, kv_heads, capacity, dim, generator=gen)  # [B, Hkv, capacity, D or Dv]
         x.masked_fill_(stale[:, None, :, None], STALE)
@@ -194,23 +203,23 @@ def make_cache(
         if room > capacity:
             x = torch.nn.functional.pad(x, (0, 0, 0, room - capacity), value=STALE)  # [B, Hkv, room, D]
         tensors.append(x)
-    k, v = tensors
     table = None
     if page:
         table = torch.randperm(batch * pages, generator=gen).view(batch, pages)  # [B, pages]: pool page of each
-        pooled = []
-        for x, dim in zip((k, v), dims, strict=True):
+        for i, (x, dim) in enumerate(zip(tensors, dims, strict=True)):
             pool = torch.empty(kv_heads, batch * pages, page, dim, dtype=dtype)  # [Hkv, pool pages, page, D]
             pages_of = x.view(batch, kv_heads, pages, page, dim).transpose(0, 1)  # [Hkv, B, pages, page, D]
             pool[:, table.reshape(-1)] = pages_of.reshape(kv_heads, batch * pages, page, dim)
-            pooled.append(pool.view(1, kv_heads, batch * pages * page, dim))  # [1, Hkv, tokens, D]
-        k, v = pooled
+            tensors[i] = pool.view(1, kv_heads, batch * pages * page, dim)  # [1, Hkv, tokens, D]
+    k = tensors[0].to(device)
+    v = k[..., : v_head_dim or head_dim] if latent else tensors[1].to(device)  # with latent: a view of the keys
     return KVCache(
-        k.to(device),
-        v.to(device),
+        k,
+        v,
         (attended - new).to(device),
         new,
         capacity,
         page,
         None if table is None else table.to(device),
+        latent,
     )

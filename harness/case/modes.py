@@ -55,6 +55,9 @@ class Problem(Protocol):
     def dv(self) -> int: ...
 
     @property
+    def latent(self) -> bool: ...
+
+    @property
     def device(self) -> str: ...
 
     @property
@@ -205,10 +208,12 @@ class Decode(Mode):
             (torch.randn(b, h, s, dim, generator=gen) * factor).to(problem.device, problem.torch_dtype)
             for h, dim, factor in ((problem.heads, d, spread), (problem.kv_heads, d, 1.0), (problem.kv_heads, dv, 1.0))
         )  # [B, H, S, D], [B, Hkv, S, D], [B, Hkv, S, Dv]: the new tokens (queries spread for a soft-cap)
+        if problem.latent:  # the values are the keys' first Dv columns (one latent per token)
+            v_new = k_new[..., :dv]  # [B, Hkv, S, Dv], a view
         cache = make_cache(
             problem.batch, problem.kv_heads, problem.head_dim, problem.kv_len, problem.seq_len,
             page=parse_cache(problem.cache), lengths=problem.kv_lengths, seed=problem.seed,
-            dtype=problem.torch_dtype, device=problem.device, v_head_dim=dv,
+            dtype=problem.torch_dtype, device=problem.device, v_head_dim=dv, latent=problem.latent,
         )  # fmt: skip
         return DecodeInputs(q, k_new, v_new, cache)
 
@@ -217,10 +222,10 @@ class Decode(Mode):
 
     def io_bytes(self, problem: Problem) -> float:
         elem = torch.empty((), dtype=problem.torch_dtype).element_size()
-        width = problem.head_dim + problem.dv  # a key and a value
+        width = problem.head_dim + (0 if problem.latent else problem.dv)  # a key and a value (latent: one)
         kv_read = problem.kv_heads * width * int(attended(problem).sum())
         new = problem.batch * problem.kv_heads * problem.seq_len * width  # written
-        q = problem.batch * problem.heads * problem.seq_len * width  # the queries read, the output written
+        q = problem.batch * problem.heads * problem.seq_len * (problem.head_dim + problem.dv)  # queries in, output out
         return float((kv_read + new + q) * elem)
 
 
@@ -245,6 +250,8 @@ def attended(problem: Problem) -> Tensor:
 
 def sequence_problem(problem: P, length: int) -> P:
     """Sequence ``b`` of a decode step as an ordinary forward (cross-attention) problem against
-    its own ``length`` attended tokens."""
-    sub: P = problem.with_(batch=1, kv_len=length, mode=FORWARD.name, cache="contiguous", kv_lengths="uniform")
+    its own ``length`` attended tokens (a latent cache's values passed as their own tensor, a view)."""
+    sub: P = problem.with_(
+        batch=1, kv_len=length, mode=FORWARD.name, cache="contiguous", kv_lengths="uniform", latent=False
+    )
     return sub

@@ -10,7 +10,6 @@ Layer ``case``: imports nothing of attnbench outside ``attnbench.case``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 
 from attnbench.case.devices import canonical
 from attnbench.case.documents import document_cuts, parse_documents
-from attnbench.case.fields import CaseField, at_least, between, case_field, one_of, short_label
+from attnbench.case.fields import CaseField, at_least, between, case_field, one_of, parses, short_label
 from attnbench.case.kvcache import parse_cache, parse_lengths
 from attnbench.case.modes import DECODE, FORWARD, MODES, Mode, mode
 from attnbench.case.patterns import Pattern
@@ -47,7 +46,7 @@ def torch_dtype(name: str) -> torch.dtype:
 #: KV cache itself; without it a decode case runs through the dense-cache adapter.
 FEATURES: tuple[str, ...] = (
     "causal", "window", "layout", "gqa", "cross", "backward", "decode", "softcap", "alibi", "sinks", "documents",
-    "v_head_dim", "first_tokens",
+    "v_head_dim", "latent", "first_tokens",
 )  # fmt: skip
 #: Features a case may use although an implementation lacks them (the adapter covers decode).
 OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
@@ -55,25 +54,12 @@ OPTIONAL_FEATURES: frozenset[str] = frozenset({"decode"})
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 
 
-def _parses(parse: Callable[[Any], object]) -> Callable[[Any], bool]:
-    """A field check: whether ``parse`` takes the value without a ValueError."""
-
-    def ok(value: Any) -> bool:
-        try:
-            parse(value)
-        except ValueError:
-            return False
-        return True
-
-    return ok
-
-
-_device_ok = _parses(canonical)
-_layout_ok = _parses(lambda value: Pattern.make(False, 0, value))
-_cache_ok = _parses(parse_cache)
-_lengths_ok = _parses(parse_lengths)
-_probe_ok = _parses(parse_probe)
-_documents_ok = _parses(parse_documents)
+_device_ok = parses(canonical)
+_layout_ok = parses(lambda value: Pattern.make(False, 0, value))
+_cache_ok = parses(parse_cache)
+_lengths_ok = parses(parse_lengths)
+_probe_ok = parses(parse_probe)
+_documents_ok = parses(parse_documents)
 
 
 def _heads(value: Any, case: dict[str, Any]) -> str:
@@ -116,6 +102,13 @@ class Problem:
         CaseField(
             int, [0], "integers from 0 to 1024 (0: same as head_dim; multi-head latent attention's 128 beside 192)",
             between(0, 1024), lambda v, c: f"Dv{v}" if v and v != c.get("head_dim") else None, 34,
+        ),
+    )  # fmt: skip
+    latent: bool = case_field(  # decode: the values are the keys' first v_head_dim columns (MLA absorbed)
+        False,
+        CaseField(
+            bool, [False], "booleans (decode: values are the first v_head_dim columns of the keys, one latent"
+            " read once, as multi-head latent attention decodes)", None, lambda v, c: "latent" if v else None, 35,
         ),
     )  # fmt: skip
     kv_heads: int = case_field(  # 0: same as heads
@@ -204,7 +197,7 @@ class Problem:
         "none",
         CaseField(
             str, ["none"], "'none', 'learned' (a seeded sink logit per head joins every softmax) or 'first:K'"
-            " (StreamingLLM: the first K tokens always visible)", _parses(parse_sinks),
+            " (StreamingLLM: the first K tokens always visible)", parses(parse_sinks),
             lambda v, c: None if v == "none" else f"sinks:{v}", 45,
         ),
     )  # fmt: skip
@@ -308,6 +301,7 @@ class Problem:
             "first_tokens": self.pattern.first > 0,
             "documents": self.documents != "1",
             "v_head_dim": self.v_head_dim != 0,
+            "latent": self.latent,
         }
 
     @property
@@ -345,7 +339,7 @@ class Problem:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Seeded random ``q, k, v`` (standard normal; the case's seed unless ``seed`` is given),
         generated in float32 on the CPU so that every device and dtype sees the same values, then
-        moved and cast. With a soft-cap ``c`` random queries are scaled by ``c / 4``
+        moved and cast. With a soft-cap ``c`` random queries are scaled by ``c / 1.5``
         (:data:`~attnbench.case.variants.SOFTCAP_SPREAD`); a probe's planted mass is left as planted."""
         gen = torch.Generator().manual_seed(self.seed if seed is None else seed)
         if self.probe != "random":  # planted structure (attnbench.case.probes)
@@ -358,7 +352,7 @@ class Problem:
             q = torch.randn(self.batch, self.heads, self.seq_len, self.head_dim, generator=gen)  # [B, H, Nq, D]
             k = torch.randn(self.batch, self.kv_heads, self.kv_len, self.head_dim, generator=gen)  # [B, Hkv, Nk, D]
             v = torch.randn(self.batch, self.kv_heads, self.kv_len, self.dv, generator=gen)  # [B, Hkv, Nk, Dv]
-            if self.softcap:  # scores spread to a quarter of the cap, where the tanh bends (attnbench.case.variants)
+            if self.softcap:  # scores spread to 2/3 of the cap, where the tanh bends (attnbench.case.variants)
                 q = q * (self.softcap / SOFTCAP_SPREAD)
         target_dtype = dtype or self.torch_dtype
         target_device = device or self.device
@@ -391,5 +385,5 @@ class Problem:
         """Bytes held by ``q, k, v`` (and, with gradients, their gradients and the output's)."""
         elem = torch.empty((), dtype=self.torch_dtype).element_size()
         q_elems = self.batch * self.heads * self.seq_len * self.head_dim
-        kv_elems = self.batch * self.kv_heads * self.kv_len * (self.head_dim + self.dv)
+        kv_elems = self.batch * self.kv_heads * self.kv_len * (self.head_dim + (0 if self.latent else self.dv))
         return (q_elems + kv_elems) * elem

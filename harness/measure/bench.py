@@ -232,7 +232,8 @@ class DecodeBench(Bench):
             with torch.no_grad():
                 return fn(q, k_new, v_new)  # [B, H, S, D]; the cache now holds the new tokens
 
-        super().__init__(step, (q, k_new, v_new, inputs.cache.k, inputs.cache.v))
+        held = (q, k_new, inputs.cache.k) if inputs.cache.latent else (q, k_new, v_new, inputs.cache.k, inputs.cache.v)
+        super().__init__(step, held)  # latent values are views of the keys: negated with them
         self.like = output_like(q, v_new)
 
     def first(self) -> None:

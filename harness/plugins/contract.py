@@ -33,7 +33,7 @@ import torch
 
 from attnbench.case.devices import device_kind
 from attnbench.case.kvcache import KVCache
-from attnbench.case.modes import FORWARD, sequence_problem
+from attnbench.case.modes import sequence_problem
 from attnbench.case.problem import FEATURES, OPTIONAL_FEATURES, Problem
 from attnbench.case.variants import alibi_slopes, case_sinks
 from attnbench.case.work import Work, io_bytes, softmax_work
@@ -369,7 +369,7 @@ def dense_cache_adapter(impl: Implementation, problem: Problem, cache: KVCache) 
     lengths = [int(n) for n in cache.attended]
     if not cache.paged and len(set(lengths)) == 1:
         n = lengths[0]
-        whole = impl.prepare(problem.with_(kv_len=n, mode=FORWARD.name, cache="contiguous", kv_lengths="uniform"))
+        whole = impl.prepare(sequence_problem(problem, n).with_(batch=problem.batch))
 
         def step_views(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
             cache.append(k_new, v_new)

@@ -24,11 +24,12 @@ doubling up to the context (batch 1 and 8, uniform and ragged) and training (for
 a decoder's on packed batches of 8 long-tailed documents), each with the model's window where it
 has one — both with and without it for models that alternate windowed and global layers
 (``"_attnbench": {"alternating_window": true}``). A model's soft-cap, ALiBi and learned sinks
-reach its decode grid too; one whose values have their own head dimension has no decode grid yet
-(not modelled against a KV cache). Multi-head latent attention (``qk_nope_head_dim``,
+reach its decode grid too. Multi-head latent attention (``qk_nope_head_dim``,
 ``qk_rope_head_dim``, ``v_head_dim``) is read in its prefill form: keys of the two first summed,
 values of the third, a key/value head per query head; a config with only part of those keys is
-refused, naming the missing one.
+refused, naming the missing one. It decodes in its absorbed form: one KV head of ``kv_lora_rank
++ qk_rope_head_dim`` columns per token, its first ``kv_lora_rank`` the values (``latent``); without
+``kv_lora_rank`` the suite has no decode grid.
 
 Layer ``sweep``: imports the rooms below it (``case``, ``plugins``, ``measure``) and
 ``attnbench.sweep``; never ``results``.
@@ -72,6 +73,8 @@ class ModelShapes:
     bias: str = "none"
     sinks: str = "none"
     v_head_dim: int = 0  # multi-head latent attention's values (0: head_dim)
+    latent: int = 0  # its absorbed decode form's latent (kv_lora_rank), keys of latent + rope dims
+    rope: int = 0  # qk_rope_head_dim
 
     def variant_words(self) -> str:
         """``soft-capping at 50``, ``ALiBi``, ``learned sinks``, ``values of 128 dimensions``: what
@@ -92,7 +95,8 @@ class ModelShapes:
 
 #: Multi-head latent attention's keys (DeepSeek-V2/V3, Kimi K2). Its prefill form is read: per
 #: head, keys of ``qk_nope_head_dim + qk_rope_head_dim`` dimensions and values of ``v_head_dim``;
-#: ``kv_lora_rank`` is the latent of its absorbed decode form, not modelled yet.
+#: ``kv_lora_rank`` is the latent of its absorbed decode form: one KV head of ``kv_lora_rank +
+#: qk_rope_head_dim`` columns, its first ``kv_lora_rank`` the values (case field ``latent``).
 MLA_KEYS = ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
@@ -163,7 +167,7 @@ def shapes_of(name: str, config: dict[str, Any]) -> ModelShapes:
         lengths = [(image // patch) ** 2 + 1]  # the patches and a class token
     context = _int(config, ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"), where, not lengths)
     context = context or max(lengths)
-    v_head_dim = 0
+    v_head_dim = latent = rope = 0
     if any(config.get(key) is not None for key in (*MLA_KEYS, "kv_lora_rank")):
         for key in MLA_KEYS:
             if _int(config, (key,), where, False) is None:
@@ -174,6 +178,8 @@ def shapes_of(name: str, config: dict[str, Any]) -> ModelShapes:
         head_dim = int(config["qk_nope_head_dim"]) + int(config["qk_rope_head_dim"])
         v_head_dim = int(config["v_head_dim"]) if config["v_head_dim"] != head_dim else 0
         kv_heads = heads  # after the up-projection every head has its own keys and values
+        latent = _int(config, ("kv_lora_rank",), where, False) or 0
+        rope = int(config["qk_rope_head_dim"]) if latent else 0
     window = _int(config, ("sliding_window",), where, False) or 0
     if config.get("use_sliding_window") is False or window >= context:
         window = 0
@@ -196,7 +202,7 @@ def shapes_of(name: str, config: dict[str, Any]) -> ModelShapes:
         alternating_window=alternating and window > 0, causal=not encoder,
         decodes=not encoder, dtype=dtype, source=str(config.get("_source") or ""), lengths=lengths,
         softcap=float(softcap), bias="alibi" if alibi else "none",
-        sinks="learned" if model_type == "gpt_oss" else "none", v_head_dim=v_head_dim,
+        sinks="learned" if model_type == "gpt_oss" else "none", v_head_dim=v_head_dim, latent=latent, rope=rope,
     )  # fmt: skip
 
 
@@ -240,11 +246,15 @@ def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
     prefill = shapes.lengths or doubling(min(512, shapes.context), shapes.context)
     train = shapes.lengths or doubling(min(512, shapes.context), min(shapes.context, 4096))
     packs = shapes.causal and not shapes.lengths  # a decoder trains on packed documents
-    common = (
-        f"heads = [{shapes.heads}]\nkv_heads = [{shapes.kv_heads}]\nhead_dim = [{shapes.head_dim}]\n"
-        f'dtype = ["{shapes.dtype}"]\ncausal = [{str(shapes.causal).lower()}]\nwindow = {windows}\n'
-        + "".join(f"{key} = {json.dumps([value])}\n" for key, value in shapes.variants.items())
-    )
+
+    def grid_keys(heads: int, kv_heads: int, head_dim: int, variants: dict[str, Any]) -> str:
+        return (
+            f"heads = [{heads}]\nkv_heads = [{kv_heads}]\nhead_dim = [{head_dim}]\n"
+            f'dtype = ["{shapes.dtype}"]\ncausal = [{str(shapes.causal).lower()}]\nwindow = {windows}\n'
+            + "".join(f"{key} = {json.dumps([value])}\n" for key, value in variants.items())
+        )
+
+    common = grid_keys(shapes.heads, shapes.kv_heads, shapes.head_dim, shapes.variants)
     lines = [
         f"# The attention shapes of {shapes.name}" + (f", from {shapes.source}" if shapes.source else "") + ".",
         "# Written by `attnbench suite --model`; edit freely.",
@@ -265,24 +275,33 @@ def suite_text(shapes: ModelShapes, dispatched: Sequence[str] = ()) -> str:
         f"seq_len = {prefill}",
         common,
     ]
-    if shapes.decodes and shapes.v_head_dim:
+    decode = common
+    if shapes.latent:  # MLA decodes in its absorbed form: one latent KV head, the values its first columns
+        latent = shapes.variants | {"v_head_dim": shapes.latent, "latent": True}
+        decode = grid_keys(shapes.heads, 1, shapes.latent + shapes.rope, latent)
+    if shapes.decodes and shapes.v_head_dim and not shapes.latent:
         lines += [
-            f"# Decode: not written. The model's values of {shapes.v_head_dim} dimensions (multi-head latent"
-            " attention's absorbed decode form is not modelled against a KV cache yet):",
-            "# a decode grid without them would time a function the model does not compute.",
+            f"# Decode: not written. The model's values of {shapes.v_head_dim} dimensions and no kv_lora_rank"
+            " (the latent multi-head latent attention decodes over):",
+            "# a decode grid without it would time a function the model does not compute.",
             "",
         ]
     elif shapes.decodes:
         caches = [n for n in doubling(min(1024, shapes.context), shapes.context)]
+        absorbed = (
+            f" In multi-head latent attention's absorbed form: one latent KV head of {shapes.latent} +"
+            f" {shapes.rope} rotary\n# dimensions read once by all {shapes.heads} query heads, its first"
+            f" {shapes.latent} the values."
+        )
         lines += [
-            "# Decode: one new token against the KV cache.",
+            "# Decode: one new token against the KV cache." + (absorbed if shapes.latent else ""),
             "[[grid]]",
             'mode = ["decode"]',
             "batch = [1, 8]",
             "seq_len = [1]",
             f"kv_len = {caches}",
             'kv_lengths = ["uniform", "ragged"]',
-            common,
+            decode,
         ]
     lines += [
         "# Training: forward and backward"
