@@ -32,3 +32,16 @@ def test_packed_documents_prints_packed_against_one_by_one_and_the_dense_mask() 
     out = run("packed_documents.py", "--tokens", "1024", "--impls", "chunked", "--rounds", "2")
     assert "longtail:8 in 1024 tokens: lengths [" in out
     assert re.search(r"^chunked: packed / one by one = [\d.]+; sdpa's dense mask / packed = [\d.]+$", out, re.M)
+
+
+def test_sdpa_backward_rounding_reproduces_the_kernels_value_gradient_by_rounding_per_block() -> None:
+    """The README's explanation of the criterion's flags on SDPA's backward: PyTorch's CPU flash
+    kernel keeps its gradient sums in the inputs' dtype, rounded after each block of 256 query
+    rows. The script's emulation of that must land within about an ulp of SDPA's ``dv``, and both
+    many times the plain computation's error (if PyTorch starts accumulating in float32, this
+    fails and the README's account is out of date)."""
+    out = run("sdpa_backward_rounding.py", "--seq-len", "4096", "--seeds", "1", "--dtypes", "float16")
+    found = re.search(r"sdpa / plain = ([\d.]+); sdpa vs rounded per block [\d.e-]+ \(([\d.]+) ulp", out)
+    assert found, out
+    assert float(found[1]) > 2.0  # FlashAttention's bound allows twice the plain error
+    assert float(found[2]) <= 2.0
