@@ -10,18 +10,22 @@ value once, :meth:`attnbench.case.modes.Decode.io_bytes`), that bandwidth's frac
 triad's, and paged ÷ contiguous for the same tokens.
 
 It answers, in seconds rather than the ``decode`` suite's hour, the question that suite's
-declared ratios ask of ``split_kv``.
+declared ratios ask of ``split_kv``. ``--fused-baseline`` adds ``split_kv[fused]``: split_kv held
+to PyTorch's fused flash kernel on every chunk (its only path before it timed the products
+against it), interleaved with the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from interleaved import Call, medians_ms, prepared
 
 from attnbench import Problem
 from attnbench.case.modes import DECODE
+from attnbench.plugins.registry import load_registry
 
 TRIAD_ELEMENTS = 64 * 2**20  # float32: 256 MiB an array
 
@@ -30,6 +34,18 @@ def triad() -> Call:
     b, c = torch.ones(TRIAD_ELEMENTS), torch.ones(TRIAD_ELEMENTS)
     a = torch.empty(TRIAD_ELEMENTS)
     return lambda: torch.add(b, c, alpha=3.0, out=a)
+
+
+def fused_only(problem: Problem) -> Call:
+    """``split_kv`` prepared with its paths narrowed to the fused kernel (the choice is made when
+    the step is prepared, so the call keeps it)."""
+    module = sys.modules[type(load_registry().get("split_kv")).__module__]
+    paths = module.PATHS
+    module.PATHS = ("fused",)
+    try:
+        return prepared("split_kv", problem)
+    finally:
+        module.PATHS = paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--fused-baseline", action="store_true", help="also time split_kv[fused]")
     args = parser.parse_args(argv)
     shape = dict(
         mode="decode", batch=args.batch, heads=args.heads, kv_heads=args.kv_heads, seq_len=1,
@@ -59,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                     label = f"{name} {cache} {dtype}"
                     problems[(name, cache, dtype)] = problem
                     calls[label] = prepared(name, problem)
+                if args.fused_baseline:
+                    problems[("split_kv[fused]", cache, dtype)] = problem
+                    calls[f"split_kv[fused] {cache} {dtype}"] = fused_only(problem)
         ms = medians_ms({label: [call] for label, call in calls.items()}, args.rounds)
     triad_gbps = 3 * 4 * TRIAD_ELEMENTS / ms["triad"] / 1e6
     head = f"triad {ms['triad']:.1f} ms, {triad_gbps:.1f} GB/s"

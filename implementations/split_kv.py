@@ -20,9 +20,17 @@ For each sequence ``b`` of the batch, with ``L_b`` attended tokens:
    computes every chunk's scores, ``[Hkv, n, G·S, C]``, so the batch of the product — ``Hkv · n``
    independent tasks — keeps every core busy whatever the batch size.
 3. **Partial softmax per chunk.** Each chunk ``c`` gives its output normalised on its own keys,
-   ``o_c``, and its log-sum-exp ``lse_c = log Σ exp(s)``. On the CPU one call of PyTorch's fused
-   flash kernel does every chunk (the chunks are its batch; it returns the log-sum-exp), so no
-   score matrix is written back to memory between elementwise passes.
+   ``o_c``, and its log-sum-exp ``lse_c = log Σ exp(s)``, by one of two paths. *Fused*: one call
+   of PyTorch's CPU flash kernel does every chunk (the chunks are its batch; it returns the
+   log-sum-exp), so no score matrix is written back between elementwise passes. *Products*: the
+   chunks as one stretch of keys, two matrix products around an in-place softmax of its
+   ``[Hkv, G·S, L]`` float32 scores (4 MiB at 32K keys and 8 KV heads of 4 rows), the products
+   batched over the KV heads (``batched``) or one head at a time (``per_head``: a low-precision
+   batched product copies a strided cache first). Which is fastest depends on the machine and
+   the dtype (the fused kernel's skinny products are slow where the CPU multiplies bfloat16
+   natively; a low-precision batched product is fast or not by the stretch's length), so each
+   sequence times them on its own keys when the step is prepared, outside the timing, and keeps
+   the fastest (:func:`fastest`; sequences of the same length and layout share one trial).
 4. **Combine.** The log-sum-exp combination of FlashDecoding and FlashInfer:
    ``out = Σ_c w_c o_c`` with ``w = softmax_c(lse_c)``.
 
@@ -72,6 +80,12 @@ import torch
 from attnbench import Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 from attnbench.case.variants import alibi_slopes, case_sinks, distance
+from attnbench.implementations._chunk_partials import (
+    attend_chunks,
+    combine,
+    fastest,
+    low_precision_matmul_is_fast,
+)
 
 Tensor = torch.Tensor
 #: Keys per chunk of keys read where they lie.
@@ -82,56 +96,9 @@ GATHER_CHUNK = 512
 GATHER_TOKENS = 512
 #: A run of consecutive pool pages this many tokens long is read where it lies.
 MIN_RUN = 512
-
-
-def low_precision_matmul_is_fast() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (else float32 is the faster way)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-Partial = tuple[Tensor, Tensor]  # (normalised output [Hkv, n, R, D], log-sum-exp [Hkv, n, R]), float32
-
-
-def attend_chunks(qg: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None, upcast: bool) -> Partial:
-    """Partial attention of ``qg`` ``[Hkv, R, D]`` over ``n`` chunks ``k``, ``v`` ``[Hkv, n, C, D]``,
-    each chunk normalised on its own, with its log-sum-exp. ``bias`` ``[n, 1 or Hkv, R, C]`` float32
-    is added to the scores (``−inf`` where a pair is masked; ALiBi's bias); ``upcast`` multiplies a
-    low-precision cache in float32 (where that is faster than its own dtype). On the CPU,
-    PyTorch's fused flash kernel does each chunk (it returns the log-sum-exp); elsewhere, plain
-    products."""
-    if qg.device.type == "cpu" and k.shape[-1] == v.shape[-1]:  # the fused kernel wants one head size
-        return _fused_cpu(qg, k, v, scale, bias)
-    if upcast:
-        qg, k, v = qg.float(), k.float(), v.float()
-    s = torch.matmul(qg[:, None], k.transpose(-1, -2)).float().mul_(scale)  # [Hkv, n, R, C]
-    if bias is not None:
-        s.add_(bias.transpose(0, 1))  # [1 or Hkv, n, R, C]
-    lse = torch.logsumexp(s, dim=-1)  # [Hkv, n, R]
-    p = s.sub_(torch.nan_to_num(lse, neginf=0.0)[..., None]).exp_()  # normalised per chunk
-    return torch.matmul(p.to(v.dtype), v).float(), lse  # [Hkv, n, R, Dv]
-
-
-def _fused_cpu(qg: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -> Partial:
-    """The chunks as the batch of one call of PyTorch's CPU flash kernel: ``Hkv · n`` tasks,
-    each reading its chunk of keys once for all ``R`` grouped query rows."""
-    n = k.shape[1]
-    qc = qg[None].expand(n, *qg.shape)  # [n, Hkv, R, D] (no copy)
-    kc, vc = k.transpose(0, 1), v.transpose(0, 1)  # [n, Hkv, C, D] (views)
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        qc, kc, vc, 0.0, False, attn_mask=bias, scale=scale
-    )  # [n, Hkv, R, D], [n, Hkv, R]
-    return out.transpose(0, 1).float().nan_to_num_(0.0), lse.transpose(0, 1).float()
-
-
-def combine(parts: list[Partial]) -> Tensor:
-    """Merge chunk partials into ``[Hkv, R, D]``: weights ``exp(lse_c − logsumexp_c lse_c)``."""
-    o = torch.cat([p[0] for p in parts], dim=1)  # [Hkv, N, R, D]
-    lse = torch.cat([p[1] for p in parts], dim=1)  # [Hkv, N, R]
-    w = torch.softmax(lse, dim=1).nan_to_num_(0.0)  # [Hkv, N, R]; a chunk that saw nothing weighs 0
-    return (o.nan_to_num_(0.0) * w[..., None]).sum(dim=1)  # [Hkv, R, D]
+#: The ways a chunk's partial is computed, in order of preference on a tie; each case keeps the
+#: fastest of those it can take, timed when it is prepared (a test may narrow this to one).
+PATHS = ("fused", "batched", "per_head")
 
 
 #: (tokens, additive bias [n, 1 or Hkv, R, C] float32, dead [n, R]) per block of chunks
@@ -182,6 +149,7 @@ class SequencePlan:
 
     def __init__(self, cache: KVCache, b: int, lo: Tensor, hi: Tensor, chunk: int, rows: Rows) -> None:
         self.b = b
+        self.path = "batched"  # how its chunks are computed (one of PATHS), chosen when the step is prepared
         self.first, self.last = int(lo.min()), int(hi.max())  # keys any new token may see
         self.group = max(1, GATHER_TOKENS // GATHER_CHUNK)  # chunks gathered at once
         self.buffers: list[Tensor | None] = [None, None]  # keys' and values' gather buffers
@@ -232,9 +200,12 @@ class SequencePlan:
         assert buffer is not None
         return buffer[: hkv * tokens * d].view(hkv, tokens, d)
 
-    def attend(self, qg: Tensor, cache: KVCache, scale: float, upcast: bool, sink: Tensor | None = None) -> Tensor:
+    def attend(
+        self, qg: Tensor, cache: KVCache, scale: float, upcast: bool, sink: Tensor | None = None, path: str = "batched"
+    ) -> Tensor:
         """``[Hkv, R, D]``: the rows ``qg`` ``[Hkv, R, D]`` against every segment; ``sink`` ``[Hkv, R]``
-        (learned sink logits) joins the combination as a partial with no value."""
+        (learned sink logits) joins the combination as a partial with no value; ``path``: one of
+        :data:`PATHS`."""
         partials = []
         for segment in self.segments:
             for keys, bias, dead in segment.parts:
@@ -245,8 +216,8 @@ class SequencePlan:
                     m = min(step, n - lo)
                     kc, vc = self.chunks(cache, segment, keys.start + lo * size, m, size)  # [Hkv, m, C, D]
                     part = bias[lo : lo + m] if bias is not None else None
-                    o, lse = attend_chunks(qg, kc, vc, scale, part, upcast)
-                    if dead is not None:  # rows that see nothing in a chunk weigh nothing
+                    o, lse = attend_chunks(qg, kc, vc, scale, part, upcast, path)
+                    if dead is not None and path == "fused":  # rows that see nothing in a chunk weigh nothing
                         lse = lse.masked_fill(dead[lo : lo + m][None], float("-inf"))  # [Hkv, m, R]
                     partials.append((o, lse))
         if sink is not None:  # the sink's share of each row's denominator, carrying nothing
@@ -309,14 +280,29 @@ class SplitKV(Implementation):
         sink = None if sink is None else sink.view(problem.kv_heads, g).repeat_interleave(problem.seq_len, 1)
         scale, hkv, s, d, dv = problem.scale, problem.kv_heads, problem.seq_len, problem.head_dim, problem.dv
         low = problem.torch_dtype in (torch.bfloat16, torch.float16)
-        upcast = low and torch.device(problem.device).type == "cpu" and not low_precision_matmul_is_fast()
+        cpu = torch.device(problem.device).type == "cpu"
+        upcast = low and cpu and not low_precision_matmul_is_fast()
+        one_size = problem.latent or dv == d  # the fused kernel wants one head size (a latent is passed as both)
+        paths = [path for path in PATHS if path != "fused" or (cpu and one_size)]
+        trial = torch.zeros(hkv, g * s, d, dtype=problem.torch_dtype, device=problem.device)  # [Hkv, G·S, D]
+        chosen: dict[tuple[tuple[int, bool], ...], str] = {}
+        for plan in plans:  # each sequence's own trial (its length and layout decide), shared by alike ones
+            layout = tuple((segment.length, segment.index is None) for segment in plan.segments)
+            if layout not in chosen:
+
+                def attend(path: str, plan: SequencePlan = plan) -> Tensor:
+                    return plan.attend(trial, cache, scale, upcast, sink, path)
+
+                chosen[layout] = fastest(paths, attend)
+            plan.path = chosen[layout]
 
         def step(q: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
             cache.append(k_new, v_new)
             out = q.new_empty(*q.shape[:3], dv)  # [B, H, S, Dv]
             for plan in plans:
                 qg = q[plan.b].reshape(hkv, g * s, d)  # [Hkv, G·S, D]: head hkv·G + g, row g·S + s
-                o = plan.attend(qg, cache, scale, upcast, sink)[..., :dv]  # [Hkv, G·S, Dv]: a latent's value columns
+                o = plan.attend(qg, cache, scale, upcast, sink, plan.path)  # [Hkv, G·S, D]
+                o = o[..., :dv]  # [Hkv, G·S, Dv]: a latent's value columns
                 out[plan.b] = o.reshape(q.shape[1], s, dv)
             return out
 

@@ -20,10 +20,11 @@ def run(script: str, *args: str) -> str:
 
 
 def test_decode_bandwidth_prints_each_layouts_fraction_of_the_triad_and_paged_over_contiguous() -> None:
-    out = run("decode_bandwidth.py", "--tokens", "2048", "--heads", "8", "--kv-heads", "2", "--rounds", "2")
+    size = ["--tokens", "2048", "--heads", "8", "--kv-heads", "2", "--rounds", "2"]
+    out = run("decode_bandwidth.py", *size, "--fused-baseline")
     assert re.search(r"^triad [\d.]+ ms, [\d.]+ GB/s; batch 1, uniform, 2048 tokens$", out, re.M)
     for dtype in ("float32", "bfloat16"):
-        for impl in ("split_kv", "sdpa"):
+        for impl in ("split_kv", "sdpa", r"split_kv\[fused\]"):
             assert re.search(rf"^{impl} contiguous {dtype} +[\d.]+ ms +[\d.]+ GB/s +[\d.]+ of the triad$", out, re.M)
             assert re.search(rf"^{impl} paged:16 {dtype} .* of the triad +[\d.]+x contiguous$", out, re.M)
 

@@ -7,12 +7,15 @@ each sequence's own length, a cap ignored) is caught."""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import pytest
+import torch
 
 from attnbench import Problem
 from attnbench.case.modes import DECODE
+from attnbench.implementations import _chunk_partials
 from attnbench.measure.verify import check
 from attnbench.plugins.registry import load_registry
 
@@ -161,8 +164,8 @@ def test_values_scaled_by_their_own_dimension_are_caught(monkeypatch: pytest.Mon
     real = module.attend_chunks
     factor = (48 / 32) ** 0.5  # 1/√32 where 1/√48 is asked
 
-    def planted(qg: Any, k: Any, v: Any, scale: float, bias: Any, upcast: bool) -> Any:
-        return real(qg, k, v, scale * factor, bias, upcast)
+    def planted(qg: Any, k: Any, v: Any, scale: float, bias: Any, upcast: bool, path: str) -> Any:
+        return real(qg, k, v, scale * factor, bias, upcast, path)
 
     monkeypatch.setattr(module, "attend_chunks", planted)
     caught = judged("split_kv", problem)
@@ -175,3 +178,64 @@ def test_a_decode_step_counts_its_values_bytes_at_their_own_width() -> None:
     queries_and_output = 16 * (576 + 512) * 2
     new = (576 + 512) * 2  # the new token's key and value, written
     assert DECODE.io_bytes(problem) == keys_and_values + queries_and_output + new
+
+
+PATH_CASES = {  # every mask the plans build: windows, several new tokens, gathered pages, variants
+    "contiguous-uniform": {},
+    "paged-ragged-3-window": {"cache": "paged:16", "kv_lengths": "ragged", "seq_len": 3, "window": 200},
+    "contiguous-ragged-2-window": {"kv_lengths": "ragged", "seq_len": 2, "window": 40},
+    "alibi-paged": {"cache": "paged:16", "kv_lengths": "ragged", "bias": "alibi"},
+    "sinks-window": {"sinks": "learned", "window": 300, "seq_len": 2},
+    "latent-paged": {"cache": "paged:16", "kv_lengths": "ragged", "latent": True, "head_dim": 24, "v_head_dim": 16},
+    "v_head_dim": {"kv_lengths": "ragged", "head_dim": 24, "v_head_dim": 16},
+}
+
+
+@pytest.mark.parametrize("path", ["fused", "batched", "per_head"])
+@pytest.mark.parametrize("case", list(PATH_CASES))
+@pytest.mark.parametrize("min_run", [16, 10**9], ids=["pages-in-place", "pages-gathered"])
+def test_split_kv_is_exact_on_each_of_its_paths(
+    path: str, case: str, min_run: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way of computing a chunk (the fused kernel, batched products, products per head), which
+    split_kv picks by timing on the machine at hand, is exact alone, with every page read in place
+    or every page gathered (chunks a row sees nothing of)."""
+    fields = PATH_CASES[case]
+    if path == "fused" and fields.get("v_head_dim") and not fields.get("latent"):
+        pytest.skip("the fused kernel takes one head size: a case with values of their own width never uses it")
+    module = _split_kv_module()
+    monkeypatch.setattr(module, "PATHS", (path,))
+    monkeypatch.setattr(module, "MIN_RUN", min_run)
+    result = judged("split_kv", decode(**fields))
+    assert result.ok, result.failures()
+
+
+def test_split_kv_keeps_the_path_its_trial_times_fastest() -> None:
+    """The trial at preparation: warm-up, then rounds in alternation, the median kept."""
+    module = _split_kv_module()
+    calls: list[str] = []
+
+    def run(path: str) -> None:
+        calls.append(path)
+        if path != "quick":
+            time.sleep(0.02)
+
+    assert module.fastest(["slow", "quick", "slower"], run) == "quick"
+    assert calls == ["slow", "quick", "slower"] * (_chunk_partials.TRIAL_ROUNDS + 1)
+    assert module.fastest(["only"], run) == "only" and calls[-1] == "slower"  # one candidate: not timed
+
+
+@pytest.mark.parametrize("path", ["batched", "per_head"])
+def test_a_row_that_sees_no_key_of_a_chunk_weighs_nothing_in_the_products(path: str) -> None:
+    """Scores far below a row's largest are raised to ``EXP_FLOOR`` before ``exp`` (masked ones
+    too), so a row masked from every key must still come out with a log-sum-exp of −inf, else it
+    would weigh ``e⁻⁸⁰·L`` in the combination, which beats a chunk whose scores are all lower
+    (ALiBi far from the query)."""
+    module = _split_kv_module()
+    qg = torch.randn(2, 3, 8)  # [Hkv, R, D]
+    k, v = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 8)  # [Hkv, n, C, D]
+    bias = torch.zeros(4, 1, 3, 16)  # [n, 1, R, C]
+    bias[:, :, 1] = float("-inf")  # row 1 sees nothing
+    _, lse = module.attend_chunks(qg, k, v, 0.35, bias, False, path)  # [Hkv, 1, R]
+    assert torch.isneginf(lse[:, :, 1]).all()
+    assert torch.isfinite(lse[:, :, [0, 2]]).all()
