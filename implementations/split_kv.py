@@ -283,7 +283,7 @@ class SplitKV(Implementation):
         cpu = torch.device(problem.device).type == "cpu"
         upcast = low and cpu and not low_precision_matmul_is_fast()
         one_size = problem.latent or dv == d  # the fused kernel wants one head size (a latent is passed as both)
-        paths = [path for path in PATHS if path != "fused" or (cpu and one_size)]
+        paths = [path for path in PATHS if path != "fused" or one_size] if cpu else ["batched"]  # timed on the CPU only
         trial = torch.zeros(hkv, g * s, d, dtype=problem.torch_dtype, device=problem.device)  # [Hkv, G·S, D]
         chosen: dict[tuple[tuple[int, bool], ...], str] = {}
         for plan in plans:  # each sequence's own trial (its length and layout decide), shared by alike ones
