@@ -284,6 +284,10 @@ class SplitKV(Implementation):
         upcast = low and cpu and not low_precision_matmul_is_fast()
         one_size = problem.latent or dv == d  # the fused kernel wants one head size (a latent is passed as both)
         paths = [path for path in PATHS if path != "fused" or one_size] if cpu else ["batched"]  # timed on the CPU only
+        if upcast and "fused" in paths:
+            # No bfloat16 matrix units: the products would first copy the whole stretch to float32
+            # (twice the cache's bytes); the fused kernel converts a block at a time.
+            paths = ["fused"]
         trial = torch.zeros(hkv, g * s, d, dtype=problem.torch_dtype, device=problem.device)  # [Hkv, G·S, D]
         chosen: dict[tuple[tuple[int, bool], ...], str] = {}
         for plan in plans:  # each sequence's own trial (its length and layout decide), shared by alike ones

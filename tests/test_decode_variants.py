@@ -239,3 +239,27 @@ def test_a_row_that_sees_no_key_of_a_chunk_weighs_nothing_in_the_products(path: 
     _, lse = module.attend_chunks(qg, k, v, 0.35, bias, False, path)  # [Hkv, 1, R]
     assert torch.isneginf(lse[:, :, 1]).all()
     assert torch.isfinite(lse[:, :, [0, 2]]).all()
+
+
+def test_without_bfloat16_matrix_units_split_kv_only_tries_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the CPU multiplies bfloat16 in float32, the products would copy the whole stretch to
+    float32 first: the fused kernel is the only candidate there (values of their own width, which
+    the fused kernel cannot take, still get the products)."""
+    module = _split_kv_module()
+    tried: list[list[str]] = []
+
+    def record(paths: list[str], run: Any) -> str:
+        tried.append(list(paths))
+        return paths[0]
+
+    monkeypatch.setattr(module, "fastest", record)
+    monkeypatch.setattr(module, "low_precision_matmul_is_fast", lambda: False)
+    assert judged("split_kv", decode(dtype="bfloat16", kv_lengths="ragged")).ok
+    assert tried and all(paths == ["fused"] for paths in tried)
+    tried.clear()
+    assert judged("split_kv", decode(dtype="bfloat16", head_dim=24, v_head_dim=16)).ok
+    assert tried and all(paths == ["batched", "per_head"] for paths in tried)
+    tried.clear()
+    monkeypatch.setattr(module, "low_precision_matmul_is_fast", lambda: True)
+    assert judged("split_kv", decode(dtype="bfloat16")).ok
+    assert tried and all(paths == ["fused", "batched", "per_head"] for paths in tried)
