@@ -241,7 +241,9 @@ def rows_of(problem: Problem, cache: KVCache, b: int) -> Rows:
 def _bias(hidden: Tensor, alibi: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None]:
     """For ``n`` chunks of ``hidden`` ``[R, n·C]`` (True where a pair is masked) and ``alibi``
     ``[Hkv, R, n·C]``: the additive bias the kernel takes, ``[n, 1 or Hkv, R, C]`` float32 (None when
-    it would add nothing), and the rows a chunk hides entirely ``[n, R]`` (None when none)."""
+    it would add nothing), and the rows a chunk hides entirely ``[n, R]`` (None when none). The bias
+    is a view of ``[1 or Hkv, R, n·C]`` storage, the products' layout, so that they add it to a
+    whole stretch's scores without a copy in the step (the fused kernel reads it by its strides)."""
     r = hidden.shape[0]
     hidden = hidden.reshape(r, n, -1).transpose(0, 1)  # [n, R, C]
     bias = None
@@ -250,7 +252,7 @@ def _bias(hidden: Tensor, alibi: Tensor | None, n: int) -> tuple[Tensor | None, 
     elif bool(hidden.any()):
         bias = torch.zeros(hidden[:, None].shape, device=hidden.device)  # [n, 1, R, C]
     if bias is not None:
-        bias = bias.masked_fill(hidden[:, None], float("-inf")).contiguous()
+        bias = bias.masked_fill(hidden[:, None], float("-inf")).permute(1, 2, 0, 3).contiguous().permute(2, 0, 1, 3)
     dead = hidden.all(dim=-1)
     return bias, (dead if bool(dead.any()) else None)
 
