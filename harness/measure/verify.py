@@ -35,6 +35,7 @@ import torch
 from attnbench.case.modes import FORWARD, FORWARD_BACKWARD, DecodeInputs, sequence_problem
 from attnbench.case.problem import Problem
 from attnbench.case.reference import (
+    Gradients,
     RowSet,
     sample_rows,
     softmax_attention,
@@ -53,6 +54,7 @@ from attnbench.measure.accuracy import (
     ulp,
 )
 from attnbench.measure.bench import Outputs, bench, prepare
+from attnbench.measure.reference_memo import remembered
 from attnbench.plugins.contract import Implementation
 
 Tensor = torch.Tensor
@@ -217,14 +219,23 @@ def _judge_exact(problem: Problem, inputs: Inputs, got: Outputs, rows: Tensor, r
     q, k, v = inputs
     dtype = problem.dtype
     if got.dout is None:
-        ref, terms = softmax_attention_terms(q, k, v, problem, rows)  # [B, H, R, D] float64
-        comp, _, _, _ = comparator(q, k, v, problem, rows)
+
+        def forward() -> tuple[Tensor, Tensor, Tensor]:
+            ref, terms = softmax_attention_terms(q, k, v, problem, rows)  # [B, H, R, D] float64
+            return ref, terms, comparator(q, k, v, problem, rows)[0]
+
+        ref, terms, comp = remembered("output", problem, (q, k, v, rows), forward)
         result.verdicts.append(judge_exact(got.out, ref, comp, dtype, terms=terms))
     else:
-        g = softmax_attention_grads(q, k, v, got.dout.to(torch.float64), problem, rows)
+        dout = got.dout
+
+        def backward() -> tuple[Gradients, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+            grads = softmax_attention_grads(q, k, v, dout.to(torch.float64), problem, rows)
+            with torch.enable_grad():
+                return grads, comparator(q, k, v, problem, rows, dout=dout)
+
+        g, (comp, cdq, cdk, cdv) = remembered("output and gradients", problem, (q, k, v, rows, dout), backward)
         ref = g.out
-        with torch.enable_grad():
-            comp, cdq, cdk, cdv = comparator(q, k, v, problem, rows, dout=got.dout)
         assert cdq is not None and cdk is not None and cdv is not None
         assert got.dq is not None and got.dk is not None and got.dv is not None
         result.verdicts.append(judge_exact(got.out, ref, comp, dtype, terms=g.out_terms))
