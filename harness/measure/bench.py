@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from attnbench.case.modes import Backward, DecodeInputs, Forward, ForwardBackward, Inputs, Mode
+from attnbench.measure.memory import MemoryUnavailable
 
 if TYPE_CHECKING:
     from attnbench.case.problem import Problem
@@ -55,7 +56,9 @@ class Bench:
     (the warm-up, where a wrong output shape is found); ``scramble()`` and ``restore()`` negate the
     inputs in place (an involution: restoring gives back the seeded values bit for bit);
     ``check(rows)`` is one more call on the same tensors whose output (and gradients) on the
-    sampled ``rows`` are kept for the accuracy check."""
+    sampled ``rows`` are kept for the accuracy check: ``arm(rows)`` readies it (the check's output
+    gradient, outside any measurement), ``call()`` makes it, and ``outputs(result, rows)`` keeps
+    what it produced, so that the judged call can also be the memory pass."""
 
     def __init__(self, call: Call, held: Sequence[Tensor] = ()) -> None:
         self.call = call
@@ -80,8 +83,16 @@ class Bench:
             for t in self.held:
                 t.neg_()
 
-    def check(self, rows: Tensor) -> Outputs:
+    def arm(self, rows: Tensor) -> None:
+        """Ready the judged call on the sampled ``rows`` (nothing, where the mode has no gradient)."""
+
+    def outputs(self, result: object, rows: Tensor) -> Outputs:
         raise NotImplementedError
+
+    def check(self, rows: Tensor) -> Outputs:
+        """The judged call: armed, made, and its outputs on ``rows`` kept."""
+        self.arm(rows)
+        return self.outputs(self.call(), rows)
 
 
 def same_shape(out: object, like: Tensor) -> Tensor:
@@ -158,8 +169,8 @@ class ForwardBench(Bench):
     def first(self) -> None:
         same_shape(self.call(), self.like)
 
-    def check(self, rows: Tensor) -> Outputs:
-        out = same_shape(self.call(), self.like)  # [B, H, Nq, Dv]
+    def outputs(self, result: object, rows: Tensor) -> Outputs:
+        out = same_shape(result, self.like)  # [B, H, Nq, Dv]
         return Outputs(out[:, :, rows.to(out.device)].detach().cpu())
 
 
@@ -182,12 +193,13 @@ class BackwardBench(Bench):
 
         super().__init__(backward)
 
-    def check(self, rows: Tensor) -> Outputs:
-        full, on_rows = check_gradient(self.problem, self.out, rows)
+    def arm(self, rows: Tensor) -> None:
+        full, self.on_rows = check_gradient(self.problem, self.out, rows)
         with torch.no_grad():
             self.dout.copy_(full)
-        self.call()
-        return gradient_outputs(self.out, self.grads, rows, on_rows)
+
+    def outputs(self, result: object, rows: Tensor) -> Outputs:
+        return gradient_outputs(self.out, self.grads, rows, self.on_rows)
 
 
 class ForwardBackwardBench(Bench):
@@ -212,12 +224,14 @@ class ForwardBackwardBench(Bench):
     def first(self) -> None:
         same_shape(self.call(), self.like)
 
-    def check(self, rows: Tensor) -> Outputs:
-        full, on_rows = check_gradient(self.problem, self.like, rows)
+    def arm(self, rows: Tensor) -> None:
+        full, self.on_rows = check_gradient(self.problem, self.like, rows)
         with torch.no_grad():
             self.dout.copy_(full)
-        out = same_shape(self.call(), self.like)  # [B, H, Nq, Dv], the leaves' gradients filled
-        return gradient_outputs(out, self.grads, rows, on_rows)
+
+    def outputs(self, result: object, rows: Tensor) -> Outputs:
+        out = same_shape(result, self.like)  # [B, H, Nq, Dv], the leaves' gradients filled
+        return gradient_outputs(out, self.grads, rows, self.on_rows)
 
 
 class DecodeBench(Bench):
@@ -239,8 +253,29 @@ class DecodeBench(Bench):
     def first(self) -> None:
         same_shape(self.call(), self.like)
 
-    def check(self, rows: Tensor) -> Outputs:
-        return Outputs(same_shape(self.call(), self.like).detach().cpu())
+    def outputs(self, result: object, rows: Tensor) -> Outputs:
+        return Outputs(same_shape(result, self.like).detach().cpu())
+
+
+def judged_call(judged: Bench, rows: Tensor, peak_bytes: Callable[[Call], int]) -> tuple[Outputs, int | None, str]:
+    """The judged call, which is also the memory pass: ``(outputs on rows, peak bytes, why the
+    memory was not measured)``. ``peak_bytes`` measures one call (the device's); a pass it has to
+    repeat repeats the call, and the last one's outputs are kept."""
+    judged.arm(rows)
+    made: list[object] = []
+
+    def call() -> object:
+        made[:] = [judged.call()]  # the earlier pass's result is let go once this one exists
+        return made[0]
+
+    peak, why = None, ""
+    try:
+        peak = peak_bytes(call)
+    except MemoryUnavailable as exc:
+        why = str(exc)
+    if not made:
+        call()
+    return judged.outputs(made[0], rows), peak, why
 
 
 #: The bench of each mode, by the mode's class.

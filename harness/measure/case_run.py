@@ -11,13 +11,13 @@
    baseline that hangs or crashes there is the baseline's failure;
 6. *accuracy check*: the inputs restored, one more call through the same bench on the same
    tensors, its sampled rows kept (and in modes with gradients its backward pass): the call that
-   is judged is the call that was timed;
-7. *memory pass*: the peak memory of one call, in a pass of its own;
-8. *reference*: the float64 reference and the verdicts, with the implementation's memory cap
+   is judged is the call that was timed. That call is also the memory pass: its peak memory is
+   measured (:mod:`attnbench.measure.memory`), so no call is made for the memory alone;
+7. *reference*: the float64 reference and the verdicts, with the implementation's memory cap
    lifted and under a budget of its own; a record that is complete but for this step is sent to
    the runner first, so a failure here leaves the record ``unchecked``, never without its
    measurement; the verdicts are sent as soon as they exist;
-9. *own reference*: for an exact implementation with a ``reference()`` of its own, whether that
+8. *own reference*: for an exact implementation with a ``reference()`` of its own, whether that
    is the case's function. It runs after the verdicts were sent, so whatever it does (differs,
    raises, runs out of memory, kills the worker) adds a note and never changes the verdict.
    Exceptions in the implementation's steps become records (``error``, ``oom``) with the step.
@@ -42,11 +42,11 @@ from attnbench.case.keys import problem_of
 from attnbench.case.status import Status
 from attnbench.case.work import dense_flops
 from attnbench.measure import fidelity, figures, steps
-from attnbench.measure.bench import Outputs, bench, prepare, prepare_timed
+from attnbench.measure.bench import Outputs, bench, judged_call, prepare, prepare_timed
 from attnbench.measure.calibrate import GemmProbe, StreamProbe
 from attnbench.measure.devices import device
 from attnbench.measure.machine_load import LoadMeter
-from attnbench.measure.memory import MemoryUnavailable, vm_size_bytes
+from attnbench.measure.memory import vm_size_bytes
 from attnbench.measure.records import TIMED_BASELINE, TIMED_IMPL, TIMED_PROBE, Record
 from attnbench.measure.timing import measure
 from attnbench.measure.verify import CheckResult, check_rows, compare_own_reference, judge
@@ -220,13 +220,10 @@ class CaseRun:
         gc.collect()
         self.enter(steps.CHECK)
         rows = check_rows(problem, int(self.budget["accuracy_rows"]))
-        got = judged.check(rows)
+        got, record.peak_mem_bytes, unmeasured = judged_call(judged, rows, self.device.peak_bytes)
+        if unmeasured:
+            record.check_note = _join(record.check_note, f"memory not measured: {unmeasured}")
         self.device.synchronize()
-        self.enter(steps.MEMORY)
-        try:
-            record.peak_mem_bytes = self.device.peak_bytes(judged.call)
-        except MemoryUnavailable as exc:
-            record.check_note = _join(record.check_note, f"memory not measured: {exc}")
         self.work(impl)
         self.set_cap(None)
         del judged

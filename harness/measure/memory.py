@@ -1,4 +1,4 @@
-"""Peak memory of one call, measured in a pass of its own (never inside the timing loop).
+"""Peak memory of one call, measured outside the timing loop (over the judged call, :mod:`attnbench.measure.case_run`).
 
 CPU (Linux): reset the process's resident high-water mark by writing ``5`` to
 ``/proc/self/clear_refs``, run the call once, read ``VmHWM`` from ``/proc/self/status`` and

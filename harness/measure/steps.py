@@ -28,7 +28,6 @@ PREPARE = "prepare"
 FIRST_CALL = "first call"
 TIMING = "timing"
 CHECK = "accuracy check"
-MEMORY = "memory pass"
 REFERENCE = "reference"
 OWN_REFERENCE = "own reference"
 DONE = "done"
@@ -36,7 +35,8 @@ DONE = "done"
 #: Every step in order, with its owner ("timing" interleaves the implementation, the baseline and
 #: the machine probe, and may spend the implementation's and the baseline's remaining time; while
 #: a baseline call runs in it, that call is the baseline's, on the baseline's budget). The judged
-#: call (*accuracy check*) comes after the timing, on the same tensors; *own reference* compares an
+#: call (*accuracy check*) comes after the timing, on the same tensors, and is also the memory
+#: pass; *own reference* compares an
 #: exact implementation's own ``reference()`` once the verdicts exist, so it can only add a note.
 STEPS: dict[str, Owner] = {
     LOAD: "impl",
@@ -48,7 +48,6 @@ STEPS: dict[str, Owner] = {
     FIRST_CALL: "impl",
     TIMING: "timing",
     CHECK: "impl",
-    MEMORY: "impl",
     REFERENCE: "reference",
     OWN_REFERENCE: "reference",
     DONE: "impl",

@@ -31,9 +31,8 @@ PARTS: dict[str, str] = {
     "timed_probe_s": "timed calls of the machine probe",
     "setup_s": "set-up outside the timing: compiling kernels, building masks (prepare)",
     "first_calls_s": "first calls (warm-up) and baselines' first calls",
-    "accuracy_checks_s": "the judged calls",
+    "accuracy_checks_s": "the judged calls, each also its pair's memory pass",
     "reference_s": "the float64 reference and the verdicts",
-    "memory_passes_s": "the memory passes",
     "start_s": "before the sweep: imports, listing the plugins, planning",
     "worker_start_s": "starting worker processes",
     "calibration_s": "measuring the machine's ceilings",
@@ -46,7 +45,6 @@ _FROM_STEPS = {
     "first_calls_s": (steps.FIRST_CALL, steps.BASELINE),
     "accuracy_checks_s": (steps.CHECK,),
     "reference_s": (steps.REFERENCE, steps.OWN_REFERENCE),
-    "memory_passes_s": (steps.MEMORY,),
 }
 
 

@@ -37,8 +37,9 @@ Pair = tuple[Problem, str]
 #: (the recorded runs' pairs spend 1.2-3.4 s, median, beyond their calls and their timing).
 OVERHEAD_S = 1.5
 #: Untimed calls of a pair, in units of its call: the first call, the timing's sizing call, the
-#: judged call, the memory pass, and the float64 reference on sampled rows (about two calls).
-UNTIMED_CALLS = 6
+#: judged call (which is also the memory pass, slower under its allocator), and the float64
+#: reference on sampled rows (about two calls).
+UNTIMED_CALLS = 5
 #: FLOP/s of a nominal device, when no calibration is known; only ratios matter then.
 NOMINAL_FLOPS = 5e10
 #: The share of a measured ceiling a typical implementation's call reaches: the median of the
