@@ -46,3 +46,51 @@ def test_sdpa_backward_rounding_reproduces_the_kernels_value_gradient_by_roundin
     assert found, out
     assert float(found[1]) > 2.0  # FlashAttention's bound allows twice the plain error
     assert float(found[2]) <= 2.0
+
+
+TINY_SUITE = """
+[suite]
+name = "tiny"
+implementations = ["naive", "chunked", "sdpa"]
+baseline = "sdpa"
+[budget]
+min_time_s = 0.02
+max_time_s = 0.05
+min_repeats = 3
+[[grid]]
+heads = [2]
+head_dim = [16]
+seq_len = [128]
+dtype = ["float32"]
+causal = [true]
+"""
+
+
+def test_normalised_vs_alone_sets_each_normalised_time_beside_the_same_pair_timed_alone(tmp_path: Path) -> None:
+    """The script behind the README's "normalised time against the time alone" figure: the second
+    run has no baseline, and each printed figure is re-derived here from the two runs' records."""
+    import json
+    import statistics
+
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY_SUITE)
+    out = run("normalised_vs_alone.py", str(suite), "--out", str(tmp_path / "runs"))
+    read = {
+        name: {
+            r["impl"]: r for r in map(json.loads, (tmp_path / "runs" / name / "results.jsonl").read_text().splitlines())
+        }
+        for name in ("interleaved", "alone")
+    }
+    assert all(r["baseline"] == "" and not r["baseline_samples_ms"] for r in read["alone"].values())
+    inter = read["interleaved"]
+    beside = {n: r["baseline_time_ms"] if n != "sdpa" else r["time_ms"] for n, r in inter.items()}
+    middle = statistics.median(beside.values())
+    printed = re.findall(r"^(\w+) +N=128 .*? ([\d.]+)ms +([\d.]+)ms +([\d.]+) ", out, re.M)
+    assert sorted(name for name, *_ in printed) == ["chunked", "naive", "sdpa"], out
+    for name, normalised, alone, ratio in printed:
+        expected = inter[name]["time_ms"] / beside[name] * middle
+        assert abs(float(normalised) - expected) <= 0.0006 + 1e-3 * expected, (name, normalised, expected)
+        alone_ms = read["alone"][name]["time_ms"]
+        assert abs(float(alone) - alone_ms) <= 0.0006 + 1e-3 * alone_ms
+        assert abs(float(ratio) - expected / alone_ms) <= 0.0006
+    assert re.search(r"^\d of 3 pairs: normalised time within 10% of the time alone$", out, re.M)
