@@ -89,12 +89,20 @@ def test_a_kernels_temporaries_are_timed_as_in_a_users_loop_and_counted_in_its_m
 
 @pytest.mark.slow
 def test_a_baseline_past_its_own_budget_costs_the_implementation_nothing(tmp_path: Path) -> None:
+    """Nor the next pairs: a baseline that ran past its budget at N=64 is not run again at N=128
+    (it would cost that pair its whole budget again), and the record says why."""
     records = run_suite(tmp_path, BASELINE_SUITE.format(baseline="hanging_baseline", timeout=6))
     assert [r["status"] for r in records] == ["ok", "ok"]
     for r in records:
         assert r["speedup"] is None and r["baseline_time_ms"] is None
-        assert "baseline hanging_baseline ran past its budget" in r["baseline_note"]
+        assert (
+            r["baseline_note"].startswith("baseline hanging_baseline") and "ran past its budget" in r["baseline_note"]
+        )
         assert r["step"] == "done" and r["time_ms"] > 0
+    small, large = records
+    assert small["baseline_note"].endswith("; the implementation was timed alone")
+    assert large["baseline_note"].startswith("baseline hanging_baseline not run: it ran past its budget at seq_len 64")
+    assert large["elapsed_s"] < 6  # no wait for the baseline's budget
 
 
 @pytest.mark.slow

@@ -31,6 +31,9 @@ class ExecutorError(Exception):
 
 #: A pair predicted to spend more than this many times its timeout is not run (:meth:`Failures.predicted`).
 PREDICTION_MARGIN = 2.0
+#: How the note of a pair whose baseline ran past its budget or crashed the worker ends
+#: (:func:`run_job`); :class:`Failures` reads it to spare the next pairs the same wait.
+TIMED_ALONE = "; the implementation was timed alone"
 
 
 @dataclass
@@ -42,6 +45,9 @@ class Failures:
 
     seen: dict[tuple[Any, ...], list[tuple[int, int, str]]] = field(default_factory=dict)
     timed: dict[tuple[Any, ...], list[tuple[int, int, float]]] = field(default_factory=dict)
+    #: Where a baseline ran past its budget or crashed the worker beside some implementation:
+    #: per the baseline's group, ``(seq_len, kv_len, what happened)``.
+    baselines: dict[tuple[Any, ...], list[tuple[int, int, str]]] = field(default_factory=dict)
 
     @staticmethod
     def group(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -52,6 +58,23 @@ class Failures:
             self.seen.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], row["status"]))
         elif row.get("time_ms"):
             self.timed.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], float(row["time_ms"])))
+        note = str(row.get("baseline_note") or "")
+        if note.startswith("baseline ") and note.endswith(TIMED_ALONE):  # written by run_job below
+            _, name, what = note.removesuffix(TIMED_ALONE).split(" ", 2)
+            group = self.group({**row, "impl": name})
+            self.baselines.setdefault(group, []).append((row["seq_len"], row["kv_len"], what))
+
+    def baseline_gone(self, row: dict[str, Any], baseline: str) -> str | None:
+        """Why ``baseline`` is not run beside the pair ``row``: it ran past its budget or crashed
+        the worker beside another implementation at this size or a smaller one of its group, and
+        would cost this pair the same wait (its whole budget, each time). None: run it."""
+        for n, nk, what in self.baselines.get(self.group({**row, "impl": baseline}), []):
+            if row["seq_len"] >= n and row["kv_len"] >= nk:
+                return (
+                    f"baseline {baseline} not run: it {what} at seq_len {n}, kv_len {nk} beside another"
+                    " implementation; the implementation was timed alone, without a speedup"
+                )
+        return None
 
     def blocking(self, row: dict[str, Any]) -> str | None:
         for n, nk, status in self.seen.get(self.group(row), []):
@@ -93,7 +116,9 @@ class Planner(Protocol):
 
     def decide(self, case: Problem, name: str, failures: Failures) -> Record | None: ...
 
-    def job(self, case: Problem, name: str, calibration: list[dict[str, Any]]) -> dict[str, Any]: ...
+    def job(
+        self, case: Problem, name: str, calibration: list[dict[str, Any]], failures: Failures | None = None
+    ) -> dict[str, Any]: ...
 
     def run_pair(
         self, case: Problem, name: str, failures: Failures, calibration: list[dict[str, Any]], pool: WorkerPool
@@ -165,8 +190,7 @@ def run_job(pool: WorkerPool, job: dict[str, Any], budget: dict[str, float]) -> 
         owner = steps.owner(exc.step)
         if owner == "baseline" or (owner == "timing" and exc.callee == "baseline"):
             during = " during the interleaved timing" if owner == "timing" else ""
-            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}{during}; the"
-                     " implementation was timed alone"}  # fmt: skip
+            retry = {**job, "baseline": "", "baseline_note": f"baseline {job['baseline']} {what}{during}{TIMED_ALONE}"}
             return run_job(pool, retry, budget)
         if owner == "reference" and exc.partial is not None:
             record = Record.from_dict(exc.partial)

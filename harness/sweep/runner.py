@@ -344,16 +344,26 @@ class Runner:
                 return outcome(Status.SKIPPED, why)
         return None
 
-    def job(self, case: Case, name: str, calibration: list[dict[str, Any]]) -> dict[str, Any]:
-        """The worker's job for a pair, with this host's calibration of its device."""
+    def job(
+        self, case: Case, name: str, calibration: list[dict[str, Any]], failures: Failures | None = None
+    ) -> dict[str, Any]:
+        """The worker's job for a pair, with this host's calibration of its device; without its
+        baseline where that ran past its budget or crashed beside an earlier pair
+        (:meth:`Failures.baseline_gone`)."""
         key = (case.device, case.dtype, case.threads)
         host = self.machine["hostname"]
         found = [c for c in calibration if (c["device"], c["dtype"], c["requested_threads"]) == key]
         cal = next((c for c in found if c.get("host", host) == host), found[0] if found else {})
-        return {
+        job: dict[str, Any] = {
             "op": "case", "case": case.fields(), "impl": name, "baseline": self.baseline_of(case),
             "budget": self.suite.budget, "calibration": {k: cal.get(k) for k in CALIBRATION_KEYS},
         }  # fmt: skip
+        baseline = str(job["baseline"])
+        if failures is not None and baseline and baseline != name:
+            gone = failures.baseline_gone({"impl": name, **case.fields()}, baseline)
+            if gone:
+                job["baseline"], job["baseline_note"] = "", gone
+        return job
 
     def baseline_of(self, case: Case) -> str:
         name = self.baselines.get(case, self.suite.baseline)
@@ -364,7 +374,7 @@ class Runner:
     ) -> Record:
         """One pair's record: settled here, or run on a worker of ``pool``."""
         decided = self.decide(case, name, failures)
-        return decided or run_job(pool, self.job(case, name, calibration), self.suite.budget)
+        return decided or run_job(pool, self.job(case, name, calibration, failures), self.suite.budget)
 
 
 @contextlib.contextmanager

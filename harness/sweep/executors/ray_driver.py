@@ -141,7 +141,7 @@ class RayExecutor:
                 if decided is not None:
                     sweep.emit(case, impl, decided)
                     continue
-                job = runner.job(case, impl, [])
+                job = runner.job(case, impl, [], sweep.failures)
                 known = [c for c in sweep.info["calibration"] if c.get("device_name")]
                 task = self._gpu_task if device(case.device).kind == "cuda" else self._cpu_task
                 ref = task.remote(job, runner.budget, runner.plugins, known, run)
