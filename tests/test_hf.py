@@ -10,6 +10,7 @@ one fails here rather than vanishing from ``attnbench list``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,9 @@ RECORDED = HERE / "data" / "recorded"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", ["quick", "decode_b1"])
-def test_a_reports_profile_command_for_a_pair_profiles_that_pair(run: str, tmp_path: Path) -> None:
+def test_a_reports_profile_command_for_a_pair_profiles_that_pair(
+    run: str, tmp_path: Path, recorded_report: Callable[[str], Path]
+) -> None:
     """The report of a recorded run gives each pair's ``attnbench profile`` command (records.csv)
     and each implementation's slowest (report.md); the command of the smallest ok pair of a
     library kernel, run verbatim, profiles that pair's case."""
@@ -178,12 +181,10 @@ def test_a_reports_profile_command_for_a_pair_profiles_that_pair(run: str, tmp_p
 
     import pandas as pd
 
-    from attnbench.results.report import write_report
-
-    write_report([RECORDED / run], tmp_path / "report")
-    records = pd.read_csv(tmp_path / "report" / "tables" / "records.csv")
+    folder = recorded_report(run)
+    records = pd.read_csv(folder / "tables" / "records.csv")
     assert records["profile"].str.startswith("attnbench profile ").all()
-    report = (tmp_path / "report" / "report.md").read_text()
+    report = (folder / "report.md").read_text()
     assert "## Profiling a pair" in report and "`attnbench profile sdpa --case " in report
     ok = records[(records["status"] == "ok") & (records["impl"] == "sdpa")].sort_values("time_ms")
     row = ok.iloc[0]

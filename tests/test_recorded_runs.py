@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ import pytest
 from attnbench.case.keys import record_key
 from attnbench.measure.records import read_records
 from attnbench.results.read import load_results
-from attnbench.results.report import write_report
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 NOT_RUN = ("ok", "unavailable", "unsupported")  # ran fine, or not applicable here
@@ -254,10 +254,13 @@ def test_a_broken_formula_fails_the_recorded_runs(planted: str, monkeypatch: pyt
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RUNS)
-def test_every_recorded_run_renders_a_full_report_with_todays_code(name: str, tmp_path: Path) -> None:
-    page = write_report([RECORDED / name], tmp_path).read_text(encoding="utf-8")
+def test_every_recorded_run_renders_a_full_report_with_todays_code(
+    name: str, recorded_report: Callable[[str], Path]
+) -> None:
+    folder = recorded_report(name)
+    page = (folder / "report.html").read_text(encoding="utf-8")
     for section in ('id="summary"', 'id="status"', 'id="accuracy"', 'id="scaling"', 'ul class="answers"'):
         assert section in page, section
-    summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
+    summary = pd.read_csv(folder / "tables" / "summary.csv")
     assert len(summary) and summary["fastest"].notna().any()
-    assert (tmp_path / "report.md").read_text(encoding="utf-8").count("| ") > 10
+    assert (folder / "report.md").read_text(encoding="utf-8").count("| ") > 10
