@@ -8,7 +8,8 @@ baseline removed (every implementation timed alone), in that order, or the other
 ``--alone-first``. It prints each pair's normalised time beside its time alone and how many agree
 within ``--within``. The machine's speed drifts between the two runs too (the probe timed beside
 each case shows by how much), so a pair outside the bound with the probe moved as far is drift
-between the runs, not the normalisation's error; the table shows both.
+between the runs, not the normalisation's error; the table shows both. The runs write no report
+(``attnbench report FOLDER`` writes one) and skip the paired timings, which this does not read.
 
     python benchmarks/normalised_vs_alone.py quick --out /tmp/alone
 """
@@ -44,7 +45,17 @@ def alone_suite(source: Path, target: Path) -> Path:
 
 
 def run(suite: Path | str, out: Path, only: str | None) -> Path:
-    cmd = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(out), "--no-paired-timings"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        "run",
+        str(suite),
+        "--out",
+        str(out),
+        "--no-paired-timings",
+        "--no-report",
+    ]
     cmd += ["--only", only] if only else []
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)

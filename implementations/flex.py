@@ -57,6 +57,7 @@ from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
 from attnbench.case.patterns import Pattern
 from attnbench.case.variants import alibi_slopes, case_sinks
+from attnbench.implementations._inductor_isa import use_cached_probe
 from attnbench.measure.devices import device
 from attnbench.plugins.contract import ALL_FEATURES
 
@@ -192,6 +193,8 @@ def _cache_key(problem: Problem) -> tuple[Any, ...]:
 
 def _build(problem: Problem) -> CompiledFlex:
     """Block mask, compile, and warm-up calls on inputs of ``problem``'s shapes."""
+    if device(problem.device).kind == "cpu":
+        use_cached_probe()
     nq, nk = problem.seq_len, problem.kv_len
     block_mask = None
     if not problem.pattern.is_full:
@@ -280,6 +283,8 @@ class FlexAttention(Implementation):
         """A decode step on the cache itself: a block mask keeps each sequence's valid tokens (a
         paged pool is addressed through the inverse of its block table), compiled once."""
         started = time.perf_counter()
+        if device(problem.device).kind == "cpu":
+            use_cached_probe()
         mask_mod = decode_mask_mod(problem, cache)
         tokens = cache.k.shape[2]
         from torch.nn.attention.flex_attention import create_block_mask

@@ -56,6 +56,7 @@ import torch
 
 from attnbench import Availability, Growth, Implementation, Problem, register
 from attnbench.case.kvcache import KVCache
+from attnbench.implementations._inductor_isa import use_cached_probe
 from attnbench.plugins.contract import AttentionFn, Computes
 
 Tensor = torch.Tensor
@@ -255,6 +256,8 @@ class HFFlex(_HF):
         return Implementation.prepare_decode(self, problem, cache)
 
     def prepare(self, problem: Problem) -> AttentionFn:
+        if problem.device == "cpu":
+            use_cached_probe()
         run = super().prepare(problem)
         q, k, v = problem.make_inputs()  # the first call compiles, outside the timing
         with torch.no_grad():

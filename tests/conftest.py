@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from attnbench.implementations._inductor_isa import ENV as ISA_ENV
 from attnbench.sweep.calibration_cache import ENV
 
 _FOLDER = tempfile.mkdtemp(prefix="attnbench-tests-")
 os.environ.setdefault(ENV, str(Path(_FOLDER) / "calibration.json"))
+os.environ.setdefault(ISA_ENV, str(Path(_FOLDER) / "inductor_isa.json"))  # Inductor's ISA probe, once a session
 
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
