@@ -130,6 +130,25 @@ def test_a_size_predicted_far_past_its_budget_is_skipped_with_the_prediction() -
     assert failures.predicted(other, 2.0, BUDGET) is None
 
 
+def test_a_baseline_that_wasted_its_budget_is_not_run_at_that_size_or_above_in_its_group() -> None:
+    failures = Failures()
+    note = "baseline sdpa ran past its budget during the interleaved timing; the implementation was timed alone"
+    failures.add({"impl": "naive", **Problem(seq_len=2048).fields(), "status": "ok", "baseline_note": note})
+    failures.add({"impl": "naive", "status": "ok", "baseline_note": "baseline x; the implementation was timed alone",
+                  **Problem(seq_len=64).fields()})  # fmt: skip  # names no failure: not one
+    for n, gone in ((1024, False), (2048, True), (4096, True)):
+        row = {"impl": "chunked", **Problem(seq_len=n).fields()}
+        why = failures.baseline_gone(row, "sdpa")
+        assert (why is not None) == gone, n
+        if why:
+            assert why.startswith("baseline sdpa not run: it ran past its budget during the interleaved timing")
+            assert "at seq_len 2048, kv_len 2048" in why
+    other = {"impl": "chunked", **Problem(seq_len=4096, dtype="bfloat16").fields()}  # another group
+    assert failures.baseline_gone(other, "sdpa") is None
+    assert failures.baseline_gone({"impl": "chunked", **Problem(seq_len=4096).fields()}, "sdpa_math") is None
+    assert failures.baseline_gone({"impl": "chunked", **Problem(seq_len=64).fields()}, "x") is None
+
+
 @pytest.mark.slow
 def test_max_minutes_plans_the_run_and_skips_what_does_not_fit(tmp_path: Path) -> None:
     out = tmp_path / "run"

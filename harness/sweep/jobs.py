@@ -60,9 +60,10 @@ class Failures:
             self.timed.setdefault(self.group(row), []).append((row["seq_len"], row["kv_len"], float(row["time_ms"])))
         note = str(row.get("baseline_note") or "")
         if note.startswith("baseline ") and note.endswith(TIMED_ALONE):  # written by run_job below
-            _, name, what = note.removesuffix(TIMED_ALONE).split(" ", 2)
-            group = self.group({**row, "impl": name})
-            self.baselines.setdefault(group, []).append((row["seq_len"], row["kv_len"], what))
+            name, _, what = note.removeprefix("baseline ").removesuffix(TIMED_ALONE).partition(" ")
+            if name and what:
+                group = self.group({**row, "impl": name})
+                self.baselines.setdefault(group, []).append((row["seq_len"], row["kv_len"], what))
 
     def baseline_gone(self, row: dict[str, Any], baseline: str) -> str | None:
         """Why ``baseline`` is not run beside the pair ``row``: it ran past its budget or crashed
@@ -117,7 +118,7 @@ class Planner(Protocol):
     def decide(self, case: Problem, name: str, failures: Failures) -> Record | None: ...
 
     def job(
-        self, case: Problem, name: str, calibration: list[dict[str, Any]], failures: Failures | None = None
+        self, case: Problem, name: str, calibration: list[dict[str, Any]], failures: Failures
     ) -> dict[str, Any]: ...
 
     def run_pair(

@@ -344,9 +344,7 @@ class Runner:
                 return outcome(Status.SKIPPED, why)
         return None
 
-    def job(
-        self, case: Case, name: str, calibration: list[dict[str, Any]], failures: Failures | None = None
-    ) -> dict[str, Any]:
+    def job(self, case: Case, name: str, calibration: list[dict[str, Any]], failures: Failures) -> dict[str, Any]:
         """The worker's job for a pair, with this host's calibration of its device; without its
         baseline where that ran past its budget or crashed beside an earlier pair
         (:meth:`Failures.baseline_gone`)."""
@@ -359,10 +357,9 @@ class Runner:
             "budget": self.suite.budget, "calibration": {k: cal.get(k) for k in CALIBRATION_KEYS},
         }  # fmt: skip
         baseline = str(job["baseline"])
-        if failures is not None and baseline and baseline != name:
-            gone = failures.baseline_gone({"impl": name, **case.fields()}, baseline)
-            if gone:
-                job["baseline"], job["baseline_note"] = "", gone
+        gone = failures.baseline_gone({"impl": name, **case.fields()}, baseline) if baseline != name else None
+        if baseline and gone:
+            job["baseline"], job["baseline_note"] = "", gone
         return job
 
     def baseline_of(self, case: Case) -> str:
