@@ -279,6 +279,22 @@ def test_the_machine_probe_is_a_reference_for_the_baseline_too(tmp_path: Path) -
     assert {p.impl for p in compare_runs(base, slower).regressions} == {"sdpa"}
 
 
+def test_a_change_judged_by_the_probe_alone_must_exceed_the_drift_between_runs(tmp_path: Path) -> None:
+    """Measured here: the unchanged SDPA call moved ×1.17-1.18 between runs while the probe timed
+    beside it stayed within 10%. Without an interleaved baseline such a move is uncertain, not a
+    regression; beside a baseline the same ×1.18 is one, and a ×1.4 baseline is one too."""
+    base = write_run(tmp_path / "base", seed=1, probe_scale=1.0)
+    drifted = write_run(tmp_path / "drifted", seed=2, impl_scale=1.18, base_scale=1.18, probe_scale=1.0)
+    verdicts = {p.impl: p for p in compare_runs(base, drifted).pairs}
+    assert all(p.verdict == "uncertain" for p in verdicts.values() if p.impl == "sdpa")
+    assert all("without an interleaved baseline" in p.note for p in verdicts.values() if p.impl == "sdpa")
+    assert run_compare(base, drifted, 10.0, fail_on_regression=True, out=tmp_path / "c1") == 0
+    slower = write_run(tmp_path / "slower", seed=3, impl_scale=1.18, probe_scale=1.0)
+    assert {p.impl for p in compare_runs(base, slower).regressions} == {"chunked"}
+    much = write_run(tmp_path / "much", seed=4, base_scale=1.4, impl_scale=1.4, probe_scale=1.0)
+    assert {p.impl for p in compare_runs(base, much).regressions} == {"sdpa"}
+
+
 def test_a_probe_of_another_size_is_set_against_its_work(tmp_path: Path) -> None:
     """Calibration on a busier machine may pick a smaller probe; per unit of work the two runs
     still share the reference."""
