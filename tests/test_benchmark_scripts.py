@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,3 +96,50 @@ def test_normalised_vs_alone_sets_each_normalised_time_beside_the_same_pair_time
         assert abs(float(alone) - alone_ms) <= 0.0006 + 1e-3 * alone_ms
         assert abs(float(ratio) - expected / alone_ms) <= 0.0006
     assert re.search(r"^\d of 3 pairs: normalised time within 10% of the time alone$", out, re.M)
+
+    # --repeat's figures on copies of the two runs, every time 1.2x slower in the copies: each
+    # figure is the median of its runs and the spread alone is 1.2 (no new run needed)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nva", ROOT / "benchmarks" / "normalised_vs_alone.py")
+    assert spec and spec.loader
+    nva = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nva)
+    runs = tmp_path / "runs"
+    for name in ("interleaved", "alone"):
+        copy = runs / f"{name}-2"
+        copy.mkdir()
+        rows = [json.loads(line) for line in (runs / name / "results.jsonl").read_text().splitlines()]
+        for r in rows:
+            for key in ("time_ms", "baseline_time_ms"):
+                r[key] = r[key] * 1.2 if isinstance(r.get(key), float) else r.get(key)
+            for key in ("samples_ms", "baseline_samples_ms"):
+                r[key] = [x * 1.2 for x in r.get(key) or []]
+        (copy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (copy / "run.json").write_text((runs / name / "run.json").read_text())
+    one = {r["impl"]: r for r in nva.pairs([runs / "interleaved"], [runs / "alone"])}
+    both = nva.pairs([runs / "interleaved", runs / "interleaved-2"], [runs / "alone", runs / "alone-2"])
+    two = {r["impl"]: r for r in both}
+    assert sorted(two) == ["chunked", "naive", "sdpa"]
+    for name, row in two.items():
+        assert row["alone_ms"] == pytest.approx(one[name]["alone_ms"] * 1.1, rel=1e-9)
+        assert row["normalised_ms"] == pytest.approx(one[name]["normalised_ms"] * 1.1, rel=1e-6)
+        assert row["alone_spread"] == pytest.approx(1.2, rel=1e-9) and one[name]["alone_spread"] == 1.0
+
+
+def test_neighbour_times_one_implementation_alone_and_beside_its_baseline_then_in_fresh_processes() -> None:
+    """The script behind the README's "not because of its neighbour" figures: both ways and their
+    ratio, then one line per fresh process and their range, each figure consistent with the rest."""
+    out = run("neighbour.py", "sliding_window", "--seq-len", "256", "--window", "64", "--blocks", "2",
+              "--calls", "3", "--processes", "2")  # fmt: skip
+    ways = dict(re.findall(r"^sliding_window (alone|beside sdpa) +([\d.]+) ms", out, re.M))
+    assert set(ways) == {"alone", "beside sdpa"}, out
+    (ratio,) = re.findall(r"^beside sdpa / alone: ([\d.]+)$", out, re.M)
+    assert abs(float(ratio) - float(ways["beside sdpa"]) / float(ways["alone"])) <= 0.002
+    each = re.findall(r"^process \d: median ([\d.]+) ms, fastest ([\d.]+) ms$", out, re.M)
+    procs = [(float(m), float(f)) for m, f in each]
+    assert len(procs) == 2 and all(fastest <= median for median, fastest in procs), out
+    summary = r"^2 processes alone: medians ([\d.]+)-([\d.]+) ms .* fastest calls ([\d.]+)-([\d.]+) ms"
+    (line,) = re.findall(summary, out, re.M)
+    assert float(line[0]) == min(m for m, _ in procs) and float(line[1]) == max(m for m, _ in procs)
+    assert float(line[2]) == min(f for _, f in procs) and float(line[3]) == max(f for _, f in procs)
