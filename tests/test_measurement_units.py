@@ -269,6 +269,61 @@ def test_memory_is_not_hidden_by_reclaimed_file_pages(tmp_path: Path, monkeypatc
     assert not passes  # two passes ran
 
 
+HEAP_ROOM = """
+import ctypes, sys
+import torch
+import attnbench.measure.memory as memory
+
+if sys.argv[1] == "planted":
+    memory.HOLD_BLOCKS = ()  # the heap's free room left free during the pass
+libc = memory._glibc()
+mib = 2**20
+memory.timing_allocator()
+blocks = [libc.malloc(8 * mib) for _ in range(9)]
+for block in blocks:
+    ctypes.memset(block, 1, 8 * mib)
+for block in blocks[0::2]:
+    libc.free(block)  # five 8 MiB holes, each between two blocks still held
+
+
+def call():
+    a = torch.ones(mib)  # [1M] 4 MiB
+    del a
+    b = torch.ones(3 * mib // 2)  # 6 MiB
+    del b
+    c = torch.ones(7 * mib // 4)  # 7 MiB
+    return c.sum()
+
+
+call()  # warm, as the judged call comes after timing
+print(*(memory.cpu_peak_bytes(call) / mib for _ in range(4)))
+"""
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["held", "planted: heap room not held"])
+def test_a_memory_pass_does_not_count_the_heaps_free_room_the_call_happens_to_touch(hold: bool) -> None:
+    """Timed calls leave free blocks in glibc's heap, which it serves requests from before it maps
+    any; a block freed during the call then stays resident. A call whose temporaries are 4, 6 and
+    7 MiB, one alive at a time, beside five free 8 MiB holes: held, the pass reads its 7 MiB;
+    with the holes left free (the planted bug) it read 12.9-20.3 MiB. In a fresh process, whose
+    heap is the same every time (this one's depends on the tests before it)."""
+    import subprocess
+    import sys
+
+    import attnbench.measure.memory as memory
+
+    if memory._glibc() is None or not memory.CLEAR_REFS.exists():
+        pytest.skip("needs glibc and /proc/self/clear_refs")
+    how = "held" if hold else "planted"
+    proc = subprocess.run([sys.executable, "-c", HEAP_ROOM, how], capture_output=True, text=True, check=True)
+    readings = [float(x) for x in proc.stdout.split()]
+    assert len(readings) == 4
+    if hold:
+        assert all(6.5 <= r <= 7.5 for r in readings), readings
+    else:
+        assert max(readings) > 9, readings
+
+
 def test_memory_floor_is_the_anonymous_growth_of_a_held_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reclaim in every pass: the figure is still at least what the held result occupies."""
     import attnbench.measure.memory as memory

@@ -6,7 +6,13 @@ subtract the resident set measured just before, after the inputs exist. ``ru_max
 start from the parent's mark in a child process and tracemalloc cannot see tensor storage, so
 neither is used. During the pass glibc maps every block above 64 KiB afresh and returns it when
 freed (:func:`strict_allocator`), so that each allocation raises the resident set and an
-earlier peak cannot hide a later one. A pass during which the kernel reclaimed the process's
+earlier peak cannot hide a later one. glibc serves a request from a free block of its heap
+before it maps one, whatever the threshold, and a heap block freed during the call stays
+resident; so the heap's free room (left by the timed calls, which reuse heap blocks) is taken
+and held, untouched, for the pass. Without that hold a call's figure depended on what ran
+before it: `naive` at 512 tokens, 8 heads, causal (two 8 MiB score matrices alive at once)
+read 16.9-17.1 MiB in one order of calls and 23.6-33.2 MiB in another, in the same process;
+with it, 16.7-16.9 MiB after every order tried. A pass during which the kernel reclaimed the process's
 file-backed pages is measured again (:func:`cpu_peak_bytes`).
 
 That strict allocator is for the memory pass only. Everything timed runs under glibc's steady
@@ -47,15 +53,52 @@ TIMING_ALLOCATOR = (32 * 2**20, 64 * 2**20)
 STRICT_ALLOCATOR = (64 * 2**10, 128 * 2**10)
 
 
+#: Block sizes the heap's free room is held in during a memory pass, largest first: the first
+#: keeps the pages the hold touches (one header per block) few, the last is the strict mmap
+#: threshold, below which requests come from the heap in any case.
+HOLD_BLOCKS = (2**20, STRICT_ALLOCATOR[0])
+#: At most this many blocks are held (16 GiB of free heap in 1 MiB blocks).
+HOLD_LIMIT = 1 << 14
+#: The flag glibc sets in a chunk's size word when the chunk was mapped on its own.
+IS_MMAPPED = 0x2
+
+
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+        libc.malloc.argtypes, libc.malloc.restype = (ctypes.c_size_t,), ctypes.c_void_p
+        libc.free.argtypes, libc.free.restype = (ctypes.c_void_p,), None
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()  # glibc's own symbol: the chunk layout read below is glibc's
     except (OSError, AttributeError):
         return None  # not glibc: its defaults stay, and there is nothing to trim
     return libc
+
+
+def _hold_free_heap(libc: ctypes.CDLL) -> list[int]:
+    """Take the heap's free room in blocks of :data:`HOLD_BLOCKS` (never touching their pages)
+    until glibc has to map a block afresh, which shows the heap has no room of that size left;
+    returns the blocks held, for :func:`_release`."""
+    held: list[int] = []
+    word = ctypes.sizeof(ctypes.c_size_t)
+    for size in HOLD_BLOCKS:
+        while len(held) < HOLD_LIMIT:
+            block = libc.malloc(size)
+            if not block:
+                break
+            if ctypes.c_size_t.from_address(block - word).value & IS_MMAPPED:
+                libc.free(block)  # mapped: no free room of this size is left in the heap
+                break
+            held.append(block)
+    return held
+
+
+def _release(libc: ctypes.CDLL, held: list[int]) -> None:
+    for block in reversed(held):
+        libc.free(block)
 
 
 def set_allocator(mode: tuple[int, int]) -> bool:
@@ -73,15 +116,19 @@ def timing_allocator() -> bool:
 
 @contextlib.contextmanager
 def strict_allocator() -> Iterator[None]:
-    """Every large block mapped afresh and free memory returned first, for a memory pass; the
-    timing allocator after it."""
+    """Every large block mapped afresh, free memory returned first and the heap's free room held
+    (see the module), for a memory pass; the timing allocator after it."""
     set_allocator(STRICT_ALLOCATOR)
     libc = _glibc()
+    held: list[int] = []
     if libc is not None:
         libc.malloc_trim(0)
+        held = _hold_free_heap(libc)
     try:
         yield
     finally:
+        if libc is not None:
+            _release(libc, held)
         timing_allocator()
 
 
