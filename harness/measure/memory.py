@@ -10,10 +10,10 @@ earlier peak cannot hide a later one. glibc serves a request from a free block o
 before it maps one, whatever the threshold, and a heap block freed during the call stays
 resident; so the heap's free room (left by the timed calls, which reuse heap blocks) is taken
 and held, untouched, for the pass. Without that hold a call's figure depended on what ran
-before it: `naive` at 512 tokens, 8 heads, causal (two 8 MiB score matrices alive at once)
+before it: ``naive`` at 512 tokens, 8 heads, causal (two 8 MiB score matrices alive at once)
 read 16.9-17.1 MiB in one order of calls and 23.6-33.2 MiB in another, in the same process;
-with it, 16.7-16.9 MiB after every order tried. A pass during which the kernel reclaimed the process's
-file-backed pages is measured again (:func:`cpu_peak_bytes`).
+with it, 16.7-16.9 MiB after every order tried. A pass during which the kernel reclaimed the
+process's file-backed pages is measured again (:func:`cpu_peak_bytes`).
 
 That strict allocator is for the memory pass only. Everything timed runs under glibc's steady
 state for a program that allocates and frees the same buffers call after call — blocks up to

@@ -19,9 +19,10 @@ and the pair unevenly, nothing tells the machine from the implementation and the
 trusted less than the baseline: when it moved beyond the threshold (either way), the load
 changed by an amount it cannot measure for this pair, and a pair that moved is *uncertain* too.
 A pair with no interleaved baseline (the baseline's own pairs, a run without one) must also
-move more than :data:`~attnbench.results.regression.PROBE_ONLY_MARGIN_PCT` (25%) to be called: an unchanged SDPA call moved
-×1.17-1.18 between runs on this project's VM while the probe beside it stayed within 10%, and
-samples from one run cannot show that drift. A smaller move beyond the threshold is *uncertain*.
+move more than 25% to be called (``PROBE_ONLY_MARGIN_PCT`` in
+:mod:`attnbench.results.regression`): an unchanged SDPA call moved ×1.17-1.18 between runs on
+this project's VM while the probe beside it stayed within 10%, and samples from one run cannot
+show that drift. A smaller move beyond the threshold is *uncertain*.
 
 Why the baseline first: on this project's 2-core machine with two spinning processes beside the
 run, the probe product (about 2 ms) ran 37-74× slower while 55-190 ms attention kernels ran
