@@ -318,10 +318,10 @@ def test_a_memory_pass_does_not_count_the_heaps_free_room_the_call_happens_to_to
     proc = subprocess.run([sys.executable, "-c", HEAP_ROOM, how], capture_output=True, text=True, check=True)
     readings = [float(x) for x in proc.stdout.split()]
     assert len(readings) == 4
-    if hold:
-        assert all(6.5 <= r <= 7.5 for r in readings), readings
-    else:
-        assert max(readings) > 9, readings
+    if hold:  # 6.8-6.9 here; up to 8 where transparent huge pages round 7 MiB up to 2 MiB pages
+        assert all(6.5 <= r <= 8.5 for r in readings), readings
+    else:  # 11-17 MiB here: a hole counted beside the block the call holds
+        assert max(readings) > 9.5, readings
 
 
 def test_memory_floor_is_the_anonymous_growth_of_a_held_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
