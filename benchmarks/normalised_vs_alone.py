@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.case.status import Status
+from attnbench.measure.figures import probe_ms_per_unit
 from attnbench.results.report.data import load_data
 from attnbench.results.report.summary import comparable
 from attnbench.sweep.suite import SuiteError, resolve_suite_path
@@ -66,14 +67,6 @@ def run(suite: Path | str, out: Path, only: str | None) -> Path:
     return out
 
 
-def probe_per_unit(record: Any) -> float | None:
-    """The median time per unit of work of the machine probe timed beside a pair (None without)."""
-    ms, work = record.get("machine_probe_ms"), record.get("machine_probe_work")
-    if isinstance(ms, list) and ms and isinstance(work, int | float) and work > 0:
-        return statistics.median(ms) / float(work)
-    return None
-
-
 def ok_rows(folder: Path) -> dict[tuple[str, str], Any]:
     frame = load_data([folder]).records
     return {(str(r["impl"]), str(r["case"])): r for _, r in frame[frame["status"] == Status.OK].iterrows()}
@@ -101,8 +94,8 @@ def pairs(interleaved: list[Path], alone: list[Path]) -> list[dict[str, Any]]:
         if not all(key in n for n in normalised) or not all(key in a for a in after):
             continue
         alone_ms = [float(a[key]["time_ms"]) for a in after]
-        p0 = [p for b in before if (p := probe_per_unit(b[key]))]
-        p1 = [p for a in after if (p := probe_per_unit(a[key]))]
+        p0 = [p for b in before if (p := probe_ms_per_unit(b[key]))]
+        p1 = [p for a in after if (p := probe_ms_per_unit(a[key]))]
         moved = statistics.median(p1) / statistics.median(p0) if p0 and p1 else None
         rows.append({"impl": key[0], "case": key[1], "normalised_ms": statistics.median(n[key] for n in normalised),
                      "alone_ms": statistics.median(alone_ms), "alone_spread": max(alone_ms) / min(alone_ms),

@@ -377,3 +377,24 @@ def test_no_record_field_shadows_a_case_field() -> None:
     assert not set(CASE_KEYS) & measured
     row = Record("x", "ok", probe="retrieval", machine_probe="matmul").as_dict()
     assert row["probe"] == "retrieval" and row["machine_probe"] == "matmul"
+
+
+def test_the_probe_per_unit_of_work_is_its_median_over_its_work_and_spreads_across_pairs() -> None:
+    """One formula for the probe's time per unit of work (the report's probe spread and
+    ``benchmarks/normalised_vs_alone.py`` read it): a probe of twice the work at twice the time is
+    the same machine speed; a record without work or samples has none."""
+    import pandas as pd
+
+    from attnbench.measure.figures import probe_ms_per_unit
+    from attnbench.results.report.summary import _probe_spread
+
+    small = {"machine_probe_ms": [1.0, 3.0, 2.0], "machine_probe_work": 1e6}
+    large = {"machine_probe_ms": [4.0, 4.4, 3.6], "machine_probe_work": 2e6}
+    slow = {"machine_probe_ms": [3.0, 3.0, 3.0], "machine_probe_work": 1e6}
+    assert probe_ms_per_unit(small) == pytest.approx(2e-6) and probe_ms_per_unit(large) == pytest.approx(2e-6)
+    no_work = {**small, "machine_probe_work": float("nan")}  # a record without work, read into a frame
+    for none in ({}, {"machine_probe_ms": [], "machine_probe_work": 1e6}, no_work):
+        assert probe_ms_per_unit(none) is None
+    assert _probe_spread(pd.DataFrame([small, large])) == pytest.approx(0.0)
+    # per unit 2, 2 and 3 (x 1e-6): (3 - 2) / 2
+    assert _probe_spread(pd.DataFrame([small, large, slow])) == pytest.approx(0.5)

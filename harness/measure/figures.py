@@ -51,6 +51,15 @@ def probe_rate(probe_ms: Sequence[float], work: float | None) -> float | None:
     return work / (fastest / 1e3) if fastest > 0 else None
 
 
+def probe_ms_per_unit(record: dict[str, Any]) -> float | None:
+    """The machine probe timed beside a pair: its median milliseconds per unit of its work, which
+    compares across probes of other sizes; None where the record carries no probe or no work."""
+    ms, work = record.get("machine_probe_ms"), record.get("machine_probe_work")
+    if not isinstance(ms, list) or not ms or not isinstance(work, int | float) or not math.isfinite(work) or work <= 0:
+        return None
+    return statistics.median(ms) / float(work)
+
+
 def calibration_for(calibration: Sequence[dict[str, Any]], case: dict[str, Any], host: str = "") -> dict[str, Any]:
     """The run's calibration entry for a case's device, dtype and requested threads, preferring the
     entry measured on ``host`` (a merged or Ray run holds several hosts')."""

@@ -36,8 +36,8 @@ DONE = "done"
 #: the machine probe, and may spend the implementation's and the baseline's remaining time; while
 #: a baseline call runs in it, that call is the baseline's, on the baseline's budget). The judged
 #: call (*accuracy check*) comes after the timing, on the same tensors, and is also the memory
-#: pass; *own reference* compares an
-#: exact implementation's own ``reference()`` once the verdicts exist, so it can only add a note.
+#: pass; *own reference* compares an exact implementation's own ``reference()`` once the
+#: verdicts exist, so it can only add a note.
 STEPS: dict[str, Owner] = {
     LOAD: "impl",
     AVAILABILITY: "impl",

@@ -87,8 +87,8 @@ class Failures:
         """Why a pair is not run: its call predicted from the largest smaller size of its group
         measured so far, grown as the implementation declares (:func:`~attnbench.sweep.estimate.
         grown_call`), times the calls its budget must hold at least (a first call, the timing's
-        sizing call and ``min_repeats`` samples, and the judged call, which is also the memory pass), is over
-        :data:`PREDICTION_MARGIN` times its timeout. None: run it."""
+        sizing call and ``min_repeats`` samples, and the judged call, which is also the memory
+        pass), is over :data:`PREDICTION_MARGIN` times its timeout. None: run it."""
         found = grown_call(self.timed.get(self.group(row), []), row["seq_len"], row["kv_len"], time_growth)
         if found is None:
             return None

@@ -356,9 +356,8 @@ class Runner:
             "op": "case", "case": case.fields(), "impl": name, "baseline": self.baseline_of(case),
             "budget": self.suite.budget, "calibration": {k: cal.get(k) for k in CALIBRATION_KEYS},
         }  # fmt: skip
-        baseline = str(job["baseline"])
-        gone = failures.baseline_gone({"impl": name, **case.fields()}, baseline) if baseline != name else None
-        if baseline and gone:
+        baseline, row = str(job["baseline"]), {"impl": name, **case.fields()}
+        if baseline and baseline != name and (gone := failures.baseline_gone(row, baseline)):
             job["baseline"], job["baseline_note"] = "", gone
         return job
 

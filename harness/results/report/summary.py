@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench.case.status import Status
+from attnbench.measure.figures import probe_ms_per_unit
 from attnbench.results.report.data import ReportData, extreme, group_order, records_of
 
 
@@ -128,11 +129,7 @@ def _probe_spread(good: pd.DataFrame) -> float | None:
     time per unit of work, (max − min) / median), or None without probes. A baseline that varied
     with the probe varied with the machine's speed between the pairs; one that varied while the
     probe held steady varied for another reason."""
-    per_unit = []
-    for row in records_of(good):
-        ms, work = row.get("machine_probe_ms"), row.get("machine_probe_work")
-        if isinstance(ms, list) and ms and isinstance(work, int | float) and work == work and work > 0:
-            per_unit.append(statistics.median(ms) / float(work))
+    per_unit = [unit for row in records_of(good) if (unit := probe_ms_per_unit(row)) is not None]
     if len(per_unit) < 2:
         return None
     middle = statistics.median(per_unit)
